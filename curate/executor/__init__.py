@@ -1,0 +1,25 @@
+"""Executors run per-shard functions: in this process, or on Dask workers.
+
+Only this package imports Dask. A stage hands an executor a plain function and a list of
+tasks; the executor returns one outcome per task, in completion order.
+"""
+
+from curate.executor.base import (
+    Executor,
+    ExecutorConfig,
+    TaskFailure,
+    TaskFn,
+    TaskOutcome,
+    current_worker_slot,
+    make_executor,
+)
+
+__all__ = [
+    "Executor",
+    "ExecutorConfig",
+    "TaskFailure",
+    "TaskFn",
+    "TaskOutcome",
+    "current_worker_slot",
+    "make_executor",
+]

@@ -1,0 +1,125 @@
+"""The executor protocol, the in-process executor, and the factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from curate.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+TaskFn = Callable[[Any, ProgressFn], Any]
+
+_worker_slot = 0
+
+
+def current_worker_slot() -> int:
+    """This worker's ordinal (0 in-process); a GPU worker uses it to pick its device."""
+    return _worker_slot
+
+
+def set_worker_slot(slot: int) -> None:
+    global _worker_slot
+    _worker_slot = slot
+
+
+def available_cores() -> int:
+    """Cores this process may use (CPU affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that raised on every attempt: which one, and the last error."""
+
+    task: Any
+    error: str
+
+
+TaskOutcome = Any  # the task function's return value, or a TaskFailure
+
+
+class Executor(Protocol):
+    """Runs ``fn(task, progress)`` for every task; yields each outcome as it completes."""
+
+    threads_per_task: int | None
+
+    def map(
+        self, fn: TaskFn, tasks: list[Any], progress: ProgressFn
+    ) -> Iterator[tuple[Any, TaskOutcome]]: ...
+
+    def close(self) -> None: ...
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line: the exception type and message, with where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+class InProcessExecutor:
+    """Runs tasks one after another in this process (``--workers 0``); retries failures."""
+
+    def __init__(self, retries: int = 2) -> None:
+        self.retries = retries
+        self.threads_per_task = available_cores()
+
+    def map(
+        self, fn: TaskFn, tasks: list[Any], progress: ProgressFn
+    ) -> Iterator[tuple[Any, TaskOutcome]]:
+        for task in tasks:
+            yield task, self._run_with_retries(fn, task, progress)
+
+    def _run_with_retries(self, fn: TaskFn, task: Any, progress: ProgressFn) -> TaskOutcome:
+        for attempt in range(self.retries + 1):
+            reported = 0
+
+            def counted(count: int) -> None:
+                nonlocal reported
+                reported += count
+                progress(count)
+
+            try:
+                return fn(task, counted)
+            except Exception as exc:
+                progress(-reported)  # the retry reports these samples again
+                error = describe_exception(exc)
+                logger.warning("task %s failed (attempt %d): %s", task, attempt + 1, error)
+        return TaskFailure(task=task, error=error)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """``workers=0`` runs in-process; ``scheduler`` joins an existing Dask cluster."""
+
+    workers: int = 1
+    scheduler: str | None = None
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {self.workers}")
+        if self.retries < 0:
+            raise UserError(f"retries must be 0 or more, got {self.retries}")
+
+
+def make_executor(config: ExecutorConfig) -> Executor:
+    """The executor a config asks for (Dask is imported only when needed)."""
+    if config.scheduler is None and config.workers == 0:
+        return InProcessExecutor(retries=config.retries)
+    from curate.executor.dask import DaskExecutor
+
+    return DaskExecutor(config.workers, config.scheduler, config.retries)

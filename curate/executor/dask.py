@@ -1,0 +1,110 @@
+"""Dask distributed executor: an embedded LocalCluster, or an existing cluster by address.
+
+Each worker process keeps what a task function caches (the filter network) between tasks,
+so a model is loaded once per worker. Workers report progress through Dask's event log.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from distributed import Client, LocalCluster, as_completed, get_worker
+
+from curate.executor.base import (
+    ProgressFn,
+    TaskFailure,
+    TaskFn,
+    TaskOutcome,
+    available_cores,
+    describe_exception,
+    set_worker_slot,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _quiet_distributed_logs() -> None:
+    """Keep the embedded scheduler's INFO chatter out of a command's output unless -v."""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def _worker_slot(name: Any) -> int:
+    try:
+        return int(name)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _run_on_worker(fn: TaskFn, task: Any, topic: str) -> Any:
+    """Runs on a worker: set the worker's slot, forward progress, undo it on failure."""
+    worker = get_worker()
+    set_worker_slot(_worker_slot(worker.name))
+    reported = 0
+
+    def progress(count: int) -> None:
+        nonlocal reported
+        reported += count
+        worker.log_event(topic, count)
+
+    try:
+        return fn(task, progress)
+    except BaseException:
+        if reported:
+            worker.log_event(topic, -reported)  # a retry reports these samples again
+        raise
+
+
+class DaskExecutor:
+    """Runs tasks on Dask workers with retries; one worker thread each, torch threads split."""
+
+    def __init__(self, workers: int, scheduler: str | None, retries: int = 2) -> None:
+        self.retries = retries
+        self.cluster: LocalCluster | None = None
+        if scheduler:
+            self.client = Client(scheduler)
+            self.threads_per_task: int | None = None  # the remote machines decide
+            logger.info("using the Dask cluster at %s", scheduler)
+        else:
+            workers = max(1, workers)
+            self.cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            self.client = Client(self.cluster)
+            _quiet_distributed_logs()
+            self.threads_per_task = max(1, available_cores() // workers)
+            logger.info("started a local Dask cluster: %d workers, %d torch threads each",
+                        workers, self.threads_per_task)
+
+    def map(
+        self, fn: TaskFn, tasks: list[Any], progress: ProgressFn
+    ) -> Iterator[tuple[Any, TaskOutcome]]:
+        topic = f"curate-progress-{uuid.uuid4().hex}"
+        self.client.subscribe_topic(topic, lambda event: progress(event[1]))
+        try:
+            futures = {
+                self.client.submit(
+                    _run_on_worker, fn, task, topic, pure=False, retries=self.retries
+                ): task
+                for task in tasks
+            }
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    yield task, future.result()
+                except Exception as exc:
+                    yield task, TaskFailure(task=task, error=describe_exception(exc))
+        finally:
+            self.client.unsubscribe_topic(topic)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

@@ -1,0 +1,19 @@
+"""Filter-network models: open_clip specs, packaged tiny configs, loading."""
+
+from curate.models.spec import (
+    LoadedModel,
+    ModelError,
+    ModelSpec,
+    list_packaged_configs,
+    load_model,
+    parse_model_spec,
+)
+
+__all__ = [
+    "LoadedModel",
+    "ModelError",
+    "ModelSpec",
+    "list_packaged_configs",
+    "load_model",
+    "parse_model_spec",
+]

@@ -1,0 +1,1 @@
+"""Pools: reading input shards and building the run's pool table."""

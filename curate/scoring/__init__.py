@@ -1,0 +1,1 @@
+"""Scoring: filter-network cosine similarity for every sample of a run's pool."""

@@ -1,0 +1,239 @@
+"""Score one shard: a plain function that any executor (or a test) can call.
+
+Reading and decoding run in a background thread that prepares the next batches while the
+model encodes the current one. Every row of the shard's pool part leaves exactly one score
+row; the score part and embeddings are renamed into place, the completion record last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from curate.pool.shards import TarReadResult, iter_tar_samples
+from curate.schema import score_schema
+from curate.scoring import status as st
+from curate.scoring.decode import DEFAULT_MAX_PIXELS, decode_image
+from curate.scoring.scorer import Scorer
+from curate.scoring.stats import ShardStats
+from curate.workspace import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+PREFETCH_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything needed to score one shard; paths are plain strings so it pickles anywhere."""
+
+    scorer: str
+    shard_name: str
+    tar: str
+    pool_part: str
+    scores_part: str
+    done_record: str
+    embeddings_prefix: str | None = None
+    batch_size: int = 64
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class _Batch:
+    rows: list[int]
+    images: torch.Tensor
+    tokens: torch.Tensor
+
+
+class _ShardRows:
+    """The output columns of one shard, filled in as samples are decided."""
+
+    def __init__(self, table: pa.Table, embed_dim: int, keep_embeddings: bool) -> None:
+        self.uids = table.column("uid").to_pylist()
+        self.keys = table.column("key").to_pylist()
+        self.texts = table.column("text").to_pylist()
+        n = len(self.uids)
+        self.scores = np.full(n, np.nan, dtype=np.float32)
+        self.status: list[str | None] = [None] * n
+        self.error: list[str | None] = [None] * n
+        shape = (n, embed_dim) if keep_embeddings else (0, embed_dim)
+        self.image_embeddings = np.full(shape, np.nan, dtype=np.float16)
+        self.text_embeddings = np.full(shape, np.nan, dtype=np.float16)
+        self.row_of_key: dict[str, int] = {}
+        for row, key in enumerate(self.keys):
+            self.row_of_key.setdefault(key, row)
+        for row, (pool_status, message) in enumerate(
+            zip(table.column("status").to_pylist(), table.column("error_message").to_pylist(),
+                strict=True)
+        ):
+            if pool_status != "success":
+                self.mark(row, st.NOT_DOWNLOADED, f"{pool_status}: {message or 'no message'}")
+
+    def mark(self, row: int, status: str, error: str | None) -> None:
+        self.status[row] = status
+        self.error[row] = error
+
+    def decided_count(self) -> int:
+        """Rows with a status so far (read from the consumer while the reader marks more)."""
+        return len(self.status) - self.status.count(None)
+
+    def undecided(self) -> list[int]:
+        return [row for row, value in enumerate(self.status) if value is None]
+
+
+def _prepare_batches(
+    task: ShardTask, scorer: Scorer, rows: _ShardRows, tar_result: TarReadResult,
+    stats: ShardStats,
+) -> Iterator[_Batch]:
+    """Decode and preprocess the tar's samples into batches; mark the ones that fail."""
+    pending_rows: list[int] = []
+    pending_images: list[torch.Tensor] = []
+    pending_captions: list[str] = []
+
+    def flush() -> _Batch:
+        batch = _Batch(list(pending_rows), torch.stack(pending_images),
+                       scorer.tokenize(list(pending_captions)))
+        pending_rows.clear()
+        pending_images.clear()
+        pending_captions.clear()
+        return batch
+
+    for sample in iter_tar_samples(Path(task.tar), tar_result):
+        row = rows.row_of_key.get(sample.key)
+        if row is None:
+            stats.unlisted_samples += 1
+            continue
+        caption = sample.caption()
+        if caption is None:
+            caption = rows.texts[row]
+        image_member = sample.image()
+        try:
+            if image_member is None:
+                raise st.SampleError(st.MISSING_IMAGE, "no image member in the tar")
+            if caption is None or not caption.strip():
+                raise st.SampleError(st.MISSING_CAPTION, "no caption (.txt empty or absent)")
+            image = decode_image(image_member[1], task.max_image_pixels)
+            try:
+                tensor = scorer.preprocess(image)
+            except Exception as exc:
+                raise st.SampleError(st.CORRUPT_IMAGE, f"preprocessing failed: {exc}") from exc
+        except st.SampleError as failure:
+            rows.mark(row, failure.status, failure.reason)
+            continue
+        pending_rows.append(row)
+        pending_images.append(tensor)
+        pending_captions.append(caption)
+        if len(pending_rows) == task.batch_size:
+            yield flush()
+    if pending_rows:
+        yield flush()
+
+
+def _prefetch(batches: Iterator[_Batch], depth: int) -> Iterator[_Batch]:
+    """Run ``batches`` in a background thread, at most ``depth`` batches ahead."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                buffer.put(batch)
+            buffer.put(done)
+        except BaseException as exc:  # handed to the consumer and raised there
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, name="shard-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def _write_outputs(task: ShardTask, rows: _ShardRows, stats: ShardStats) -> None:
+    table = pa.table(
+        {
+            "uid": pa.array(rows.uids, pa.string()),
+            f"{task.scorer}_score": pa.array(rows.scores, pa.float32()),
+            "status": pa.array(rows.status, pa.string()),
+            "error": pa.array(rows.error, pa.string()),
+        },
+        schema=score_schema(task.scorer),
+    )
+    with atomic_path(Path(task.scores_part)) as tmp:
+        pq.write_table(table, tmp)
+    if task.embeddings_prefix is not None:
+        for kind, array in (("image", rows.image_embeddings), ("text", rows.text_embeddings)):
+            target = Path(f"{task.embeddings_prefix}.{kind}.npy")
+            with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, array)
+    write_json_atomic(Path(task.done_record), stats.to_dict())
+
+
+def score_shard(task: ShardTask, scorer: Scorer, progress: ProgressFn | None = None) -> ShardStats:
+    """Score every sample of one shard and write its score part; return its stats."""
+    started = time.perf_counter()
+    progress = progress or (lambda n: None)
+    pool = pq.read_table(task.pool_part, columns=["uid", "key", "text", "status", "error_message"])
+    rows = _ShardRows(pool, scorer.embed_dim, task.embeddings_prefix is not None)
+    stats = ShardStats(shards=1, samples=pool.num_rows)
+    tar_result = TarReadResult()
+    batches = _prepare_batches(task, scorer, rows, tar_result, stats)
+    reported = 0
+    for batch in _prefetch(batches, PREFETCH_BATCHES):
+        encoded = scorer.encode(batch.images, batch.tokens)
+        rows.scores[batch.rows] = encoded.scores
+        if task.embeddings_prefix is not None:
+            rows.image_embeddings[batch.rows] = encoded.image_embeddings
+            rows.text_embeddings[batch.rows] = encoded.text_embeddings
+        for row in batch.rows:
+            rows.mark(row, st.OK, None)
+        decided = rows.decided_count()
+        progress(decided - reported)
+        reported = decided
+    for row in rows.undecided():
+        if tar_result.error:
+            rows.mark(row, st.SHARD_TRUNCATED, tar_result.error)
+        else:
+            rows.mark(row, st.MISSING_IMAGE, "sample not found in the tar")
+    progress(pool.num_rows - reported)
+    if tar_result.error:
+        stats.failed_shards[task.shard_name] = tar_result.error
+        logger.error("shard %s: %s", task.shard_name, tar_result.error)
+    stats.by_status.update(rows.status)
+    stats.seconds = time.perf_counter() - started
+    _write_outputs(task, rows, stats)
+    return stats
+
+
+def read_done_record(path: Path) -> ShardStats | None:
+    """The completion record of a shard, or None when the shard has not finished."""
+    if not path.is_file():
+        return None
+    return ShardStats.from_dict(json.loads(path.read_text()))

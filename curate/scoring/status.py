@@ -1,0 +1,30 @@
+"""Per-sample statuses of a score table; every sample gets exactly one."""
+
+OK = "ok"
+NOT_DOWNLOADED = "not_downloaded"  # img2dataset status other than success
+MISSING_IMAGE = "missing_image"
+MISSING_CAPTION = "missing_caption"
+CORRUPT_IMAGE = "corrupt_image"
+UNSUPPORTED_FORMAT = "unsupported_format"
+TOO_LARGE = "too_large"  # refused by size before decoding (decompression bomb guard)
+SHARD_TRUNCATED = "shard_truncated"  # the tar ended before this sample
+
+ALL = (
+    OK,
+    NOT_DOWNLOADED,
+    MISSING_IMAGE,
+    MISSING_CAPTION,
+    CORRUPT_IMAGE,
+    UNSUPPORTED_FORMAT,
+    TOO_LARGE,
+    SHARD_TRUNCATED,
+)
+
+
+class SampleError(Exception):
+    """A sample that cannot be scored: a status from this module and a reason."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason

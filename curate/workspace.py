@@ -1,0 +1,89 @@
+"""The run workspace: where each table of a run lives, and atomic writes into it."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.errors import UserError
+
+RUN_FILE = "run.json"
+
+
+def part_name(shard_index: int) -> str:
+    """File stem of the per-shard part for shard ``shard_index``: ``part-00042``."""
+    return f"part-{shard_index:05d}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths of one run directory (see DESIGN.md, "Run workspace")."""
+
+    root: Path
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / RUN_FILE
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.root / "pool"
+
+    def scores_dir(self, scorer: str) -> Path:
+        return self.root / "scores" / scorer
+
+    def embeddings_dir(self, scorer: str) -> Path:
+        return self.root / "embeddings" / scorer
+
+    def pool_part(self, shard_index: int) -> Path:
+        return self.pool_dir / f"{part_name(shard_index)}.parquet"
+
+    def pool_parts(self) -> list[Path]:
+        return sorted(self.pool_dir.glob("part-*.parquet"))
+
+    def read_run(self) -> dict[str, Any]:
+        """The run's record; a clear error when RUN is not an ingested run."""
+        if not self.run_file.is_file():
+            raise UserError(
+                f"{self.root} is not a run (no {RUN_FILE}); create it with `filter-pool ingest`"
+            )
+        return json.loads(self.run_file.read_text())
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` atomically (temporary name, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete leftovers of interrupted atomic writes in ``directory``; return how many."""
+    removed = 0
+    if directory.is_dir():
+        for leftover in directory.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
