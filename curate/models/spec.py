@@ -18,6 +18,9 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import pickle
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,14 +252,48 @@ def resolve_model_spec(spec: ModelSpec) -> _Resolved:
     return _resolve_architecture(spec)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _load_checkpoint_strict(model: torch.nn.Module, checkpoint: Path, arch: str) -> None:
     try:
         open_clip.load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"checkpoint {checkpoint} does not match {arch}: {first}") from exc
-    except Exception as exc:  # unpickling refused, corrupt file, not a checkpoint
-        raise ModelError(f"cannot load checkpoint {checkpoint}: {exc}") from exc
+    except (pickle.UnpicklingError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"cannot load checkpoint {checkpoint}: {_first_line(exc)}") from exc
+    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:  # keys or shapes differ
+        reason = _first_line(exc)
+        raise ModelError(f"checkpoint {checkpoint} does not match {arch}: {reason}") from exc
+
+
+def check_weights(spec: ModelSpec) -> None:
+    """Check that a local checkpoint or model directory fits its architecture, cheaply.
+
+    The model is built on the meta device (no memory, no init cost) and the weights are
+    loaded into it strictly, so a mismatch is found before any worker starts or any output
+    is written. Tags and hub weights are the registry's own and are not checked here.
+    """
+    resolved = resolve_model_spec(spec)
+    if resolved.checkpoint is None and not resolved.open_clip_name.startswith("local-dir:"):
+        return
+    if spec.random_init:
+        return
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+        try:
+            model = open_clip.create_model(
+                resolved.open_clip_name,
+                device="meta",
+                load_weights=resolved.checkpoint is None,
+                pretrained_text=False,
+                weights_only=True,
+                quick_gelu=resolved.quick_gelu,
+            )
+        except (RuntimeError, AssertionError, OSError, ValueError) as exc:
+            raise ModelError(f"cannot load {spec.id}: {_first_line(exc)}") from exc
+        if resolved.checkpoint is not None:
+            _load_checkpoint_strict(model, resolved.checkpoint, resolved.open_clip_name)
 
 
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedModel:
@@ -275,9 +312,8 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
         )
     except ModelError:
         raise
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"cannot load {spec.id}: {first}") from exc
+    except (RuntimeError, AssertionError, OSError) as exc:
+        raise ModelError(f"cannot load {spec.id}: {_first_line(exc)}") from exc
     if resolved.checkpoint is not None:
         _load_checkpoint_strict(model, resolved.checkpoint, resolved.open_clip_name)
     model = model.to(device).eval()

@@ -23,6 +23,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise SampleError(TOO_LARGE, f"refused before decoding: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise SampleError(UNSUPPORTED_FORMAT, f"not a readable image ({len(data)} bytes)") from exc
+    except Exception as exc:  # a known format whose header is cut or malformed
+        raise SampleError(CORRUPT_IMAGE, f"header unreadable: {exc}") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise SampleError(

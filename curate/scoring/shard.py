@@ -180,7 +180,8 @@ def _write_outputs(task: ShardTask, rows: _ShardRows, stats: ShardStats) -> None
     table = pa.table(
         {
             "uid": pa.array(rows.uids, pa.string()),
-            f"{task.scorer}_score": pa.array(rows.scores, pa.float32()),
+            # null, not NaN, for unscored rows: SQL orders NaN above every score
+            f"{task.scorer}_score": pa.array(rows.scores, pa.float32(), mask=np.isnan(rows.scores)),
             "status": pa.array(rows.status, pa.string()),
             "error": pa.array(rows.error, pa.string()),
         },

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from curate.errors import UserError
 from curate.executor import ExecutorConfig, TaskFailure, current_worker_slot, make_executor
 from curate.models import ModelError, ModelSpec
-from curate.models.spec import resolve_model_spec
+from curate.models.spec import check_weights, resolve_model_spec
 from curate.scoring.decode import DEFAULT_MAX_PIXELS
 from curate.scoring.scorer import ScorerConfig, get_scorer
 from curate.scoring.shard import ProgressFn, ShardTask, read_done_record, score_shard
@@ -114,6 +114,7 @@ def run_score_task(
 
 def _scorer_record(config: ScoreConfig) -> dict[str, Any]:
     resolved = resolve_model_spec(config.model)
+    check_weights(config.model)
     return {
         "name": config.name,
         "model": config.model.id,

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny generated pools, tiny model checkpoints, ingested runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
+
+from curate.models import ModelSpec, load_model  # noqa: E402
+from curate.pool.ingest import IngestConfig, ingest_pool  # noqa: E402
+from curate.pool.synthetic import SyntheticPool, write_synthetic_pool  # noqa: E402
+
+TINY_ARCH = "fp-tiny-vit"
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> SyntheticPool:
+    """Three shards of real JPEGs with one planted bad sample of each kind."""
+    return write_synthetic_pool(
+        tmp_path_factory.mktemp("pool"), num_shards=3, samples_per_shard=12, image_size=64
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A locally saved state dict of the packaged tiny config (seeded random weights)."""
+    torch.manual_seed(0)
+    loaded = load_model(ModelSpec(TINY_ARCH, random_init=True))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(loaded.model.state_dict(), path)
+    return path
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path, pool: SyntheticPool) -> Path:
+    """A fresh run with the session pool ingested."""
+    run = tmp_path / "run"
+    ingest_pool(IngestConfig(pool=pool.root, run=run))
+    return run
