@@ -20,11 +20,11 @@ demo: $(STAMP)
 	$(BIN)/filter-pool demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/ruff check curate tests benchmarks pipelines
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check curate tests benchmarks pipelines
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/score_throughput.py

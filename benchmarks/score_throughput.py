@@ -81,10 +81,13 @@ class Figures:
     model_only_samples_per_second: float
     end_to_end_process_samples_per_second: float
     end_to_end_stage_samples_per_second: float
+    shard_tasks_samples_per_second: float
     process_wall_seconds: float
     stage_wall_seconds: float
+    shard_tasks_seconds: float
     ratio_process: float
     ratio_stage: float
+    ratio_shard_tasks: float
     max_abs_score_diff: float
     target_ratio: float = TARGET_RATIO
 
@@ -268,6 +271,7 @@ def measure(model: str, samples_wanted: int, batch_size: int, work: Path) -> Fig
     model_rate = n / alone.seconds
     process_rate = n / wall
     stage_rate = float(summary["samples_per_second"])
+    shard_rate = n / float(summary["seconds"])  # score_shard only: no start-up, no model load
     return Figures(
         model=model,
         samples=n,
@@ -277,10 +281,13 @@ def measure(model: str, samples_wanted: int, batch_size: int, work: Path) -> Fig
         model_only_samples_per_second=model_rate,
         end_to_end_process_samples_per_second=process_rate,
         end_to_end_stage_samples_per_second=stage_rate,
+        shard_tasks_samples_per_second=shard_rate,
         process_wall_seconds=wall,
         stage_wall_seconds=float(summary["wall_seconds"]),
+        shard_tasks_seconds=float(summary["seconds"]),
         ratio_process=process_rate / model_rate,
         ratio_stage=stage_rate / model_rate,
+        ratio_shard_tasks=shard_rate / model_rate,
         max_abs_score_diff=diff,
     )
 
@@ -302,8 +309,11 @@ def render(f: Figures) -> str:
          f"  ({f.process_wall_seconds:.1f} s)"),
         ("end-to-end, score stage", f"{f.end_to_end_stage_samples_per_second:.1f} samples/s"
          f"  ({f.stage_wall_seconds:.1f} s)"),
+        ("shard tasks only (info)", f"{f.shard_tasks_samples_per_second:.1f} samples/s"
+         f"  ({f.shard_tasks_seconds:.1f} s)"),
         ("ratio process / model-only", f"{f.ratio_process:.3f}  ({verdict(f.ratio_process)})"),
         ("ratio stage / model-only", f"{f.ratio_stage:.3f}  ({verdict(f.ratio_stage)})"),
+        ("ratio shard tasks / model-only", f"{f.ratio_shard_tasks:.3f}"),
         ("max |score diff|", f"{f.max_abs_score_diff:.3g}"),
     ]
     width = max(len(label) for label, _ in rows)
