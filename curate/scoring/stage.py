@@ -178,7 +178,7 @@ def _plan_tasks(
     return tasks, done_stats
 
 
-def _pool_rows(paths: RunPaths, tasks: list[ShardTask]) -> int:
+def _pool_rows(tasks: list[ShardTask]) -> int:
     return sum(pq.ParquetFile(task.pool_part).metadata.num_rows for task in tasks)
 
 
@@ -226,7 +226,7 @@ def _execute(config: ScoreConfig, tasks: list[ShardTask]) -> tuple[ShardStats, d
     stats = ShardStats()
     failures: dict[str, str] = {}
     bar = tqdm(
-        total=_pool_rows(RunPaths(config.run), tasks),
+        total=_pool_rows(tasks),
         unit="sample",
         desc=f"score {config.name}",
         disable=not config.progress,
