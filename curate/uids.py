@@ -8,7 +8,13 @@ A uid is 32 lowercase hex characters (DataComp's format). Samples without one ge
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
 
 UID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
@@ -30,3 +36,104 @@ def normalize_uid(uid: str) -> str:
     if not UID_PATTERN.match(value):
         raise ValueError(f"not a uid (32 hex characters expected): {uid!r}")
     return value
+
+
+# --- DataComp subset files -------------------------------------------------------------
+
+UID_DTYPE = np.dtype("u8,u8")
+_HEX_VALUES = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUES[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX_VALUES[_c] = 10 + _i
+
+
+def _hex_to_pairs(ascii_hex: np.ndarray) -> np.ndarray:
+    """[n, 32] ascii hex bytes to a DataComp ``u8,u8`` array (high half, low half)."""
+    nibbles = _HEX_VALUES[ascii_hex]
+    if (nibbles == 255).any():
+        row = int(np.nonzero((nibbles == 255).any(axis=1))[0][0])
+        bad = ascii_hex[row].tobytes().decode("ascii", errors="replace")
+        raise ValueError(f"not a uid (32 hex characters expected): {bad!r}")
+    raw = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]  # [n, 16] bytes, big-endian halves
+    halves = raw.view(">u8").astype(np.uint64)  # [n, 2]
+    out = np.empty(len(halves), dtype=UID_DTYPE)
+    out["f0"], out["f1"] = halves[:, 0], halves[:, 1]
+    return out
+
+
+def uids_to_array(uids: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """uids as DataComp pairs ``(int(uid[:16], 16), int(uid[16:32], 16))``, input order kept."""
+    if isinstance(uids, pa.ChunkedArray):
+        parts = [uids_to_array(chunk) for chunk in uids.chunks]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
+    if isinstance(uids, pa.Array):
+        if uids.null_count:
+            raise ValueError("a uid is null")
+        uids = uids.cast(pa.large_string())
+        offsets = np.frombuffer(uids.buffers()[1], dtype=np.int64)[
+            uids.offset : uids.offset + len(uids) + 1
+        ]
+        if len(uids) and not (np.diff(offsets) == 32).all():
+            raise ValueError("not a uid: every uid must be 32 hex characters")
+        data = np.frombuffer(uids.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        return _hex_to_pairs(data.reshape(-1, 32))
+    text = "".join(uids)
+    if len(text) != 32 * len(uids):
+        raise ValueError("not a uid: every uid must be 32 hex characters")
+    return _hex_to_pairs(np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(-1, 32))
+
+
+def array_to_uids(pairs: np.ndarray) -> list[str]:
+    """DataComp pairs back to 32-hex uid strings."""
+    return [f"{int(high):016x}{int(low):016x}" for high, low in zip(pairs["f0"], pairs["f1"],
+                                                                      strict=True)]
+
+
+def sort_uid_array(pairs: np.ndarray) -> np.ndarray:
+    """Sort ascending by (high, low), the order DataComp's resharder binary-searches."""
+    by_high = pairs[np.argsort(pairs["f0"])]
+    high = by_high["f0"]
+    if (high[1:] == high[:-1]).any():  # a shared high half (rare): order the full pair
+        return pairs[np.lexsort((pairs["f1"], pairs["f0"]))]
+    return by_high
+
+
+def check_uid_array(pairs: np.ndarray, source: str) -> None:
+    """Raise ValueError naming ``source`` when ``pairs`` is not a sorted DataComp uid array."""
+    if pairs.dtype != UID_DTYPE:
+        raise ValueError(f"{source}: dtype {pairs.dtype}, expected {UID_DTYPE} (DataComp uids)")
+    if pairs.ndim != 1:
+        raise ValueError(f"{source}: shape {pairs.shape}, expected one dimension")
+    high, low = pairs["f0"], pairs["f1"]
+    descending = (high[1:] < high[:-1]) | ((high[1:] == high[:-1]) & (low[1:] < low[:-1]))
+    if descending.any():
+        at = int(np.argmax(descending)) + 1
+        raise ValueError(
+            f"{source}: not sorted ascending (row {at} is smaller than row {at - 1}); "
+            "DataComp's resharder would silently lose samples"
+        )
+
+
+def save_uid_file(path: Path, pairs: np.ndarray) -> str:
+    """Sort and ``np.save`` a DataComp subset file atomically; return its sha256."""
+    pairs = sort_uid_array(np.asarray(pairs, dtype=UID_DTYPE))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, pairs)
+    os.replace(tmp, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_uid_file(path: Path) -> np.ndarray:
+    """Load a DataComp subset file, checking dtype and order; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such uid file")
+    try:
+        pairs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a .npy uid file ({exc})") from exc
+    check_uid_array(pairs, str(path))
+    return pairs

@@ -1,0 +1,100 @@
+"""SQL over a run's tables: one DuckDB connection with views over the Parquet files.
+
+Views: ``pool`` (the pool table), one per scorer named after it (``dfn``: uid, dfn_score,
+status, error) and ``samples``: every pool row with ``sample_id`` (part number << 32 | row in
+the part, a stable row identity) and, per scorer S, ``S_score``, ``S_status`` and
+``S_error``. Score parts are row-aligned with pool parts, so ``samples`` joins them by
+(part, row) rather than by uid: pools with repeated uids stay one row per sample.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from curate.errors import UserError
+from curate.workspace import RunPaths
+
+READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class QueryError(UserError):
+    """SQL that is refused or that DuckDB cannot run; the message is DuckDB's or ours."""
+
+
+def score_names(run: Path) -> list[str]:
+    """Scorers of a run that have at least one score part."""
+    scores = RunPaths(run).root / "scores"
+    if not scores.is_dir():
+        return []
+    return sorted(d.name for d in scores.iterdir() if any(d.glob("part-*.parquet")))
+
+
+def _parts(directory: Path) -> str:
+    return str(directory / "part-*.parquet").replace("'", "''")
+
+
+def _aligned(directory: Path) -> str:
+    """A file's rows with their part number and row number, for the positional join."""
+    return (
+        f"SELECT *, CAST(regexp_extract(filename, 'part-(\\d+)\\.parquet$', 1) AS INTEGER) "
+        f"AS _part, file_row_number AS _row FROM read_parquet('{_parts(directory)}', "
+        "filename = true, file_row_number = true, union_by_name = true)"
+    )
+
+
+def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the run's views (pool, each scorer, samples)."""
+    paths = RunPaths(Path(run))
+    paths.read_run()
+    if not paths.pool_parts():
+        raise UserError(f"run {paths.root} has no pool table (pool/part-*.parquet)")
+    con = duckdb.connect()
+    con.execute(
+        f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_parts(paths.pool_dir)}', "
+        "union_by_name = true)"
+    )
+    columns = [
+        "p.* EXCLUDE (filename, file_row_number, _part, _row)",
+        "(CAST(p._part AS BIGINT) << 32) + p._row AS sample_id",
+    ]
+    joins = []
+    for name in score_names(paths.root):
+        scores_dir = paths.scores_dir(name)
+        con.execute(
+            f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet(\'{_parts(scores_dir)}\')'
+        )
+        columns += [f'"{name}"."{name}_score"', f'"{name}".status AS "{name}_status"',
+                    f'"{name}".error AS "{name}_error"']
+        joins.append(f'LEFT JOIN ({_aligned(scores_dir)}) AS "{name}" '
+                     f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
+    con.execute(
+        f"CREATE VIEW samples AS SELECT {', '.join(columns)} "
+        f"FROM ({_aligned(paths.pool_dir)}) AS p {' '.join(joins)}"
+    )
+    return con
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but one SELECT (or EXPLAIN) statement."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from exc
+    if len(statements) != 1:
+        raise QueryError(f"one statement at a time, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_ONLY_STATEMENTS:
+        raise QueryError(f"queries are read-only: {kind.name} statements are refused")
+
+
+def run_query(run: Path | str, sql: str) -> pa.Table:
+    """Run one read-only statement over the run's views; DuckDB's errors become QueryError."""
+    con = connect(run)
+    check_read_only(con, sql)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from exc
