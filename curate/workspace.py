@@ -14,6 +14,8 @@ from typing import Any
 from curate.errors import UserError
 
 RUN_FILE = "run.json"
+SCORER_FILE = "_scorer.json"  # scores/<name>/_scorer.json: what made the scores
+DONE_DIR = "_done"  # scores/<name>/_done/part-NNNNN.json: completion records, written last
 
 
 def part_name(shard_index: int) -> str:

@@ -2,6 +2,9 @@
 
 From img2dataset output the per-shard parquet is the source of truth (it lists failed
 downloads too); a shard without parquet is read from its tar (``.json`` and ``.txt``).
+A folder of DataComp metadata (``*.parquet`` with a ``uid`` column, no ``*.tar``) is
+ingested by :mod:`curate.pool.datacomp`, which also writes its precomputed scores and
+embeddings.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import curate
+from curate.pool import datacomp
 from curate.pool.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
 from curate.schema import POOL_SCHEMA
 from curate.uids import is_valid_uid, uid_from_url_caption
@@ -31,6 +35,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("key", "url", "caption", "status")
 DROPPED_COLUMNS = ("exif",)  # large and unused downstream
 RENAMED = {"caption": "text"}
+DUCKDB_MEMORY_LIMIT = "512MB"  # for the duplicate-uid count over the whole pool
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,13 @@ class IngestSummary:
     by_status: Counter[str] = field(default_factory=Counter)
     duplicate_uids: int = 0
     skipped_shards: int = 0
+    source: str = "webdataset"
+    score_tables: list[str] = field(default_factory=list)  # precomputed ones (DataComp)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "source": self.source,
+            "score_tables": list(self.score_tables),
             "shards": self.shards,
             "samples": self.samples,
             "by_status": dict(self.by_status),
@@ -153,19 +162,10 @@ def read_shard_table(shard: Shard) -> pa.Table:
     return _conform(_table_from_tar(shard), shard, shard.tar)
 
 
-def _run_record(config: IngestConfig, shards: list[Shard], counts: dict[str, int]) -> dict:
+def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]]) -> dict:
     return {
-        "source": {"kind": "webdataset", "path": str(config.pool.resolve())},
-        "shards": [
-            {
-                "index": s.index,
-                "name": s.name,
-                "tar": str(s.tar.resolve()),
-                "parquet": str(s.parquet.resolve()) if s.parquet else None,
-                "samples": counts.get(s.name),
-            }
-            for s in shards
-        ],
+        "source": {"kind": kind, "path": str(config.pool.resolve())},
+        "shards": shards,
         "created": datetime.now(timezone.utc).isoformat(),
         "versions": {
             "filter_pool": curate.__version__,
@@ -191,14 +191,26 @@ def _prepare_run_dir(config: IngestConfig, paths: RunPaths) -> None:
 
 
 def _count_duplicate_uids(paths: RunPaths) -> int:
-    """Rows whose uid an earlier row already has, counted by DuckDB over the parts."""
+    """Rows whose uid an earlier row already has, counted by DuckDB over the parts.
+
+    DuckDB's memory is capped (it spills to a temporary folder in the run, removed after), so
+    a pool of millions of rows is counted in bounded memory.
+    """
     pattern = str(paths.pool_dir / "part-*.parquet")
     query = "SELECT count(*) - count(DISTINCT uid) FROM read_parquet(?)"
-    return int(duckdb.connect().execute(query, [pattern]).fetchone()[0])
+    spill = paths.root / ".duckdb-tmp"
+    config = {"memory_limit": DUCKDB_MEMORY_LIMIT, "temp_directory": str(spill)}
+    try:
+        with duckdb.connect(config=config) as connection:
+            return int(connection.execute(query, [pattern]).fetchone()[0])
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def ingest_pool(config: IngestConfig) -> IngestSummary:
-    """Build ``RUN/pool/part-NNNNN.parquet`` for every shard of an img2dataset pool."""
+    """Build ``RUN/pool/part-NNNNN.parquet`` for every shard of a pool or DataComp folder."""
+    if datacomp.is_datacomp_metadata(config.pool):
+        return _ingest_datacomp(config)
     shards = find_shards(config.pool)
     paths = RunPaths(config.run)
     _prepare_run_dir(config, paths)
@@ -217,10 +229,55 @@ def ingest_pool(config: IngestConfig) -> IngestSummary:
         counts[shard.name] = table.num_rows
         summary.samples += table.num_rows
         summary.by_status.update(table.column("status").to_pylist())
+    entries = [
+        {
+            "index": s.index,
+            "name": s.name,
+            "tar": str(s.tar.resolve()),
+            "parquet": str(s.parquet.resolve()) if s.parquet else None,
+            "samples": counts.get(s.name),
+        }
+        for s in shards
+    ]
+    _finish(config, paths, summary, "webdataset", entries)
+    return summary
+
+
+def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind: str,
+            entries: list[dict[str, Any]]) -> None:
+    """Count duplicate uids, write run.json, log the outcome."""
     summary.duplicate_uids = _count_duplicate_uids(paths)
-    write_json_atomic(paths.run_file, _run_record(config, shards, counts))
+    write_json_atomic(paths.run_file, _run_record(config, kind, entries))
     if summary.duplicate_uids:
         logger.warning("%d samples share a uid with an earlier sample", summary.duplicate_uids)
-    logger.info("ingested %d samples from %d shards into %s", summary.samples, len(shards),
+    logger.info("ingested %d samples from %d shards into %s", summary.samples, len(entries),
                 paths.root)
+
+
+def _ingest_datacomp(config: IngestConfig) -> IngestSummary:
+    """Pool, score and embedding parts for every file of a DataComp metadata folder."""
+    plans = [datacomp.inspect_file(f) for f in datacomp.find_metadata_files(config.pool)]
+    paths = RunPaths(config.run)
+    _prepare_run_dir(config, paths)
+    datacomp.prepare_run(paths)
+    summary = IngestSummary(shards=len(plans), source="datacomp",
+                            score_tables=[s.name for s in datacomp.SCORERS])
+    entries = []
+    for plan in plans:
+        file = plan.file
+        result = datacomp.ingest_metadata_file(plan, paths)
+        summary.samples += result.rows
+        summary.by_status.update(result.by_status)
+        summary.skipped_shards += int(result.skipped)
+        entries.append(
+            {
+                "index": file.index,
+                "name": file.name,
+                "tar": None,
+                "parquet": str(file.parquet.resolve()),
+                "npz": str(file.npz.resolve()) if file.npz else None,
+                "samples": result.rows,
+            }
+        )
+    _finish(config, paths, summary, "datacomp", entries)
     return summary

@@ -29,12 +29,17 @@ from curate.scoring.decode import DEFAULT_MAX_PIXELS
 from curate.scoring.scorer import ScorerConfig, get_scorer
 from curate.scoring.shard import ProgressFn, ShardTask, read_done_record, score_shard
 from curate.scoring.stats import ShardStats
-from curate.workspace import RunPaths, part_name, remove_stale_temporaries, write_json_atomic
+from curate.workspace import (
+    DONE_DIR,
+    SCORER_FILE,
+    RunPaths,
+    part_name,
+    remove_stale_temporaries,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
-SCORER_FILE = "_scorer.json"
-DONE_DIR = "_done"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -187,6 +192,12 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
     started = time.perf_counter()
     paths = RunPaths(config.run)
     run = paths.read_run()
+    imageless = [s["name"] for s in run["shards"] if not s.get("tar")]
+    if imageless:
+        raise ScoreError(
+            f"run {paths.root} has no image shards for {imageless[0]} (ingested from "
+            f"{run['source']['kind']} metadata); score needs img2dataset webdataset shards"
+        )
     try:
         record = _scorer_record(config)
     except ModelError as exc:

@@ -8,6 +8,7 @@ CORRUPT_IMAGE = "corrupt_image"
 UNSUPPORTED_FORMAT = "unsupported_format"
 TOO_LARGE = "too_large"  # refused by size before decoding (decompression bomb guard)
 SHARD_TRUNCATED = "shard_truncated"  # the tar ended before this sample
+MISSING_SCORE = "missing_score"  # an ingested score column (DataComp) had no value
 
 ALL = (
     OK,
@@ -18,6 +19,7 @@ ALL = (
     UNSUPPORTED_FORMAT,
     TOO_LARGE,
     SHARD_TRUNCATED,
+    MISSING_SCORE,
 )
 
 
