@@ -52,12 +52,15 @@ def main(
 
 @app.command()
 def ingest(
-    pool: Annotated[Path, typer.Argument(help="img2dataset webdataset output folder.")],
+    pool: Annotated[
+        Path, typer.Argument(help="img2dataset webdataset output or a DataComp metadata folder.")
+    ],
     run: Annotated[Path, typer.Option("--run", help="Run directory to create or complete.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a run made from another pool.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Read a pool's shards into the run's pool table (one row per sample)."""
+    """Read a pool into the run's tables (one row per sample); DataComp metadata also brings
+    its precomputed scores (clip_b32, clip_l14) and embeddings."""
     try:
         summary = ingest_pool(IngestConfig(pool=pool, run=run, overwrite=overwrite))
     except USER_ERRORS as exc:
@@ -140,6 +143,192 @@ def score(
         fail(str(exc))
     emit(summary.to_dict(), as_json, _summary_text(summary))
     if summary.failed_shards:
+        raise typer.Exit(code=1)
+
+
+def _csv_floats(text: str | None, option: str) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        fail(f"{option} takes comma-separated numbers, got '{text}'")
+
+
+def _filter_specs(texts: list[str] | None) -> tuple:
+    from curate.filters import parse_filter_spec
+
+    return tuple(parse_filter_spec(text) for text in texts or [])
+
+
+FilterOption = Annotated[
+    list[str] | None,
+    typer.Option("--filter", help="A named filter, NAME or NAME:key=value,... (repeatable)."),
+]
+WhereOption = Annotated[str | None, typer.Option(help="SQL condition over `samples` to keep.")]
+
+
+@app.command()
+def query(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    sql: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
+    output_format: Annotated[
+        str, typer.Option("--format", help="table, csv, json or parquet.")
+    ] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write the result to this file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """Run read-only SQL over the run's views: pool, one per scorer, samples."""
+    from curate.query_output import write_result
+    from curate.tables import run_query
+
+    try:
+        result = run_query(run, sql)
+        text = write_result(result, output_format, out, overwrite)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    if text:
+        typer.echo(text)
+
+
+@app.command("filters")
+def list_filters_command(as_json: JsonOption = False) -> None:
+    """List the named filters and their parameters."""
+    from curate.filters import list_filters
+
+    entries = [
+        {
+            "name": f.name,
+            "description": f.description,
+            "params": [
+                {"name": p.name, "type": p.type_name, "default": p.default, "help": p.help,
+                 "required": p.required}
+                for p in f.params
+            ],
+        }
+        for f in list_filters()
+    ]
+    lines = []
+    for entry in entries:
+        lines.append(f"{entry['name']}: {entry['description']}")
+        lines += [
+            f"    {p['name']} ({p['type']}{', required' if p['required'] else ''}"
+            f"{'' if p['default'] is None else ', default ' + str(p['default'])}): {p['help']}"
+            for p in entry["params"]
+        ]
+    emit({"filters": entries}, as_json, "\n".join(lines))
+
+
+@app.command("sweep")
+def sweep_command(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    by: Annotated[str, typer.Option(help="Score column (dfn or dfn_score).")],
+    fractions: Annotated[
+        str | None, typer.Option(help="Comma-separated fractions to keep.")
+    ] = "0.1,0.15,0.2,0.3",
+    thresholds: Annotated[str | None, typer.Option(help="Comma-separated thresholds.")] = None,
+    points: Annotated[
+        int | None, typer.Option(help="Instead of --fractions: N evenly spaced fractions.")
+    ] = None,
+    filters: FilterOption = None,
+    where: WhereOption = None,
+    name: Annotated[str | None, typer.Option(help="Sweep name (default: the column).")] = None,
+    stats_sample: Annotated[
+        int, typer.Option(help="Rows sampled for English and class-match shares.")
+    ] = 100_000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Kept counts and kept-sample statistics at DataComp fractions and thresholds."""
+    from curate.sweep import SweepConfig, sweep
+
+    try:
+        chosen = (tuple((i + 1) / points for i in range(points)) if points
+                  else _csv_floats(fractions, "--fractions"))
+        result = sweep(SweepConfig(
+            run=run, by=by, fractions=chosen,
+            thresholds=_csv_floats(thresholds, "--thresholds"), filters=_filter_specs(filters),
+            where=where, name=name, overwrite=overwrite, stats_sample=stats_sample,
+        ))
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    header = f"{'fraction':>9} {'threshold':>10} {'kept':>10} {'kept%':>7} {'chars':>7} " \
+             f"{'english':>8} {'classes':>8}"
+
+    def cell(value: Any, fmt: str) -> str:
+        return format(value, fmt) if value is not None else "-"
+
+    lines = [f"sweep of {result.column} over {result.candidates} samples -> {result.path}",
+             header]
+    for row in result.table.to_pylist():
+        lines.append(
+            f"{cell(row['fraction'], '9.3f')} {row['threshold']:10.4f} {row['kept']:10d} "
+            f"{100 * row['kept_fraction']:6.2f}% {cell(row['mean_caption_chars'], '7.1f')} "
+            f"{cell(row['english_share'], '8.3f')} {cell(row['class_match_share'], '8.3f')}"
+        )
+    emit(result.to_dict(), as_json, "\n".join(lines))
+
+
+@app.command("select")
+def select_command(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    out: Annotated[str, typer.Option(help="Subset name: writes RUN/subsets/NAME/.")],
+    by: Annotated[str | None, typer.Option(help="Score column (dfn or dfn_score).")] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="Keep this top fraction (DataComp's rule).")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Keep score >= this.")] = None,
+    filters: FilterOption = None,
+    where: WhereOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing subset.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Select a subset: uids.npy (DataComp), manifest, dropped samples with reasons."""
+    from curate.select import SelectConfig, select_subset
+
+    try:
+        summary = select_subset(SelectConfig(
+            run=run, name=out, by=by, fraction=fraction, threshold=threshold,
+            filters=_filter_specs(filters), where=where, overwrite=overwrite,
+            command=" ".join(["filter-pool", *sys.argv[1:]]),
+        ))
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    payload = summary.to_dict()
+    lines = [f"subset '{summary.name}': kept {summary.kept} of {summary.total} "
+             f"({100 * payload['kept_fraction']:.2f}%) -> {summary.path}"]
+    lines += [f"  dropped first by {label}: {count}"
+              for label, count in summary.dropped_first.most_common()]
+    emit(payload, as_json, "\n".join(lines))
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
+    out: Annotated[Path, typer.Option(help="Output folder for webdataset shards.")],
+    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 10_000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the subset as webdataset shards named by uid, for the reinforcement stage."""
+    from curate.export import ExportConfig, export_subset
+
+    try:
+        summary = export_subset(ExportConfig(run=run, subset=subset, out=out,
+                                             shard_size=shard_size, overwrite=overwrite,
+                                             progress=progress))
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    payload = summary.to_dict()
+    text = (f"exported {summary.exported} of {summary.selected} samples in {summary.shards} "
+            f"shards -> {summary.out}")
+    if summary.missing:
+        text += "\n  missing from the pool: " + ", ".join(
+            f"{reason} {count}" for reason, count in summary.missing.most_common())
+    emit(payload, as_json, text)
+    if summary.missing:
         raise typer.Exit(code=1)
 
 

@@ -1,0 +1,222 @@
+"""SQL views, read-only queries, DataComp-exact selection, sweeps and the CLI around them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from curate.cli import app
+from curate.errors import UserError
+from curate.filters import FilterSpec
+from curate.pool.ingest import IngestConfig, ingest_pool
+from curate.select import SelectConfig, select_subset
+from curate.sweep import SweepConfig, sweep
+from curate.tables import QueryError, connect, run_query
+from curate.uids import read_uid_file, uids_to_array
+
+runner = CliRunner()
+N_FILES, ROWS = 3, 400
+
+
+def _datacomp_folder(root: Path, seed: int = 0) -> tuple[Path, pa.Table]:
+    """DataComp-format metadata with tied and missing scores, in three files."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    tables = []
+    for i in range(N_FILES):
+        uids = [f"{rng.integers(2**63):016x}{rng.integers(2**63):016x}" for _ in range(ROWS)]
+        l14 = np.round(rng.normal(0.22, 0.05, ROWS), 2).astype(np.float64)  # many ties
+        l14[rng.choice(ROWS, 5, replace=False)] = np.nan
+        words = rng.integers(1, 12, ROWS)
+        table = pa.table({
+            "uid": uids,
+            "url": [f"http://127.0.0.1/{u}.jpg" for u in uids],
+            "text": [" ".join(["cat"] * int(w)) for w in words],
+            "original_width": rng.integers(100, 800, ROWS),
+            "original_height": rng.integers(100, 800, ROWS),
+            "clip_b32_similarity_score": rng.normal(0.3, 0.05, ROWS),
+            "clip_l14_similarity_score": l14,
+            "face_bboxes": [[] for _ in range(ROWS)],
+            "sha256": ["0" * 64] * ROWS,
+        })
+        pq.write_table(table, root / f"{i:05d}.parquet")
+        tables.append(table)
+    return root, pa.concat_tables(tables)
+
+
+def _datacomp_select(scores: np.ndarray, uids: list[str], fraction: float) -> set[str]:
+    """DataComp baselines.py --name clip_score --fraction F, written out as it is there."""
+    n = int(len(scores) * fraction)
+    threshold = -np.sort(-scores)[n]
+    return {u for u, s in zip(uids, scores, strict=True) if s >= threshold}
+
+
+@pytest.fixture(scope="module")
+def datacomp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
+    base = tmp_path_factory.mktemp("dc")
+    folder, table = _datacomp_folder(base / "metadata")
+    ingest_pool(IngestConfig(pool=folder, run=base / "run"))
+    return base / "run", table
+
+
+def test_views_and_samples(datacomp_run: tuple[Path, pa.Table]) -> None:
+    run, table = datacomp_run
+    con = connect(run)
+    assert con.execute("SELECT count(*) FROM pool").fetchone()[0] == N_FILES * ROWS
+    assert con.execute("SELECT count(*) FROM clip_l14").fetchone()[0] == N_FILES * ROWS
+    columns = [r[0] for r in con.execute("DESCRIBE samples").fetchall()]
+    assert {"sample_id", "clip_l14_score", "clip_l14_status", "clip_b32_score"} <= set(columns)
+    got = con.execute("SELECT uid, clip_b32_score FROM samples ORDER BY sample_id").fetchall()
+    assert [u for u, _ in got] == table.column("uid").to_pylist()
+    np.testing.assert_allclose([s for _, s in got],
+                               table.column("clip_b32_similarity_score").to_numpy(), rtol=1e-6)
+
+
+def test_queries_are_read_only(datacomp_run: tuple[Path, pa.Table]) -> None:
+    run, _ = datacomp_run
+    assert run_query(run, "SELECT count(*) AS n FROM samples").column("n")[0].as_py() == 1200
+    for sql in ["CREATE TABLE t AS SELECT 1", "COPY pool TO 'x.csv'", "INSERT INTO pool "
+                "SELECT * FROM pool", "ATTACH 'x.db'", "SELECT 1; SELECT 2"]:
+        with pytest.raises(QueryError):
+            run_query(run, sql)
+    with pytest.raises(QueryError, match="Parser Error"):
+        run_query(run, "SELEC 1")
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.15, 0.3, 0.5, 0.9, 1.0])
+def test_fraction_selection_equals_datacomp(
+    tmp_path: Path, datacomp_run: tuple[Path, pa.Table], fraction: float
+) -> None:
+    run, table = datacomp_run
+    scores = table.column("clip_l14_similarity_score").to_numpy(zero_copy_only=False)
+    uids = table.column("uid").to_pylist()
+    valid = ~np.isnan(scores)
+    if fraction < 1.0:
+        scored = [u for u, v in zip(uids, valid, strict=True) if v]
+        expected = _datacomp_select(scores[valid], scored, fraction)
+    else:  # DataComp indexes past the end at F = 1; filter-pool keeps every scored sample
+        expected = {u for u, v in zip(uids, valid, strict=True) if v}
+    name = f"f{int(fraction * 100)}"
+    select_subset(SelectConfig(run=run, name=name, by="clip_l14", fraction=fraction,
+                               overwrite=True))
+    pairs = read_uid_file(run / "subsets" / name / "uids.npy")
+    assert len(pairs) == len(expected)
+    assert (pairs == np.sort(uids_to_array(sorted(expected)))).all()
+
+
+def test_threshold_filters_and_provenance(datacomp_run: tuple[Path, pa.Table]) -> None:
+    run, table = datacomp_run
+    summary = select_subset(SelectConfig(
+        run=run, name="cut", by="clip_b32_score", threshold=0.3,
+        filters=(FilterSpec("caption_length"), FilterSpec("image_size")), overwrite=True,
+        command="filter-pool select ...",
+    ))
+    b32 = table.column("clip_b32_similarity_score").to_numpy()
+    words = np.array([len(t.split()) for t in table.column("text").to_pylist()])
+    side = np.minimum(table.column("original_width").to_numpy(),
+                      table.column("original_height").to_numpy())
+    keep = (b32 >= 0.3) & (words >= 3) & (side >= 200)
+    assert summary.kept == int(keep.sum())
+    folder = run / "subsets" / "cut"
+    manifest = pq.read_table(folder / "manifest.parquet")
+    dropped = pq.read_table(folder / "dropped.parquet")
+    assert manifest.num_rows + dropped.num_rows == len(b32)
+    assert {"uid", "shard", "key", "url", "text", "clip_b32_score", "clip_l14_score"} <= set(
+        manifest.column_names)
+    first = dict(zip(dropped.column("uid").to_pylist(),
+                     dropped.column("first_failed_filter").to_pylist(), strict=True))
+    uids = table.column("uid").to_pylist()
+    for i in np.nonzero(words < 3)[0][:20]:
+        assert first[uids[i]].startswith("caption_length")
+    record = json.loads((folder / "selection.json").read_text())
+    assert record["kept"] == summary.kept and record["command"] == "filter-pool select ..."
+    assert record["scorers"]["clip_b32"]["name"] == "clip_b32"
+    assert {"run.json", "pool", "scores/clip_b32"} <= set(record["inputs"])
+    import hashlib
+
+    assert record["uids_sha256"] == hashlib.sha256(
+        (folder / "uids.npy").read_bytes()).hexdigest()
+
+
+def test_bad_selections_write_nothing(datacomp_run: tuple[Path, pa.Table]) -> None:
+    run, _ = datacomp_run
+    with pytest.raises(UserError, match="unknown column 'nope'"):
+        select_subset(SelectConfig(run=run, name="bad", by="nope", fraction=0.3))
+    with pytest.raises(UserError, match="keeps no sample"):
+        select_subset(SelectConfig(run=run, name="bad", where="text = 'no such caption'"))
+    with pytest.raises(UserError, match=r"\(0, 1\]"):
+        SelectConfig(run=run, name="bad", by="clip_l14", fraction=0.0)
+    assert not (run / "subsets" / "bad").exists()
+
+
+def test_sweep_is_monotonic_and_matches_selection(datacomp_run: tuple[Path, pa.Table]) -> None:
+    run, _ = datacomp_run
+    result = sweep(SweepConfig(run=run, by="clip_l14", fractions=(0.1, 0.2, 0.3, 0.5),
+                               thresholds=(0.1, 0.2, 0.25), overwrite=True, stats_sample=500))
+    rows = sorted(result.table.to_pylist(), key=lambda r: r["threshold"])
+    kept = [r["kept"] for r in rows]
+    assert kept == sorted(kept, reverse=True)
+    assert (result.path / "sweep.parquet").is_file() and (result.path / "sweep.png").is_file()
+    at_30 = next(r for r in rows if r["fraction"] == 0.3)
+    summary = select_subset(SelectConfig(run=run, name="s30", by="clip_l14", fraction=0.3,
+                                         overwrite=True))
+    assert at_30["kept"] == summary.kept
+    assert all(r["english_share"] is not None for r in rows)
+
+
+def test_cli_query_select_sweep(tmp_path: Path, datacomp_run: tuple[Path, pa.Table]) -> None:
+    run, _ = datacomp_run
+    result = runner.invoke(app, ["query", str(run), "SELECT count(*) AS n FROM samples",
+                                 "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.output) == [{"n": 1200}]
+    out = tmp_path / "q.parquet"
+    result = runner.invoke(app, ["query", str(run), "SELECT uid FROM pool", "--format",
+                                 "parquet", "--out", str(out)])
+    assert result.exit_code == 0 and pq.read_table(out).num_rows == 1200
+    result = runner.invoke(app, ["query", str(run), "DROP VIEW pool"])
+    assert result.exit_code == 2 and "read-only" in result.output
+    result = runner.invoke(app, ["query", str(run), "SELECT nope FROM pool"])
+    assert result.exit_code == 2 and "Binder Error" in result.output
+    result = runner.invoke(app, ["select", str(run), "--out", "cli30", "--by", "clip_l14",
+                                 "--fraction", "0.3", "--filter", "caption_length:min_words=2",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["kept"] > 0
+    again = runner.invoke(app, ["select", str(run), "--out", "cli30", "--by", "clip_l14",
+                                "--fraction", "0.3"])
+    assert again.exit_code == 2 and "exists" in again.output
+    result = runner.invoke(app, ["sweep", str(run), "--by", "clip_l14", "--points", "10",
+                                 "--name", "cli", "--stats-sample", "100"])
+    assert result.exit_code == 0, result.output
+    assert len(result.output.strip().splitlines()) == 12
+    result = runner.invoke(app, ["filters", "--json"])
+    names = {f["name"] for f in json.loads(result.output)["filters"]}
+    assert {"basic", "caption_length", "image_size", "aspect_ratio", "language", "text_match",
+            "threshold", "fraction"} <= names
+
+
+def test_select_then_export_hands_off_exactly_the_subset(tmp_path: Path, run_dir: Path) -> None:
+    import tarfile
+
+    result = runner.invoke(app, ["select", str(run_dir), "--out", "long", "--filter",
+                                 "caption_length:min_words=8"])
+    assert result.exit_code == 0, result.output
+    manifest = pq.read_table(run_dir / "subsets" / "long" / "manifest.parquet")
+    out = tmp_path / "handoff"
+    result = runner.invoke(app, ["export", str(run_dir), "--subset", "long", "--out", str(out),
+                                 "--shard-size", "5", "--no-progress", "--json"])
+    summary = json.loads(result.output)
+    exported = set()
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as archive:
+            exported |= {name.split(".", 1)[0] for name in archive.getnames()}
+    missing = set(pq.read_table(out / "missing.parquet").column("uid").to_pylist())
+    assert exported | missing == set(manifest.column("uid").to_pylist())
+    assert summary["exported"] == len(exported)
+    assert result.exit_code == (1 if missing else 0)
