@@ -24,9 +24,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import tarfile
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,7 +49,7 @@ from curate.scoring.status import (
     UNSUPPORTED_FORMAT,
     SampleError,
 )
-from curate.workspace import RunPaths, write_json_atomic
+from curate.workspace import RunPaths, staged_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -329,17 +327,6 @@ def _prepare_out(config: ExportConfig) -> None:
         raise UserError(f"output {config.out} already exists; use --overwrite to replace it")
 
 
-def _commit(staging: Path, out: Path) -> None:
-    """Rename the finished staging directory to DIR, replacing an existing DIR."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def _info(
     config: ExportConfig, summary: ExportSummary, shards: list[tuple[str, int]]
 ) -> dict[str, Any]:
@@ -404,66 +391,63 @@ def export_subset(config: ExportConfig) -> ExportSummary:
         for row in table.take(pa.array(rows, pa.int64())).to_pylist():
             report(row, UNKNOWN_SHARD, f"run {config.run} lists no shard {name!r}")
 
-    staging = config.out.parent / f".{config.out.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    writer = _ShardWriter(staging, config.shard_size)
-    try:
-        for shard, tar in tars.items():
-            indices = [i for i in groups.get(shard, np.empty(0, np.int64)).tolist()
-                       if i not in skip]
-            if not indices:
-                continue
-            before = len(missing)
-            wanted: dict[str, dict[str, Any]] = {}
-            for row in table.take(pa.array(indices, pa.int64())).to_pylist():
-                if row["key"] in wanted:
-                    report(row, DUPLICATE_KEY)
-                else:
-                    wanted[row["key"]] = row
-            if tar is None or not tar.is_file():
+    with staged_directory(config.out) as staging:
+        writer = _ShardWriter(staging, config.shard_size)
+        try:
+            for shard, tar in tars.items():
+                indices = [i for i in groups.get(shard, np.empty(0, np.int64)).tolist()
+                           if i not in skip]
+                if not indices:
+                    continue
+                before = len(missing)
+                wanted: dict[str, dict[str, Any]] = {}
+                for row in table.take(pa.array(indices, pa.int64())).to_pylist():
+                    if row["key"] in wanted:
+                        report(row, DUPLICATE_KEY)
+                    else:
+                        wanted[row["key"]] = row
+                if tar is None or not tar.is_file():
+                    for row in wanted.values():
+                        detail = f"{tar} does not exist" if tar else "run.json lists no tar"
+                        report(row, TAR_MISSING, detail)
+                    wanted = {}
+                result = TarReadResult()
+                for sample in iter_tar_samples(tar, result) if tar and wanted else ():
+                    row = wanted.pop(sample.key, None)
+                    if row is None:
+                        continue
+                    try:
+                        members, reencoded = _sample_members(
+                            row, sample, score_columns, config.jpeg_quality
+                        )
+                    except SampleError as exc:
+                        report(row, exc.status, exc.reason)
+                        continue
+                    writer.add(row["uid"], members)
+                    summary.exported += 1
+                    summary.reencoded += reencoded
+                    bar.update(1)
+                    if not wanted:
+                        break
                 for row in wanted.values():
-                    detail = f"{tar} does not exist" if tar else "run.json lists no tar"
-                    report(row, TAR_MISSING, detail)
-                wanted = {}
-            result = TarReadResult()
-            for sample in iter_tar_samples(tar, result) if tar and wanted else ():
-                row = wanted.pop(sample.key, None)
-                if row is None:
-                    continue
-                try:
-                    members, reencoded = _sample_members(
-                        row, sample, score_columns, config.jpeg_quality
-                    )
-                except SampleError as exc:
-                    report(row, exc.status, exc.reason)
-                    continue
-                writer.add(row["uid"], members)
-                summary.exported += 1
-                summary.reencoded += reencoded
-                bar.update(1)
-                if not wanted:
-                    break
-            for row in wanted.values():
-                report(row, SHARD_TRUNCATED if result.error else NOT_IN_TAR, result.error)
-            if len(missing) > before:
-                reasons = Counter(m["reason"] for m in missing[before:])
-                logger.warning("shard %s: %d selected sample(s) missing (%s)", shard,
-                               len(missing) - before,
-                               ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items())))
-        writer.close()
-        bar.close()
+                    report(row, SHARD_TRUNCATED if result.error else NOT_IN_TAR, result.error)
+                if len(missing) > before:
+                    reasons = Counter(m["reason"] for m in missing[before:])
+                    logger.warning("shard %s: %d selected sample(s) missing (%s)", shard,
+                                   len(missing) - before,
+                                   ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items())))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close()
         summary.shards = len(writer.written)
         pq.write_table(pa.Table.from_pylist(missing, schema=MISSING_SCHEMA),
                        staging / "missing.parquet")
         lines = [{"shard": name, "num_uids": count} for name, count in writer.written]
         (staging / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         write_json_atomic(staging / "info.json", _info(config, summary, writer.written))
-        _commit(staging, config.out)
-    except BaseException:
-        writer.abort()
-        bar.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if summary.missing:
         logger.warning("%d of %d selected samples missing from the pool; listed in %s",
                        sum(summary.missing.values()), summary.selected,

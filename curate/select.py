@@ -18,8 +18,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,7 +32,7 @@ from curate.errors import UserError
 from curate.filters import FilterSpec, evaluate_filters
 from curate.tables import connect, score_names
 from curate.uids import save_uid_file, uids_to_array
-from curate.workspace import RunPaths
+from curate.workspace import RunPaths, staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -218,9 +216,7 @@ def _write_subset(
     paths: RunPaths, config: SelectConfig, target: Path, manifest: pa.Table, dropped: pa.Table,
     summary: SelectSummary, scorers: list[str],
 ) -> None:
-    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    staging.mkdir(parents=True)
-    try:
+    with staged_directory(target) as staging:
         summary.uids_sha256 = save_uid_file(staging / "uids.npy",
                                             uids_to_array(manifest.column("uid")))
         pq.write_table(manifest, staging / "manifest.parquet")
@@ -239,10 +235,4 @@ def _write_subset(
             "filter_pool_version": curate.__version__,
         }
         (staging / "selection.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     logger.info("subset %s: kept %d of %d", config.name, summary.kept, summary.total)

@@ -10,8 +10,6 @@ sample of the candidates (``stats_sample`` rows), since language ID costs far mo
 from __future__ import annotations
 
 import logging
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from curate.errors import UserError
 from curate.filters import FilterSpec, evaluate_filters
 from curate.select import NAME_PATTERN, resolve_score_column
 from curate.tables import connect
-from curate.workspace import RunPaths
+from curate.workspace import RunPaths, staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -226,17 +224,9 @@ def sweep(config: SweepConfig) -> SweepResult:
         "class_match_share": pa.array([c for _, c in shares], pa.float64()),
     })
     edges, counts = _histogram(con)
-    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    staging.mkdir(parents=True)
-    try:
+    with staged_directory(target) as staging:
         pq.write_table(table, staging / "sweep.parquet")
         if config.plot:
             _plot(staging / "sweep.png", table, edges, counts, column)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return SweepResult(name, column, total, table, target,
                        sorted(p.name for p in target.iterdir()))

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from open_clip.push_to_hf_hub import save_config_for_hf
 
 from curate.errors import UserError
+from curate.workspace import staged_directory
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -32,17 +31,9 @@ def save_model_directory(
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass overwrite to replace it")
-    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    staging.mkdir(parents=True)
-    try:
+    with staged_directory(out) as staging:
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in
                  model.state_dict().items()}
         safetensors.torch.save_file(state, str(staging / WEIGHTS_NAME))
         save_config_for_hf(model, staging / CONFIG_NAME, model_config=model_cfg)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out
