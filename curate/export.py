@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 import curate
 from curate.errors import UserError
-from curate.pool.shards import TarReadResult, TarSample, iter_tar_samples
+from curate.pool.shards import TarReadResult, TarSample, add_tar_member, iter_tar_samples
 from curate.scoring.decode import decode_image
 from curate.scoring.status import (
     MISSING_CAPTION,
@@ -171,16 +171,6 @@ def to_rgb_jpeg(data: bytes, quality: int = 95) -> tuple[bytes, bool]:
     return buffer.getvalue(), True
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = MEMBER_MTIME
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 class _ShardWriter:
     """Writes output shards one at a time: a temporary name while open, renamed when full."""
 
@@ -199,7 +189,7 @@ class _ShardWriter:
             # Open across many add() calls; closed by close() or abort().
             self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         for extension, data in members:
-            _add_member(self._tar, f"{uid}.{extension}", data)
+            add_tar_member(self._tar, f"{uid}.{extension}", data, mtime=MEMBER_MTIME)
         self._count += 1
         if self._count >= self.shard_size:
             self.close()

@@ -6,6 +6,7 @@ img2dataset writes, per shard, ``NNNNN.tar`` (members ``{key}.jpg``, ``{key}.txt
 
 from __future__ import annotations
 
+import io
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,20 @@ class Shard:
     tar: Path
     parquet: Path | None
     stats: Path | None
+
+
+def add_tar_member(
+    archive: tarfile.TarFile, name: str, data: bytes, *, mtime: int, mode: int = 0o644,
+    owner: str = "",
+) -> None:
+    """Add bytes as a regular member with fixed metadata, so equal input gives equal tars."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = mtime
+    info.mode = mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = owner
+    archive.addfile(info, io.BytesIO(data))
 
 
 def find_shards(pool: Path) -> list[Shard]:

@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from curate.pool.shards import add_tar_member
+
 logger = logging.getLogger(__name__)
 
 PLANTED_KINDS: tuple[str, ...] = (
@@ -435,14 +437,9 @@ def _parquet_schema(with_uid: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = _MTIME
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = "bigdata"
-    tar.addfile(info, io.BytesIO(data))
+def _add_img2dataset_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """A member as img2dataset's writer leaves it (read-only, owner "bigdata")."""
+    add_tar_member(tar, name, data, mtime=_MTIME, mode=0o444, owner="bigdata")
 
 
 def _write_shard(root: Path, shard: str, samples: list[_Sample], with_uid: bool) -> None:
@@ -453,10 +450,12 @@ def _write_shard(root: Path, shard: str, samples: list[_Sample], with_uid: bool)
             if not sample.in_tar:
                 continue
             if sample.image is not None:
-                _add_member(tar, f"{sample.key}.jpg", sample.image)
-            _add_member(tar, f"{sample.key}.json", json.dumps(meta, indent=4).encode("utf-8"))
+                _add_img2dataset_member(tar, f"{sample.key}.jpg", sample.image)
+            _add_img2dataset_member(
+                tar, f"{sample.key}.json", json.dumps(meta, indent=4).encode("utf-8")
+            )
             if sample.has_txt and sample.caption is not None:
-                _add_member(tar, f"{sample.key}.txt", sample.caption.encode("utf-8"))
+                _add_img2dataset_member(tar, f"{sample.key}.txt", sample.caption.encode("utf-8"))
 
     schema = _parquet_schema(with_uid)
     columns = {name: [m[name] for m in metas] for name in schema.names}
