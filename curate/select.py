@@ -19,13 +19,17 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 import curate
 from curate.errors import UserError
@@ -170,8 +174,94 @@ def _prepare_output(paths: RunPaths, name: str, overwrite: bool) -> Path:
     return target
 
 
+def _passed_masks(decisions: pa.Table, labels: list[str]) -> list[np.ndarray]:
+    """Per filter, True where it kept the sample (a null decision counts as dropped)."""
+    return [pc.fill_null(decisions.column(label), False).to_numpy(zero_copy_only=False)
+            for label in labels]
+
+
+def _drop_counts(ids: np.ndarray, passed: list[np.ndarray], labels: list[str],
+                 in_order: bool) -> tuple[Counter[str], Counter[str]]:
+    """Dropped samples by first failing filter, and failures per filter.
+
+    Counted with NumPy; keys go in in the order a row-by-row pass in ``sample_id`` order meets
+    them, so ``most_common`` breaks ties as a Counter over the dropped rows would."""
+
+    def earliest(mask: np.ndarray) -> int:
+        return int(ids[np.argmax(mask)]) if in_order else int(ids[mask].min())
+
+    first_rows, failing_rows = [], []
+    alive = np.ones(len(ids), dtype=bool)  # no earlier filter failed
+    for j, kept in enumerate(passed):
+        failed = ~kept
+        if n := int(failed.sum()):
+            failing_rows.append((earliest(failed), j, n))
+        first = failed & alive
+        if n := int(first.sum()):
+            first_rows.append((earliest(first), j, n))
+        alive &= kept
+    return (Counter({labels[j]: n for _, j, n in sorted(first_rows)}),
+            Counter({labels[j]: n for _, j, n in sorted(failing_rows)}))
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _copy_outputs(con: Any, staging: Path, decisions: pa.Table, labels: list[str],
+                  scorers: list[str], in_order: bool) -> None:
+    """``manifest.parquet`` (kept) and ``dropped.parquet`` (dropped, with reasons), streamed
+    by DuckDB from ``samples`` and ``decisions`` to Parquet, rows in ``sample_id`` order.
+
+    ``in_order`` (``decisions`` sorted by ``sample_id``): each output is one pass of ``samples
+    POSITIONAL JOIN decisions``, no hash join and no sort; a row whose sample_ids differ stops
+    the query (``samples`` is not in ``sample_id`` order), and the output is then written as
+    otherwise: a join on ``sample_id``, sorted. The two outputs are written side by side (a
+    positional pass runs on one thread)."""
+    kept_sql, failing_sql = _decision_sql(labels)
+    score_columns = "".join(f', s."{s}_score"' for s in scorers)
+    manifest_columns = ", ".join(f"s.{c}" for c in MANIFEST_COLUMNS) + score_columns
+    outputs = {
+        "manifest.parquet": (f"SELECT {manifest_columns} FROM {{source}} WHERE {{keep}}",
+                             kept_sql),
+        "dropped.parquet": (
+            "SELECT uid, shard, key, _failing[1] AS first_failed_filter, _failing AS "
+            f"failed_filters FROM (SELECT s.sample_id, s.uid, s.shard, s.key, {failing_sql} "
+            "AS _failing FROM {source} WHERE {keep})",
+            f"NOT ({kept_sql})",
+        ),
+    }
+    guard = ("CASE WHEN s.sample_id IS DISTINCT FROM d.sample_id THEN "
+             "error('samples is not in sample_id order') ELSE {keep} END")
+
+    def write(name: str) -> None:
+        template, keep = outputs[name]
+        target = _sql_path(staging / name)
+        cursor = con.cursor()  # one per output: the two run side by side
+        cursor.register("decisions", decisions)
+        if in_order:
+            query = template.format(source="samples s POSITIONAL JOIN decisions d",
+                                    keep=guard.format(keep=keep))
+            try:
+                cursor.execute(f"COPY ({query}) TO {target} (FORMAT parquet)")
+                return
+            except duckdb.InvalidInputException as exc:
+                logger.debug("positional write of %s refused (%s); joining", name, exc)
+        query = template.format(source="samples s JOIN decisions d USING (sample_id)",
+                                keep=keep)
+        cursor.execute(f"COPY ({query} ORDER BY sample_id) TO {target} (FORMAT parquet)")
+
+    with ThreadPoolExecutor(max_workers=len(outputs)) as pool:
+        for future in [pool.submit(write, name) for name in outputs]:
+            future.result()
+
+
 def select_subset(config: SelectConfig) -> SelectSummary:
-    """Evaluate the filters over ``samples`` and write ``subsets/NAME/`` atomically."""
+    """Evaluate the filters over ``samples`` and write ``subsets/NAME/`` atomically.
+
+    Only the filters' decisions (per sample: sample_id, uid, one boolean per filter) are held
+    in memory; the counts and ``uids.npy`` come from them, and DuckDB streams the manifest and
+    the dropped table to Parquet."""
     paths = RunPaths(config.run)
     target = _prepare_output(paths, config.name, config.overwrite)
     con = connect(config.run)
@@ -179,48 +269,40 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     specs = config.all_filters(score_column)
     decisions = evaluate_filters(con, specs, where=config.where)
     labels = [c for c in decisions.column_names if c not in ("uid", "sample_id")]
-    con.register("decisions", decisions)
-    kept_sql, failing_sql = _decision_sql(labels)
-    scorers = score_names(config.run)
-    score_columns = ", ".join(f's."{s}_score"' for s in scorers)
-    manifest_columns = ", ".join(f"s.{c}" for c in MANIFEST_COLUMNS)
-    con.execute(
-        f"CREATE TEMP TABLE decided AS SELECT s.*, {kept_sql} AS _kept, {failing_sql} AS "
-        "_failing FROM samples s JOIN decisions d USING (sample_id)"
-    )
-    manifest = con.sql(
-        f"SELECT {manifest_columns}{', ' + score_columns if scorers else ''} FROM decided s "
-        "WHERE _kept ORDER BY sample_id"
-    ).to_arrow_table()
-    if manifest.num_rows == 0:
+    passed = _passed_masks(decisions, labels)
+    kept = np.logical_and.reduce(passed) if passed else np.ones(decisions.num_rows, bool)
+    if not kept.any():
         raise UserError("the selection keeps no sample; nothing written")
-    dropped = con.sql(
-        "SELECT uid, shard, key, _failing[1] AS first_failed_filter, _failing AS failed_filters "
-        "FROM decided WHERE NOT _kept ORDER BY sample_id"
-    ).to_arrow_table()
+    ids = decisions.column("sample_id").to_numpy()
+    in_order = bool((ids[1:] > ids[:-1]).all())
+    dropped_first, failing = _drop_counts(ids, passed, labels, in_order)
+    del passed
+    scorers = score_names(config.run)
     summary = SelectSummary(
         name=config.name,
         path=target,
         total=decisions.num_rows,
-        kept=manifest.num_rows,
-        dropped_first=Counter(dropped.column("first_failed_filter").to_pylist()),
-        failing=Counter(label for row in dropped.column("failed_filters").to_pylist()
-                        for label in row),
+        kept=int(kept.sum()),
+        dropped_first=dropped_first,
+        failing=failing,
         filters=_resolved_records(decisions),
     )
-    _write_subset(paths, config, target, manifest, dropped, summary, scorers)
+    uids = uids_to_array(decisions.column("uid").filter(pa.array(kept)))
+    decisions = decisions.select(["sample_id", *labels])  # the uids are done with: free them
+    pa.default_memory_pool().release_unused()
+    _write_subset(paths, config, target, summary, scorers, uids, lambda staging: _copy_outputs(
+        con, staging, decisions, labels, scorers, in_order))
     return summary
 
 
 def _write_subset(
-    paths: RunPaths, config: SelectConfig, target: Path, manifest: pa.Table, dropped: pa.Table,
-    summary: SelectSummary, scorers: list[str],
+    paths: RunPaths, config: SelectConfig, target: Path, summary: SelectSummary,
+    scorers: list[str], uids: np.ndarray, write_tables: Callable[[Path], None],
 ) -> None:
-    with staged_directory(target) as staging:
-        summary.uids_sha256 = save_uid_file(staging / "uids.npy",
-                                            uids_to_array(manifest.column("uid")))
-        pq.write_table(manifest, staging / "manifest.parquet")
-        pq.write_table(dropped, staging / "dropped.parquet")
+    with staged_directory(target) as staging, ThreadPoolExecutor(max_workers=1) as pool:
+        tables = pool.submit(write_tables, staging)  # DuckDB writes while NumPy sorts the uids
+        summary.uids_sha256 = save_uid_file(staging / "uids.npy", uids)
+        tables.result()
         record = {
             "command": config.command,
             "by": config.by,

@@ -1,15 +1,18 @@
 """Threshold sweeps over a score column: what each cut keeps, and what the kept samples look like.
 
-Thresholds come from DuckDB: the scores are sorted once inside DuckDB, and a fraction F maps
-to DataComp's threshold (the score at index ``int(N * F)`` of the descending order, ties
-kept). Kept counts and mean caption length are exact, computed in one scan. English share and
-class-name match share come from the ``language`` and ``text_match`` filters run on a uniform
-sample of the candidates (``stats_sample`` rows), since language ID costs far more than SQL.
+DuckDB scans the candidates once for their scores and caption lengths (a few bytes per row in
+NumPy, never the captions themselves). A fraction F maps to DataComp's threshold (the score at
+index ``int(N * F)`` of the descending order, ties kept), from one DuckDB ``quantile_disc``.
+Kept counts and mean caption length are exact, computed in one pass: each row is bucketed by
+how many thresholds it reaches. English share and class-name match share come from the
+``language`` and ``text_match`` filters run on a uniform sample of the candidates
+(``stats_sample`` rows, DuckDB's reservoir sample), since language ID costs far more than SQL.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
@@ -84,63 +88,132 @@ class SweepResult:
         }
 
 
-def _candidates(con: duckdb.DuckDBPyConnection, config: SweepConfig, column: str) -> None:
-    """A temp table ``candidates(sample_id, score, text)``: rows passing filters and where."""
+def _candidate_query(con: duckdb.DuckDBPyConnection, config: SweepConfig,
+                     column: str) -> tuple[str, dict[str, pa.Table]]:
+    """SQL for the candidates ``(score, text)``: rows passing filters and where, score not null;
+    and the Arrow tables that the SQL reads (to register on each cursor)."""
     if config.filters or config.where:
         decisions = evaluate_filters(con, list(config.filters), where=config.where)
         labels = [c for c in decisions.column_names if c not in ("uid", "sample_id")]
-        con.register("sweep_decisions", decisions)
         passed = " AND ".join(f'coalesce(d."{label}", false)' for label in labels)
         source = f"samples s JOIN sweep_decisions d USING (sample_id) WHERE {passed} AND"
+        tables = {"sweep_decisions": decisions}
     else:
-        source = "samples s WHERE"
-    con.execute(
-        f'CREATE TEMP TABLE candidates AS SELECT s.sample_id, s."{column}" AS score, s.text '
-        f'FROM {source} s."{column}" IS NOT NULL'
-    )
+        source, tables = "samples s WHERE", {}
+    query = (f'SELECT s."{column}" AS score, s.text FROM {source} s."{column}" IS NOT NULL '
+             f'AND NOT isnan(s."{column}")')
+    return query, tables
+
+
+def _cursor(con: duckdb.DuckDBPyConnection,
+            tables: dict[str, pa.Table]) -> duckdb.DuckDBPyConnection:
+    """A cursor on the run's database (to query from another thread) with ``tables``."""
+    cursor = con.cursor()
+    for name, table in tables.items():
+        cursor.register(name, table)
+    return cursor
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Every candidate's score (numeric; null and NaN scores are not candidates) and caption
+    length (0 and False if null)."""
+
+    scores: np.ndarray
+    chars: np.ndarray
+    has_text: np.ndarray
+
+
+def _load_candidates(con: duckdb.DuckDBPyConnection, query: str) -> _Candidates:
+    """One scan: scores and caption lengths as NumPy arrays (a few bytes per row)."""
+    table = con.sql(f"SELECT score, length(text) AS chars FROM ({query})").to_arrow_table()
+    scores = table.column("score").to_numpy()
+    if scores.dtype.kind not in "fiu":
+        scores = scores.astype(np.float64)
+    chars = table.column("chars")
+    return _Candidates(scores, pc.fill_null(chars, 0).to_numpy().astype(np.int64),
+                       chars.is_valid().to_numpy(zero_copy_only=False))
 
 
 def fraction_thresholds(
-    con: duckdb.DuckDBPyConnection, fractions: tuple[float, ...], total: int
+    con: duckdb.DuckDBPyConnection, scores: np.ndarray, fractions: tuple[float, ...]
 ) -> dict[float, float]:
-    """DataComp's threshold per fraction: descending scores at index int(N * F) (clamped)."""
+    """DataComp's threshold per fraction: descending scores at index int(N * F) (clamped).
+
+    One DuckDB ``quantile_disc`` over the scanned scores gives every order statistic; asking
+    for q = (j + 0.5) / N lands exactly on ascending index j.
+    """
+    total = len(scores)
     if not fractions or total == 0:
         return {}
-    index = {f: min(int(total * f), total - 1) for f in fractions}
-    con.execute(
-        "CREATE TEMP TABLE ranked AS SELECT score FROM candidates ORDER BY score DESC"
-    )
-    wanted = sorted(set(index.values()))
-    rows = con.execute(
-        "SELECT idx, score FROM (SELECT score, row_number() OVER () - 1 AS idx FROM ranked) "
-        f"WHERE idx IN ({', '.join(str(i) for i in wanted)})"
-    ).fetchall()
-    at = {int(i): float(score) for i, score in rows}
-    return {f: at[index[f]] for f in fractions}
+    ascending = {f: total - 1 - min(int(total * f), total - 1) for f in fractions}
+    wanted = sorted(set(ascending.values()))
+    cursor = con.cursor()
+    cursor.register("sweep_scores", pa.table({"score": scores}))
+    quantiles = ", ".join(repr((j + 0.5) / total) for j in wanted)
+    values = cursor.execute(
+        f"SELECT quantile_disc(score, [{quantiles}]) FROM sweep_scores"
+    ).fetchall()[0][0]
+    at = dict(zip(wanted, values, strict=True))
+    return {f: float(at[ascending[f]]) for f in fractions}
 
 
-def _exact_stats(con: duckdb.DuckDBPyConnection, thresholds: list[float]) -> list[tuple]:
-    """Kept count and mean caption length per threshold, in one scan."""
-    aggregates = []
-    for i, t in enumerate(thresholds):
-        literal = repr(float(t))
-        aggregates.append(f"count(*) FILTER (WHERE score >= {literal}) AS kept_{i}")
-        aggregates.append(f"avg(length(text)) FILTER (WHERE score >= {literal}) AS len_{i}")
-    row = con.execute(f"SELECT {', '.join(aggregates)} FROM candidates").fetchall()[0]
-    return [(int(row[2 * i]), row[2 * i + 1]) for i in range(len(thresholds))]
+def _exact_stats(candidates: _Candidates, thresholds: list[float]) -> list[tuple]:
+    """Kept count (``score >= t``) and mean caption length per threshold, in one pass.
+
+    Each row falls in the bucket of how many (sorted) thresholds it reaches; suffix sums of the
+    bucket counts give every threshold's kept rows.
+    """
+    if not thresholds:
+        return []
+    values = np.asarray(thresholds, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    edges = values[order]
+    if candidates.scores.dtype == np.float32:  # search in float32: no float64 copy of scores
+        edges = _float32_at_least(edges)
+    bucket = np.searchsorted(edges, candidates.scores, side="right")
+    size = len(values) + 1
+
+    def reached(weights: np.ndarray | None) -> np.ndarray:
+        counts = np.bincount(bucket, weights=weights, minlength=size)
+        return np.cumsum(counts[::-1])[::-1][1:]  # [j]: rows in buckets > j
+
+    kept = reached(None)
+    chars = reached(candidates.chars.astype(np.float64))
+    texts = reached(candidates.has_text.astype(np.float64))
+    out: list[tuple] = [()] * len(values)
+    for rank, i in enumerate(order):
+        mean = float(chars[rank] / texts[rank]) if texts[rank] else None
+        out[i] = (int(kept[rank]), mean)
+    return out
+
+
+def _float32_at_least(values: np.ndarray) -> np.ndarray:
+    """Per float64 threshold t, the least float32 >= t (NaN stays NaN): for a float32 score x,
+    ``x >= t`` exactly when ``x >= _float32_at_least(t)``; the order of ``values`` is kept."""
+    with np.errstate(over="ignore"):
+        out = values.astype(np.float32)
+    below = out.astype(np.float64) < values
+    out[below] = np.nextafter(out[below], np.float32(np.inf))
+    return out
+
+
+def _draw_sample(con: duckdb.DuckDBPyConnection, query: str, size: int,
+                 seed: int) -> pa.Table | None:
+    """A uniform sample (reservoir, seeded) of ``size`` candidates' score and text."""
+    if size == 0:
+        return None
+    return con.sql(
+        f"SELECT score, text FROM ({query}) USING SAMPLE reservoir({int(size)} ROWS) "
+        f"REPEATABLE ({int(seed)})"
+    ).to_arrow_table()
 
 
 def _sampled_shares(
-    con: duckdb.DuckDBPyConnection, thresholds: list[float], size: int, seed: int
+    con: duckdb.DuckDBPyConnection, sample: pa.Table | None, thresholds: list[float]
 ) -> list[tuple[float | None, float | None]]:
     """English share and class-name match share among kept rows of a uniform sample."""
-    if size == 0:
-        return [(None, None)] * len(thresholds)
-    sample = con.sql(
-        f"SELECT score, text FROM candidates USING SAMPLE reservoir({int(size)} ROWS) "
-        f"REPEATABLE ({int(seed)})"
-    ).to_arrow_table()
-    if sample.num_rows == 0:
+    if sample is None or sample.num_rows == 0:
         return [(None, None)] * len(thresholds)
     scores = sample.column("score").to_numpy()
     english = FilterSpec("language", {"lang": "en"}).resolve(con).mask(sample)
@@ -154,18 +227,15 @@ def _sampled_shares(
     return shares
 
 
-def _histogram(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]:
-    low, high = con.execute("SELECT min(score), max(score) FROM candidates").fetchall()[0]
-    if low is None:
+def _histogram(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HISTOGRAM_BINS equal-width bins over the finite scores (for the plot)."""
+    finite = scores[np.isfinite(scores)] if scores.dtype.kind == "f" else scores
+    if len(finite) == 0:
         return np.zeros(0), np.zeros(0)
+    low, high = float(finite.min()), float(finite.max())
     width = (high - low) / HISTOGRAM_BINS or 1.0
-    rows = con.execute(
-        f"SELECT least(CAST(floor((score - {low!r}) / {width!r}) AS INTEGER), "
-        f"{HISTOGRAM_BINS - 1}) AS b, count(*) FROM candidates GROUP BY b ORDER BY b"
-    ).fetchall()
-    counts = np.zeros(HISTOGRAM_BINS)
-    for b, c in rows:
-        counts[b] = c
+    bins = np.minimum(np.floor((finite - low) / width).astype(np.int64), HISTOGRAM_BINS - 1)
+    counts = np.bincount(bins, minlength=HISTOGRAM_BINS).astype(np.float64)
     return low + width * np.arange(HISTOGRAM_BINS + 1), counts
 
 
@@ -205,15 +275,24 @@ def sweep(config: SweepConfig) -> SweepResult:
     target = RunPaths(config.run).root / "sweeps" / name
     if target.exists() and not config.overwrite:
         raise UserError(f"sweep {target} exists; pass --overwrite or another --name")
-    _candidates(con, config, column)
-    total = con.execute("SELECT count(*) FROM candidates").fetchall()[0][0]
-    if total == 0:
-        raise UserError(f"no sample has a {column} value after the filters; nothing to sweep")
-    by_fraction = fraction_thresholds(con, config.fractions, total)
-    rows = [(f, t) for f, t in by_fraction.items()] + [(None, t) for t in config.thresholds]
-    thresholds = [t for _, t in rows]
-    exact = _exact_stats(con, thresholds)
-    shares = _sampled_shares(con, thresholds, config.stats_sample, config.seed)
+    query, tables = _candidate_query(con, config, column)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the sample's scan runs alongside
+        sampling = pool.submit(_draw_sample, _cursor(con, tables), query, config.stats_sample,
+                               config.seed)
+        candidates = _load_candidates(_cursor(con, tables), query)
+        total = len(candidates.scores)
+        if total == 0:
+            sampling.cancel()
+            raise UserError(f"no sample has a {column} value after the filters; nothing to "
+                            "sweep")
+        by_fraction = fraction_thresholds(con, candidates.scores, config.fractions)
+        rows = [(f, t) for f, t in by_fraction.items()] + [(None, t) for t in config.thresholds]
+        thresholds = [t for _, t in rows]
+        exact = _exact_stats(candidates, thresholds)
+        edges, counts = _histogram(candidates.scores)
+        del candidates
+        sample = sampling.result()
+    shares = _sampled_shares(con, sample, thresholds)
     table = pa.table({
         "fraction": pa.array([f for f, _ in rows], pa.float64()),
         "threshold": pa.array(thresholds, pa.float64()),
@@ -223,7 +302,6 @@ def sweep(config: SweepConfig) -> SweepResult:
         "english_share": pa.array([e for e, _ in shares], pa.float64()),
         "class_match_share": pa.array([c for _, c in shares], pa.float64()),
     })
-    edges, counts = _histogram(con)
     with staged_directory(target) as staging:
         pq.write_table(table, staging / "sweep.parquet")
         if config.plot:

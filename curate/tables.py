@@ -5,6 +5,11 @@ status, error) and ``samples``: every pool row with ``sample_id`` (part number <
 the part, a stable row identity) and, per scorer S, ``S_score``, ``S_status`` and
 ``S_error``. Score parts are row-aligned with pool parts, so ``samples`` joins them by
 (part, row) rather than by uid: pools with repeated uids stay one row per sample.
+
+A scorer that has a part for every pool part, each with the pool part's row count (checked
+on the Parquet footers when connecting), is joined with DuckDB's ``POSITIONAL JOIN`` over
+the same sorted file lists: no hash join, and ``samples`` keeps the pool's order. A
+partly scored run (or any mismatch) falls back to a hash ``LEFT JOIN`` on (part, row).
 """
 
 from __future__ import annotations
@@ -36,13 +41,34 @@ def _parts(directory: Path) -> str:
     return str(directory / "part-*.parquet").replace("'", "''")
 
 
-def _aligned(directory: Path) -> str:
-    """A file's rows with their part number and row number, for the positional join."""
+def _file_list(files: list[Path]) -> str:
+    quoted = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    return f"[{quoted}]"
+
+
+def _aligned(directory: Path, files: list[Path] | None = None) -> str:
+    """A file's rows with their part number and row number, for the (part, row) join;
+    ``files`` reads exactly those files (in that order) instead of the directory's glob."""
+    source = _file_list(files) if files is not None else f"'{_parts(directory)}'"
     return (
         f"SELECT *, CAST(regexp_extract(filename, 'part-(\\d+)\\.parquet$', 1) AS INTEGER) "
-        f"AS _part, file_row_number AS _row FROM read_parquet('{_parts(directory)}', "
+        f"AS _part, file_row_number AS _row FROM read_parquet({source}, "
         "filename = true, file_row_number = true, union_by_name = true)"
     )
+
+
+def _row_counts(con: duckdb.DuckDBPyConnection, files: list[Path]) -> dict[str, int]:
+    """Part name to row count, from the Parquet footers."""
+    if not files:
+        return {}
+    rows = con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)",
+                       [[str(f) for f in files]]).fetchall()
+    return {Path(name).name: int(count) for name, count in rows}
+
+
+def _positional(pool_rows: dict[str, int], scorer_rows: dict[str, int]) -> bool:
+    """True when the scorer's parts are exactly the pool's parts, row counts included."""
+    return bool(pool_rows) and scorer_rows == pool_rows
 
 
 def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
@@ -60,7 +86,9 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
         "p.* EXCLUDE (filename, file_row_number, _part, _row)",
         "(CAST(p._part AS BIGINT) << 32) + p._row AS sample_id",
     ]
-    joins = []
+    pool_files = paths.pool_parts()
+    pool_rows = _row_counts(con, pool_files)
+    positional, hashed = [], []
     for name in score_names(paths.root):
         scores_dir = paths.scores_dir(name)
         con.execute(
@@ -68,11 +96,17 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
         )
         columns += [f'"{name}"."{name}_score"', f'"{name}".status AS "{name}_status"',
                     f'"{name}".error AS "{name}_error"']
-        joins.append(f'LEFT JOIN ({_aligned(scores_dir)}) AS "{name}" '
-                     f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
+        score_files = sorted(scores_dir.glob("part-*.parquet"))
+        if _positional(pool_rows, _row_counts(con, score_files)):
+            positional.append(f'POSITIONAL JOIN (SELECT "{name}_score", status, error FROM '
+                              f'read_parquet({_file_list(score_files)})) AS "{name}"')
+        else:
+            hashed.append(f'LEFT JOIN ({_aligned(scores_dir)}) AS "{name}" '
+                          f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
+    pool = _aligned(paths.pool_dir, pool_files if positional else None)
     con.execute(
         f"CREATE VIEW samples AS SELECT {', '.join(columns)} "
-        f"FROM ({_aligned(paths.pool_dir)}) AS p {' '.join(joins)}"
+        f"FROM ({pool}) AS p {' '.join(positional + hashed)}"
     )
     return con
 

@@ -220,3 +220,19 @@ def test_select_then_export_hands_off_exactly_the_subset(tmp_path: Path, run_dir
     assert exported | missing == set(manifest.column("uid").to_pylist())
     assert summary["exported"] == len(exported)
     assert result.exit_code == (1 if missing else 0)
+
+
+def test_sweep_thresholds_are_datacomp_thresholds(datacomp_run: tuple[Path, pa.Table]) -> None:
+    run, table = datacomp_run
+    scores = table.column("clip_l14_similarity_score").to_numpy(zero_copy_only=False)
+    scores = scores[~np.isnan(scores)].astype(np.float32)
+    fractions = (0.01, 0.1, 0.15, 0.3, 0.5, 0.99)
+    result = sweep(SweepConfig(run=run, by="clip_l14", fractions=fractions, name="dc",
+                               overwrite=True, stats_sample=0, plot=False))
+    got = dict(zip(result.table.column("fraction").to_pylist(),
+                   result.table.column("threshold").to_pylist(), strict=True))
+    for f in fractions:
+        assert got[f] == float(-np.sort(-scores)[int(len(scores) * f)]), f
+    kept = dict(zip(result.table.column("fraction").to_pylist(),
+                    result.table.column("kept").to_pylist(), strict=True))
+    assert kept[0.3] == int((scores >= got[0.3]).sum())

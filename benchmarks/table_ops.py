@@ -1,0 +1,407 @@
+"""Table operations at DataComp small scale: ingest, a 100-point sweep, a fraction select.
+
+Generates (or reuses) DataComp-style metadata, 12.8M rows by default (``uid, url, text``,
+sizes, both CLIP scores, ``face_bboxes``, ``sha256``; no npz), then times, each step in a
+fresh subprocess of this script:
+
+* ``ingest``: ``filter-pool ingest`` (``ingest_pool``) of the metadata into a run;
+* ``sweep``: ``sweep`` of ``clip_l14`` at 100 fractions (0.01 .. 1.00), with the default
+  ``stats_sample`` and with ``stats_sample=0`` (no sampled language/class-name stats);
+* ``select``: ``select_subset`` of the top 30% by ``clip_l14`` (writes ``uids.npy``, and
+  ``manifest.parquet`` and ``dropped.parquet`` beside it);
+* ``uids`` (for reference, not in the targets): the part of ``select`` that DataComp's path
+  also does, alone: the fraction filter's decisions, then ``uids.npy`` through the uid codec;
+* ``pandas``: DataComp's own path (``baselines/apply_filter.py``): pandas reads every file's
+  score, ``threshold = -np.sort(-values)[int(N * F)]``, then per file the uids with
+  ``score >= threshold`` become ``u8,u8`` pairs through ``int(uid[:16], 16)``, concatenated,
+  sorted, ``np.save``-d;
+
+checks that ``select`` and the pandas path write the same uids, and prints seconds (the
+library call, timed inside the step) and peak RSS (``ru_maxrss`` of the step's process from
+``os.wait4``: the step's own peak, or a waited-for child's if larger). Usage::
+
+    .venv/bin/python benchmarks/table_ops.py [--rows 12800000] [--files 128] [--work DIR]
+        [--fraction 0.3] [--pandas-workers 1] [--skip-ingest] [--json]
+
+Progress goes to stderr; the figures go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WORK = REPO / "benchmarks" / "_work" / "table_ops"
+SCORE_KEY = "clip_l14_similarity_score"
+SCORER = "clip_l14"
+FRACTIONS = tuple((i + 1) / 100 for i in range(100))
+SUBSET_NAME = "bench_top"
+TARGET_SECONDS = 10.0
+TARGET_SPEEDUP = 5.0
+TARGET_RSS_MIB = 2048.0
+STEPS = ("generate", "ingest", "sweep", "select", "uids", "pandas")
+
+
+@dataclass
+class StepResult:
+    """One step's figures: the timed call, the process wall time and peak RSS."""
+
+    step: str
+    label: str
+    seconds: float
+    process_seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    import_rss_mib: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def log(message: str) -> None:
+    """Progress to stderr."""
+    print(f"[table_ops] {message}", file=sys.stderr, flush=True)
+
+
+def _rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- steps (each runs in its own process) ---------------------------------------------------
+
+
+def step_generate(work: Path, rows: int, files: int) -> dict[str, Any]:
+    """Write ``files`` metadata parquets of ``rows / files`` rows each (no npz)."""
+    from curate.pool.synthetic_datacomp import write_datacomp_metadata
+
+    metadata = work / "metadata"
+    shutil.rmtree(metadata, ignore_errors=True)
+    paths = write_datacomp_metadata(metadata, num_files=files, rows_per_file=rows // files,
+                                    with_npz=False)
+    size = sum(p.stat().st_size for p in paths)
+    (work / "metadata.json").write_text(json.dumps({"rows": rows, "files": files}) + "\n")
+    return {"files": len(paths), "bytes": size}
+
+
+def step_ingest(work: Path) -> dict[str, Any]:
+    """``ingest_pool`` of the metadata into ``work/run`` (a fresh run)."""
+    from curate.pool.ingest import IngestConfig, ingest_pool
+
+    summary = ingest_pool(IngestConfig(pool=work / "metadata", run=work / "run"))
+    return {"samples": summary.samples, "shards": summary.shards,
+            "duplicate_uids": summary.duplicate_uids}
+
+
+def step_sweep(work: Path, stats_sample: int) -> dict[str, Any]:
+    """A 100-point fraction sweep of clip_l14."""
+    from curate.sweep import SweepConfig, sweep
+
+    config = SweepConfig(work / "run", by=SCORER, fractions=FRACTIONS, stats_sample=stats_sample,
+                         name=f"bench_s{stats_sample}", overwrite=True)
+    result = sweep(config)
+    table = result.table.to_pydict()
+    return {"candidates": result.candidates, "rows": result.table.num_rows,
+            "thresholds": dict(zip(table["fraction"], table["threshold"], strict=True))}
+
+
+def step_select(work: Path, fraction: float) -> dict[str, Any]:
+    """``select_subset`` of the top ``fraction`` by clip_l14, uids.npy included."""
+    from curate.select import SelectConfig, select_subset
+
+    summary = select_subset(SelectConfig(work / "run", name=SUBSET_NAME, by=SCORER,
+                                         fraction=fraction, overwrite=True))
+    threshold = next(f["resolved"]["threshold"] for f in summary.filters
+                     if f["name"] == "fraction")
+    return {"kept": summary.kept, "total": summary.total, "threshold": threshold,
+            "uids": str(summary.path / "uids.npy")}
+
+
+def step_uids(work: Path, fraction: float) -> dict[str, Any]:
+    """For reference: select's DataComp-equivalent part alone (the fraction filter's decisions,
+    then uids.npy through the uid codec), without the manifest and dropped tables."""
+    import pyarrow.compute as pc
+
+    from curate.filters import FilterSpec, evaluate_filters
+    from curate.select import resolve_score_column
+    from curate.tables import connect
+    from curate.uids import save_uid_file, uids_to_array
+
+    con = connect(work / "run")
+    column = resolve_score_column(con, SCORER)
+    decisions = evaluate_filters(con, [FilterSpec("fraction", {"column": column,
+                                                               "fraction": fraction})])
+    label = next(c for c in decisions.column_names if c not in ("uid", "sample_id"))
+    kept = pc.fill_null(decisions.column(label), False)
+    out = work / "uids_only.npy"
+    save_uid_file(out, uids_to_array(decisions.column("uid").filter(kept)))
+    return {"kept": int(pc.sum(kept).as_py()), "uids": str(out)}
+
+
+def _pandas_threshold_part(path: str) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(path, columns=[SCORE_KEY])
+
+
+def _pandas_uids_part(path: str, threshold: float) -> np.ndarray:
+    """DataComp's ``load_uids_with_clip_score_helper`` (no gcld3)."""
+    import pandas as pd
+
+    df = pd.read_parquet(path, columns=["uid", SCORE_KEY])
+    return np.array(
+        [(int(uid[:16], 16), int(uid[16:32], 16))
+         for uid in df[df[SCORE_KEY] >= threshold]["uid"].values],
+        np.dtype("u8,u8"),
+    )
+
+
+def step_pandas(work: Path, fraction: float, workers: int) -> dict[str, Any]:
+    """DataComp's ``--fraction`` path: pandas threshold, per-file uids, sort, np.save."""
+    import functools
+    from multiprocessing import Pool
+
+    import pandas as pd
+
+    paths = sorted(str(p) for p in (work / "metadata").iterdir() if ".parquet" in p.name)
+
+    def mapped(fn: Any, items: list[str]) -> list[Any]:
+        if workers <= 1:
+            return [fn(item) for item in items]
+        with Pool(workers) as pool:  # DataComp's worker_threadpool: a process Pool
+            return list(pool.imap_unordered(fn, items))
+
+    df = pd.concat(mapped(_pandas_threshold_part, paths))
+    n = int(len(df) * fraction)
+    threshold = -np.sort(-df[SCORE_KEY].values)[n]
+    del df
+    uids = np.concatenate(mapped(functools.partial(_pandas_uids_part, threshold=threshold),
+                                 paths))
+    uids.sort()
+    out = work / "pandas_uids.npy"
+    np.save(out, uids)
+    return {"kept": len(uids), "threshold": float(threshold), "uids": str(out)}
+
+
+def run_step(args: argparse.Namespace) -> None:
+    """Run one step in this process and write its figures to ``--result``."""
+    import_rss = _rss_mib()
+    started = time.perf_counter()
+    work = args.work
+    if args.step == "generate":
+        details = step_generate(work, args.rows, args.files)
+    elif args.step == "ingest":
+        shutil.rmtree(work / "run", ignore_errors=True)
+        started = time.perf_counter()
+        details = step_ingest(work)
+    elif args.step == "sweep":
+        details = step_sweep(work, args.stats_sample)
+    elif args.step == "select":
+        details = step_select(work, args.fraction)
+    elif args.step == "uids":
+        details = step_uids(work, args.fraction)
+    else:
+        details = step_pandas(work, args.fraction, args.pandas_workers)
+    seconds = time.perf_counter() - started
+    payload = {"seconds": seconds, "import_rss_mib": import_rss, "details": details}
+    Path(args.result).write_text(json.dumps(payload, default=str))
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def spawn(args: argparse.Namespace, step: str, label: str, *extra: str) -> StepResult:
+    """Run ``--step STEP`` in a fresh subprocess; peak RSS from ``os.wait4`` on it."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_path = Path(handle.name)
+    command = [sys.executable, str(Path(__file__).resolve()), "--step", step,
+               "--work", str(args.work), "--rows", str(args.rows), "--files", str(args.files),
+               "--fraction", repr(args.fraction), "--pandas-workers", str(args.pandas_workers),
+               "--result", str(result_path), *extra]
+    log(f"{label} ...")
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    try:
+        if process.returncode != 0:
+            raise SystemExit(f"step {label} failed with exit code {process.returncode}")
+        payload = json.loads(result_path.read_text())
+    finally:
+        result_path.unlink(missing_ok=True)
+    result = StepResult(step=step, label=label, seconds=payload["seconds"], process_seconds=wall,
+                        peak_rss_mib=usage.ru_maxrss / 1024,
+                        import_rss_mib=payload["import_rss_mib"], details=payload["details"])
+    log(f"{label}: {result.seconds:.2f} s, peak RSS {result.peak_rss_mib:.0f} MiB")
+    return result
+
+
+def _default_stats_sample() -> int:
+    from curate.sweep import SweepConfig
+
+    return int(SweepConfig.__dataclass_fields__["stats_sample"].default)
+
+
+def _metadata_ready(work: Path, rows: int, files: int) -> bool:
+    marker = work / "metadata.json"
+    if not marker.is_file():
+        return False
+    record = json.loads(marker.read_text())
+    return record == {"rows": rows, "files": files}
+
+
+def _same_uids(ours: Path, theirs: Path) -> tuple[bool, int, int]:
+    a, b = np.load(ours), np.load(theirs)
+    return bool(np.array_equal(np.sort(a), np.sort(b))), len(a), len(b)
+
+
+def drive(args: argparse.Namespace) -> dict[str, Any]:
+    """Every step in order; the figures, the check and the targets."""
+    args.work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    results: list[StepResult] = []
+    if _metadata_ready(args.work, args.rows, args.files):
+        log(f"reusing metadata in {args.work / 'metadata'}")
+    else:
+        results.append(spawn(args, "generate", "generate metadata"))
+    if args.skip_ingest and (args.work / "run" / "run.json").is_file():
+        log("reusing the ingested run (--skip-ingest)")
+    else:
+        results.append(spawn(args, "ingest", "ingest"))
+    default_sample = _default_stats_sample()
+    sweep_default = spawn(args, "sweep", f"sweep (default stats_sample={default_sample})",
+                          "--stats-sample", str(default_sample))
+    sweep_bare = spawn(args, "sweep", "sweep (stats_sample=0)", "--stats-sample", "0")
+    select = spawn(args, "select", f"select fraction {args.fraction} + uids.npy")
+    uids_only = spawn(args, "uids", "  ref: uids.npy alone (no manifest)")
+    pandas_path = spawn(args, "pandas", "DataComp pandas path")
+    results += [sweep_default, sweep_bare, select, uids_only, pandas_path]
+    load_after = os.getloadavg()
+
+    identical, ours_n, theirs_n = _same_uids(Path(select.details["uids"]),
+                                             Path(pandas_path.details["uids"]))
+    identical_ref = _same_uids(Path(uids_only.details["uids"]),
+                               Path(pandas_path.details["uids"]))[0]
+    sweep_at = sweep_default.details["thresholds"].get(str(args.fraction))
+    ours_seconds = sweep_default.seconds + select.seconds
+    ours_bare = sweep_bare.seconds + select.seconds
+    peak = max(r.peak_rss_mib for r in results if r.step in ("ingest", "sweep", "select"))
+    speedup = pandas_path.seconds / ours_seconds
+    return {
+        "rows": args.rows,
+        "files": args.files,
+        "fraction": args.fraction,
+        "pandas_workers": args.pandas_workers,
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "steps": [asdict(r) for r in results],
+        "check": {
+            "identical_uids": identical,
+            "identical_uids_reference_step": identical_ref,
+            "select_uids": ours_n,
+            "pandas_uids": theirs_n,
+            "select_threshold": select.details["threshold"],
+            "pandas_threshold": pandas_path.details["threshold"],
+            "sweep_threshold_at_fraction": sweep_at,
+        },
+        "sweep_plus_select_seconds": ours_seconds,
+        "sweep0_plus_select_seconds": ours_bare,
+        "pandas_over_ours": speedup,
+        "pandas_over_ours_stats0": pandas_path.seconds / ours_bare,
+        "pandas_over_uids_only": pandas_path.seconds / uids_only.seconds,
+        "peak_rss_ours_mib": peak,
+        "targets": {
+            f"sweep + select <= {TARGET_SECONDS:g} s": ours_seconds <= TARGET_SECONDS,
+            f"pandas path >= {TARGET_SPEEDUP:g}x slower": speedup >= TARGET_SPEEDUP,
+            f"peak RSS < {TARGET_RSS_MIB:g} MiB (ingest, sweep, select)": peak < TARGET_RSS_MIB,
+        },
+    }
+
+
+def print_report(figures: dict[str, Any]) -> None:
+    """The figures as a table with the check and the targets."""
+    print(f"table_ops: {figures['rows']:,} rows in {figures['files']} files, fraction "
+          f"{figures['fraction']}, {figures['cpus']} CPUs, pandas path with "
+          f"{figures['pandas_workers']} worker(s)")
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}"
+          .format(*figures["load_average_before"], *figures["load_average_after"]))
+    print()
+    print(f"{'step':<38} {'seconds':>9} {'process s':>10} {'peak RSS MiB':>13}")
+    for step in figures["steps"]:
+        print(f"{step['label']:<38} {step['seconds']:>9.2f} {step['process_seconds']:>10.2f} "
+              f"{step['peak_rss_mib']:>13.0f}")
+    print("seconds: the library call inside the step; process s: the whole subprocess "
+          "(interpreter, imports); peak RSS: ru_maxrss of the step's process (os.wait4)")
+    if figures["pandas_workers"] > 1:
+        print("(pandas path with a process pool: its peak RSS is the largest process's, "
+              "not the pool's sum)")
+    print()
+    check = figures["check"]
+    print(f"identical uids.npy (select vs pandas path, np.array_equal after sort): "
+          f"{check['identical_uids']} ({check['select_uids']:,} vs {check['pandas_uids']:,} "
+          f"uids; thresholds {check['select_threshold']!r} vs {check['pandas_threshold']!r}, "
+          f"sweep at {figures['fraction']}: {check['sweep_threshold_at_fraction']!r})")
+    print(f"sweep + select: {figures['sweep_plus_select_seconds']:.2f} s "
+          f"(with stats_sample=0: {figures['sweep0_plus_select_seconds']:.2f} s)")
+    print(f"pandas path / (sweep + select): {figures['pandas_over_ours']:.2f}x "
+          f"(with stats_sample=0: {figures['pandas_over_ours_stats0']:.2f}x)")
+    print(f"for reference, pandas path / uids.npy alone: {figures['pandas_over_uids_only']:.2f}x "
+          f"(same uids: {check['identical_uids_reference_step']}); select also writes "
+          "manifest.parquet and dropped.parquet")
+    print(f"peak RSS of our steps: {figures['peak_rss_ours_mib']:.0f} MiB")
+    print()
+    for target, met in figures["targets"].items():
+        print(f"  [{'met' if met else 'MISSED'}] {target}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line options (``--step`` and ``--result`` are internal)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--rows", type=int, default=12_800_000)
+    parser.add_argument("--files", type=int, default=128)
+    parser.add_argument("--fraction", type=float, default=0.3)
+    parser.add_argument("--pandas-workers", type=int, default=1,
+                        help="processes for the pandas path (DataComp's default: all CPUs)")
+    parser.add_argument("--skip-ingest", action="store_true",
+                        help="reuse work/run when it exists (no ingest figure)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
+    parser.add_argument("--stats-sample", type=int, default=100_000, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.files <= 0 or args.rows <= 0 or args.rows % args.files:
+        parser.error("--rows must be a positive multiple of --files")
+    if not 0 < args.fraction < 1:
+        parser.error("--fraction must be in (0, 1)")
+    args.work = args.work.resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one step (internal) or the whole benchmark."""
+    args = parse_args(argv)
+    if args.step:
+        run_step(args)
+        return
+    figures = drive(args)
+    if args.json:
+        print(json.dumps(figures, indent=2, default=str))
+    else:
+        print_report(figures)
+
+
+if __name__ == "__main__":
+    main()
