@@ -89,6 +89,7 @@ class Figures:
     ratio_stage: float
     ratio_shard_tasks: float
     max_abs_score_diff: float
+    load_average_before: float
     target_ratio: float = TARGET_RATIO
 
 
@@ -246,6 +247,9 @@ def max_score_diff(model_only: dict[str, float], cli: dict[str, tuple[float, str
 
 def measure(model: str, samples_wanted: int, batch_size: int, work: Path) -> Figures:
     """Prepare the pool, run both measurements, check the scores; return the figures."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        log(f"warning: load average {load:.2f} before starting; other work may skew the figures")
     work.mkdir(parents=True, exist_ok=True)
     pool = prepare_pool(work, samples_wanted)
     run = prepare_run(work, pool)
@@ -289,6 +293,7 @@ def measure(model: str, samples_wanted: int, batch_size: int, work: Path) -> Fig
         ratio_stage=stage_rate / model_rate,
         ratio_shard_tasks=shard_rate / model_rate,
         max_abs_score_diff=diff,
+        load_average_before=load,
     )
 
 
@@ -315,6 +320,7 @@ def render(f: Figures) -> str:
         ("ratio stage / model-only", f"{f.ratio_stage:.3f}  ({verdict(f.ratio_stage)})"),
         ("ratio shard tasks / model-only", f"{f.ratio_shard_tasks:.3f}"),
         ("max |score diff|", f"{f.max_abs_score_diff:.3g}"),
+        ("load average before (1 min)", f"{f.load_average_before:.2f}"),
     ]
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  {value}" for label, value in rows]

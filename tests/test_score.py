@@ -243,3 +243,23 @@ def test_jpeg_cut_anywhere_is_a_corrupt_image_row(keep: float) -> None:
     with pytest.raises(SampleError) as failure:
         decode_image(data[: int(len(data) * keep)])
     assert failure.value.status == CORRUPT_IMAGE
+
+
+def test_existing_cluster_by_scheduler_address(
+    run_dir: Path, tmp_path: Path, pool: SyntheticPool, tiny_checkpoint: Path
+) -> None:
+    """--scheduler joins a cluster someone else started (here: a LocalCluster on loopback)."""
+    from distributed import LocalCluster
+
+    score_run(_config(run_dir, tiny_checkpoint, workers=0))
+    other = tmp_path / "run-remote"
+    ingest_pool(IngestConfig(pool=pool.root, run=other))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None, host="127.0.0.1") as cluster:
+        config = ScoreConfig(run=other, model=ModelSpec(TINY, pretrained=str(tiny_checkpoint)),
+                             executor=ExecutorConfig(scheduler=cluster.scheduler_address),
+                             batch_size=8, progress=False)
+        summary = score_run(config)
+    assert summary.stats.samples == len(pool.keys)
+    np.testing.assert_allclose(_table(other)["dfn_score"].to_numpy(),
+                               _table(run_dir)["dfn_score"].to_numpy(), atol=1e-5)

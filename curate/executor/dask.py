@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster, as_completed, get_worker
 
 from curate.executor.base import (
@@ -70,6 +71,13 @@ class DaskExecutor:
             logger.info("using the Dask cluster at %s", scheduler)
         else:
             workers = max(1, workers)
+            self.threads_per_task = max(1, available_cores() // workers)
+            # Dask pins BLAS/OpenMP to one thread and trims malloc at 64 KiB in its workers;
+            # a model worker wants its share of the cores and glibc's default allocator.
+            dask.config.set({"distributed.nanny.pre-spawn-environ": {
+                name: str(self.threads_per_task)
+                for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+            }})
             self.cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
@@ -79,7 +87,6 @@ class DaskExecutor:
             )
             self.client = Client(self.cluster)
             _quiet_distributed_logs()
-            self.threads_per_task = max(1, available_cores() // workers)
             logger.info("started a local Dask cluster: %d workers, %d torch threads each",
                         workers, self.threads_per_task)
 
