@@ -147,8 +147,9 @@ def read_samples(run: Path, pool: Path) -> list[Sample]:
     samples = []
     for shard in find_shards(pool):
         table = pq.read_table(paths.pool_part(shard.index), columns=["uid", "key"])
-        uid_of_key = dict(zip(table.column("key").to_pylist(), table.column("uid").to_pylist(),
-                              strict=True))
+        uid_of_key = dict(
+            zip(table.column("key").to_pylist(), table.column("uid").to_pylist(), strict=True)
+        )
         result = TarReadResult()
         for tar_sample in iter_tar_samples(shard.tar, result):
             image, caption = tar_sample.image(), tar_sample.caption()
@@ -178,8 +179,7 @@ def run_model_only(loaded: LoadedModel, samples: list[Sample], batch_size: int) 
         model.encode_text(tokens[:batch_size], normalize=True)
         started = time.perf_counter()
         for start in range(0, len(samples), batch_size):
-            image_features = model.encode_image(images[start : start + batch_size],
-                                                normalize=True)
+            image_features = model.encode_image(images[start : start + batch_size], normalize=True)
             text_features = model.encode_text(tokens[start : start + batch_size], normalize=True)
             scores.append((image_features * text_features).sum(dim=-1))
         seconds = time.perf_counter() - started
@@ -227,8 +227,10 @@ def cli_scores(run: Path) -> dict[str, tuple[float, str]]:
     column = f"{SCORER_NAME}_score"
     for part in sorted((run / "scores" / SCORER_NAME).glob("part-*.parquet")):
         table = pq.read_table(part, columns=["uid", column, "status"])
-        for uid, score, status in zip(*(table.column(c).to_pylist() for c in table.column_names),
-                                      strict=True):
+        uids = table.column("uid").to_pylist()
+        values = table.column(column).to_pylist()
+        statuses = table.column("status").to_pylist()
+        for uid, score, status in zip(uids, values, statuses, strict=True):
             scores[uid] = (score, status)
     return scores
 
@@ -266,8 +268,9 @@ def measure(model: str, samples_wanted: int, batch_size: int, work: Path) -> Fig
     wall, summary = run_cli(run, model, checkpoint, batch_size)
     n = len(samples)
     if summary["samples"] != n or summary["samples_scored"] != n:
-        raise SystemExit(f"CLI scored {summary['samples_scored']} of {summary['samples']}, "
-                         f"expected {n}")
+        raise SystemExit(
+            f"CLI scored {summary['samples_scored']} of {summary['samples']}, expected {n}"
+        )
     if summary["by_status"] != {"ok": n}:
         raise SystemExit(f"CLI statuses: {summary['by_status']}, expected all ok")
     diff = max_score_diff(alone.scores, cli_scores(run))
@@ -298,6 +301,7 @@ def measure(model: str, samples_wanted: int, batch_size: int, work: Path) -> Fig
 
 
 def verdict(ratio: float) -> str:
+    """Whether a ratio reaches the target."""
     return "meets target" if ratio >= TARGET_RATIO else "below target"
 
 
@@ -310,12 +314,20 @@ def render(f: Figures) -> str:
         ("torch threads", str(f.threads)),
         ("decode+preprocess, this process", f"{f.preprocess_samples_per_second:.1f} samples/s"),
         ("model-only", f"{f.model_only_samples_per_second:.1f} samples/s"),
-        ("end-to-end, process wall", f"{f.end_to_end_process_samples_per_second:.1f} samples/s"
-         f"  ({f.process_wall_seconds:.1f} s)"),
-        ("end-to-end, score stage", f"{f.end_to_end_stage_samples_per_second:.1f} samples/s"
-         f"  ({f.stage_wall_seconds:.1f} s)"),
-        ("shard tasks only (info)", f"{f.shard_tasks_samples_per_second:.1f} samples/s"
-         f"  ({f.shard_tasks_seconds:.1f} s)"),
+        (
+            "end-to-end, process wall",
+            f"{f.end_to_end_process_samples_per_second:.1f} samples/s"
+            f"  ({f.process_wall_seconds:.1f} s)",
+        ),
+        (
+            "end-to-end, score stage",
+            f"{f.end_to_end_stage_samples_per_second:.1f} samples/s"
+            f"  ({f.stage_wall_seconds:.1f} s)",
+        ),
+        (
+            "shard tasks only (info)",
+            f"{f.shard_tasks_samples_per_second:.1f} samples/s  ({f.shard_tasks_seconds:.1f} s)",
+        ),
         ("ratio process / model-only", f"{f.ratio_process:.3f}  ({verdict(f.ratio_process)})"),
         ("ratio stage / model-only", f"{f.ratio_stage:.3f}  ({verdict(f.ratio_stage)})"),
         ("ratio shard tasks / model-only", f"{f.ratio_shard_tasks:.3f}"),
@@ -329,6 +341,7 @@ def render(f: Figures) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-S-32", help="open_clip architecture name")
     parser.add_argument("--samples", type=int, default=2000, help="pool size (at least)")
@@ -339,6 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Measure and print the figures, as a table or as JSON."""
     args = parse_args(argv)
     figures = measure(args.model, args.samples, args.batch_size, args.work)
     payload: dict[str, Any] = asdict(figures)
