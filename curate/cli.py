@@ -121,6 +121,18 @@ def score(
     max_image_pixels: Annotated[
         int, typer.Option(help="Refuse larger images before decoding.")
     ] = DEFAULT_MAX_PIXELS,
+    precision: Annotated[
+        str,
+        typer.Option(help="auto (fp32 on CPU, fp16 autocast on CUDA), fp32, bf16 (lossy), fp16."),
+    ] = "auto",
+    padded_text: Annotated[
+        bool,
+        typer.Option(
+            "--padded-text",
+            help="Encode captions padded to the full context as open_clip does (slower; the "
+            "default cuts them exactly at the batch's longest caption).",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -136,6 +148,8 @@ def score(
             save_embeddings=save_embeddings,
             overwrite=overwrite,
             max_image_pixels=max_image_pixels,
+            precision=precision,
+            padded_text=padded_text,
             progress=progress,
         )
         summary = score_run(config)

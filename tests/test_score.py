@@ -39,9 +39,8 @@ def _config(run: Path, checkpoint: Path, workers: int = 0, **kwargs) -> ScoreCon
         run=run,
         model=ModelSpec(TINY, pretrained=str(checkpoint)),
         executor=ExecutorConfig(workers=workers),
-        batch_size=8,
         progress=False,
-        **kwargs,
+        **{"batch_size": 8, **kwargs},
     )
 
 
@@ -95,10 +94,12 @@ def test_every_sample_has_one_row_with_the_right_status(
     assert not summary.failed_shards
 
 
+@pytest.mark.parametrize("batch_size", [3, 8])
 def test_scores_equal_a_direct_open_clip_computation(
-    run_dir: Path, pool: SyntheticPool, tiny_checkpoint: Path
+    run_dir: Path, pool: SyntheticPool, tiny_checkpoint: Path, batch_size: int
 ) -> None:
-    score_run(_config(run_dir, tiny_checkpoint))
+    # batch 3: several caption windows per shard, each encoded in length order, then restored
+    score_run(_config(run_dir, tiny_checkpoint, batch_size=batch_size))
     table = _table(run_dir).filter(pl.col("status") == "ok")
     direct = _direct_scores(pool, tiny_checkpoint, table["key"].to_list())
     ours = dict(zip(table["key"], table["dfn_score"], strict=True))
@@ -197,6 +198,21 @@ def test_same_name_with_another_model_is_refused(run_dir: Path, tiny_checkpoint:
     replaced = ScoreConfig(run=run_dir, model=ModelSpec(TINY, random_init=True), progress=False,
                            executor=ExecutorConfig(workers=0), overwrite=True)
     assert score_run(replaced).samples_scored == 36
+
+
+def test_bf16_is_opt_in_close_to_fp32_and_kept_apart(run_dir: Path, tiny_checkpoint: Path) -> None:
+    score_run(_config(run_dir, tiny_checkpoint))
+    fp32 = _table(run_dir).filter(pl.col("status") == "ok")["dfn_score"].to_numpy()
+    with pytest.raises(ScoreError, match="at precision auto, not .* at bf16"):
+        score_run(_config(run_dir, tiny_checkpoint, precision="bf16"))
+    score_run(_config(run_dir, tiny_checkpoint, precision="bf16", name="dfn_bf16"))
+    bf16 = _table(run_dir, "dfn_bf16").filter(pl.col("status") == "ok")["dfn_bf16_score"]
+    difference = abs(bf16.to_numpy() - fp32)
+    assert 0 < difference.max() < 0.05  # lossy, but close
+    with pytest.raises(ScoreError, match="fp16 needs CUDA"):
+        _config(run_dir, tiny_checkpoint, precision="fp16", device="cpu")
+    with pytest.raises(ScoreError, match="--precision must be one of"):
+        _config(run_dir, tiny_checkpoint, precision="int3")
 
 
 def test_bad_requests_write_nothing(tmp_path: Path, run_dir: Path, tiny_checkpoint: Path) -> None:

@@ -1,6 +1,10 @@
 """The scorer: a loaded filter network that turns decoded batches into cosine similarities.
 
 A process loads each scorer once (``get_scorer``), whatever the number of shards it scores.
+Text goes through the exact short-text encoder when the tower allows it (see
+``text_encoder``); convolutional image towers run channels-last on CPU. Precision is fp32
+on CPU and fp16 autocast on CUDA unless asked otherwise: ``bf16`` on CPU is lossy and only
+used when requested.
 """
 
 from __future__ import annotations
@@ -14,8 +18,29 @@ import torch
 from PIL import Image
 
 from curate.models import LoadedModel, ModelSpec, load_model
+from curate.scoring.text_encoder import make_text_encoder
 
 logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 is for CUDA; on CPU use bf16 (lossy) or fp32")
+    return _AUTOCAST_DTYPES.get(precision)
+
+
+def _has_convolutions(module: torch.nn.Module) -> bool:
+    return any(
+        isinstance(m, torch.nn.Conv2d) and m.kernel_size != m.stride for m in module.modules()
+    )
 
 
 def resolve_device(device: str, slot: int = 0) -> str:
@@ -37,6 +62,8 @@ class ScorerConfig:
     spec: ModelSpec
     device: str = "auto"
     threads: int | None = None
+    precision: str = "auto"
+    exact_short_text: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,10 +78,19 @@ class EncodedBatch:
 class Scorer:
     """Eval preprocessing, tokenisation and image-text cosine similarity of one model."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(
+        self, loaded: LoadedModel, precision: str = "auto", exact_short_text: bool = True
+    ) -> None:
         self.loaded = loaded
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.text_encoder = make_text_encoder(loaded.model, exact_short_text)
+        visual = getattr(loaded.model, "visual", None)
+        # channels-last speeds up real convolutions on CPU; a ViT's patchify conv gains nothing
+        self.channels_last = visual is not None and _has_convolutions(visual)
+        if self.channels_last:
+            visual.to(memory_format=torch.channels_last)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.loaded.preprocess(image)
@@ -62,21 +98,43 @@ class Scorer:
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         return self.loaded.tokenizer(captions)
 
+    def text_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Positions each caption needs; batches of similar length waste the least."""
+        return self.text_encoder.lengths(tokens)
+
+    def _autocast(self) -> torch.autocast:
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=self.device.type == "cuda")
+
     @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm float32 image embeddings, on the CPU."""
+        images = self._to_device(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            features = self.loaded.model.encode_image(images, normalize=True)
+        return features.float().cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit-norm float32 text embeddings, on the CPU."""
+        with self._autocast():
+            features = self.text_encoder(self._to_device(tokens))
+        return features.float().cpu()
+
     def encode(self, images: torch.Tensor, tokens: torch.Tensor) -> EncodedBatch:
         """L2-normalised image and text embeddings and their row-wise cosine similarity."""
-        model = self.loaded.model
-        on_cuda = self.device.type == "cuda"
-        images = images.to(self.device, non_blocking=on_cuda)
-        tokens = tokens.to(self.device, non_blocking=on_cuda)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=on_cuda):
-            image_features = model.encode_image(images, normalize=True).float()
-            text_features = model.encode_text(tokens, normalize=True).float()
+        image_features = self.encode_images(images)
+        text_features = self.encode_texts(tokens)
         scores = (image_features * text_features).sum(dim=-1)
         return EncodedBatch(
-            scores=scores.cpu().numpy().astype(np.float32),
-            image_embeddings=image_features.cpu().numpy(),
-            text_embeddings=text_features.cpu().numpy(),
+            scores=scores.numpy().astype(np.float32),
+            image_embeddings=image_features.numpy(),
+            text_embeddings=text_features.numpy(),
         )
 
 
@@ -92,7 +150,12 @@ def get_scorer(config: ScorerConfig, slot: int = 0) -> Scorer:
             if config.threads:
                 torch.set_num_threads(config.threads)
             device = resolve_device(config.device, slot)
-            _CACHE[key] = Scorer(load_model(config.spec, device=device))
-            logger.info("scorer %s ready on %s (%d threads)", config.spec.id, device,
-                        torch.get_num_threads())
+            loaded = load_model(config.spec, device=device)
+            _CACHE[key] = Scorer(loaded, config.precision, config.exact_short_text)
+            logger.info(
+                "scorer %s ready on %s (%d threads)",
+                config.spec.id,
+                device,
+                torch.get_num_threads(),
+            )
         return _CACHE[key]

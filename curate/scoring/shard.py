@@ -1,8 +1,11 @@
 """Score one shard: a plain function that any executor (or a test) can call.
 
 Reading and decoding run in a background thread that prepares the next batches while the
-model encodes the current one. Every row of the shard's pool part leaves exactly one score
-row; the score part and embeddings are renamed into place, the completion record last.
+model encodes the current one. Images are encoded batch by batch in shard order; captions
+wait in a window of a few batches and are encoded sorted by token length, so each text
+batch pads only to similar lengths, and scores go back to the rows they came from. Every
+row of the shard's pool part leaves exactly one score row; the score part and embeddings
+are renamed into place, the completion record last.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from curate.pool.shards import TarReadResult, iter_tar_samples
 from curate.schema import score_schema
 from curate.scoring import status as st
 from curate.scoring.decode import DEFAULT_MAX_PIXELS, decode_image
+from curate.scoring.scorer import EncodedBatch as EncodedRows
 from curate.scoring.scorer import Scorer
 from curate.scoring.stats import ShardStats
 from curate.workspace import atomic_path, write_json_atomic
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
 PREFETCH_BATCHES = 2
+TEXT_WINDOW_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class ShardTask:
 
 
 @dataclass
-class _Batch:
+class Batch:
     rows: list[int]
     images: torch.Tensor
     tokens: torch.Tensor
@@ -75,11 +80,23 @@ class _ShardRows:
         for row, key in enumerate(self.keys):
             self.row_of_key.setdefault(key, row)
         for row, (pool_status, message) in enumerate(
-            zip(table.column("status").to_pylist(), table.column("error_message").to_pylist(),
-                strict=True)
+            zip(
+                table.column("status").to_pylist(),
+                table.column("error_message").to_pylist(),
+                strict=True,
+            )
         ):
             if pool_status != "success":
                 self.mark(row, st.NOT_DOWNLOADED, f"{pool_status}: {message or 'no message'}")
+
+    def store(self, done: list[int], encoded: EncodedRows, keep_embeddings: bool) -> None:
+        """Scores (and embeddings) of scored rows; they become ``ok``."""
+        self.scores[done] = encoded.scores
+        if keep_embeddings:
+            self.image_embeddings[done] = encoded.image_embeddings
+            self.text_embeddings[done] = encoded.text_embeddings
+        for row in done:
+            self.mark(row, st.OK, None)
 
     def mark(self, row: int, status: str, error: str | None) -> None:
         self.status[row] = status
@@ -94,17 +111,26 @@ class _ShardRows:
 
 
 def _prepare_batches(
-    task: ShardTask, scorer: Scorer, rows: _ShardRows, tar_result: TarReadResult,
+    task: ShardTask,
+    scorer: Scorer,
+    rows: _ShardRows,
+    tar_result: TarReadResult,
     stats: ShardStats,
-) -> Iterator[_Batch]:
+) -> Iterator[Batch]:
     """Decode and preprocess the tar's samples into batches; mark the ones that fail."""
     pending_rows: list[int] = []
     pending_images: list[torch.Tensor] = []
     pending_captions: list[str] = []
 
-    def flush() -> _Batch:
-        batch = _Batch(list(pending_rows), torch.stack(pending_images),
-                       scorer.tokenize(list(pending_captions)))
+    pin = scorer.device.type == "cuda"
+
+    def flush() -> Batch:
+        images = torch.stack(pending_images)
+        batch = Batch(
+            list(pending_rows),
+            images.pin_memory() if pin else images,
+            scorer.tokenize(list(pending_captions)),
+        )
         pending_rows.clear()
         pending_images.clear()
         pending_captions.clear()
@@ -141,7 +167,7 @@ def _prepare_batches(
         yield flush()
 
 
-def _prefetch(batches: Iterator[_Batch], depth: int) -> Iterator[_Batch]:
+def _prefetch(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
     """Run ``batches`` in a background thread, at most ``depth`` batches ahead."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -176,6 +202,37 @@ def _prefetch(batches: Iterator[_Batch], depth: int) -> Iterator[_Batch]:
                 thread.join(timeout=0.05)
 
 
+class TextWindow:
+    """Image embeddings waiting for their captions, which are encoded together by length."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.image_embeddings: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, batch: Batch, image_embeddings: torch.Tensor) -> None:
+        self.rows.extend(batch.rows)
+        self.image_embeddings.append(image_embeddings)
+        self.tokens.append(batch.tokens)
+
+    def encode(self, scorer: Scorer, batch_size: int) -> tuple[list[int], EncodedRows]:
+        """Encode the captions shortest first, in batches; return rows in arrival order."""
+        tokens = torch.cat(self.tokens)
+        image = torch.cat(self.image_embeddings)
+        text = torch.empty_like(image)
+        order = torch.argsort(scorer.text_lengths(tokens), stable=True)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            text[chunk] = scorer.encode_texts(tokens[chunk])
+        rows = self.rows
+        self.rows, self.image_embeddings, self.tokens = [], [], []
+        scores = (image * text).sum(dim=-1)
+        return rows, EncodedRows(scores.numpy(), image.numpy(), text.numpy())
+
+
 def _write_outputs(task: ShardTask, rows: _ShardRows, stats: ShardStats) -> None:
     table = pa.table(
         {
@@ -206,18 +263,24 @@ def score_shard(task: ShardTask, scorer: Scorer, progress: ProgressFn | None = N
     stats = ShardStats(shards=1, samples=pool.num_rows)
     tar_result = TarReadResult()
     batches = _prepare_batches(task, scorer, rows, tar_result, stats)
+    window = TextWindow()
+    window_size = TEXT_WINDOW_BATCHES * task.batch_size
     reported = 0
-    for batch in _prefetch(batches, PREFETCH_BATCHES):
-        encoded = scorer.encode(batch.images, batch.tokens)
-        rows.scores[batch.rows] = encoded.scores
-        if task.embeddings_prefix is not None:
-            rows.image_embeddings[batch.rows] = encoded.image_embeddings
-            rows.text_embeddings[batch.rows] = encoded.text_embeddings
-        for row in batch.rows:
-            rows.mark(row, st.OK, None)
+
+    def finish_window() -> None:
+        nonlocal reported
+        done, encoded = window.encode(scorer, task.batch_size)
+        rows.store(done, encoded, task.embeddings_prefix is not None)
         decided = rows.decided_count()
         progress(decided - reported)
         reported = decided
+
+    for batch in _prefetch(batches, PREFETCH_BATCHES):
+        window.add(batch, scorer.encode_images(batch.images))
+        if len(window) >= window_size:
+            finish_window()
+    if len(window):
+        finish_window()
     for row in rows.undecided():
         if tar_result.error:
             rows.mark(row, st.SHARD_TRUNCATED, tar_result.error)

@@ -26,7 +26,7 @@ from curate.executor import ExecutorConfig, TaskFailure, current_worker_slot, ma
 from curate.models import ModelError, ModelSpec
 from curate.models.spec import check_weights, resolve_model_spec
 from curate.scoring.decode import DEFAULT_MAX_PIXELS
-from curate.scoring.scorer import ScorerConfig, get_scorer
+from curate.scoring.scorer import PRECISIONS, ScorerConfig, get_scorer
 from curate.scoring.shard import ProgressFn, ShardTask, read_done_record, score_shard
 from curate.scoring.stats import ShardStats
 from curate.workspace import (
@@ -61,6 +61,8 @@ class ScoreConfig:
     save_embeddings: bool = False
     overwrite: bool = False
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    precision: str = "auto"
+    padded_text: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -73,6 +75,12 @@ class ScoreConfig:
             raise ScoreError(f"--device must be one of {', '.join(DEVICES)}, got '{self.device}'")
         if self.max_image_pixels < 1:
             raise ScoreError("--max-image-pixels must be positive")
+        if self.precision not in PRECISIONS:
+            raise ScoreError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'"
+            )
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ScoreError("--precision fp16 needs CUDA; on CPU use bf16 (lossy) or fp32")
 
 
 @dataclass
@@ -128,6 +136,7 @@ def _scorer_record(config: ScoreConfig) -> dict[str, Any]:
         "random_init": config.model.random_init,
         "weights": resolved.weights,
         "quick_gelu": resolved.quick_gelu,
+        "precision": config.precision,
     }
 
 
@@ -137,13 +146,13 @@ def _check_previous_scorer(paths: RunPaths, config: ScoreConfig, record: dict) -
     if not previous_file.is_file():
         return
     previous = json.loads(previous_file.read_text())
-    if previous.get("model") == record["model"]:
+    made_with = (previous.get("model"), previous.get("precision", "auto"))
+    if made_with == (record["model"], record["precision"]) or config.overwrite:
         return
-    if not config.overwrite:
-        raise ScoreError(
-            f"score name '{config.name}' was made with {previous.get('model')}, not "
-            f"{record['model']}; pick another --name or pass --overwrite"
-        )
+    raise ScoreError(
+        f"score name '{config.name}' was made with {made_with[0]} at precision {made_with[1]}, "
+        f"not {record['model']} at {record['precision']}; pick another --name or pass --overwrite"
+    )
 
 
 def _clear_scorer_outputs(paths: RunPaths, name: str) -> None:
@@ -215,8 +224,12 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
     if tasks:
         write_json_atomic(scores_dir / SCORER_FILE, record)
         scored_now, failures = _execute(config, tasks)
-    logger.info("scored %s: %d shards run, %d already done", config.name, len(tasks),
-                shards_total - len(tasks))
+    logger.info(
+        "scored %s: %d shards run, %d already done",
+        config.name,
+        len(tasks),
+        shards_total - len(tasks),
+    )
     return ScoreSummary(
         name=config.name,
         stats=done_stats + scored_now,
@@ -231,7 +244,11 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
 def _execute(config: ScoreConfig, tasks: list[ShardTask]) -> tuple[ShardStats, dict[str, str]]:
     executor = make_executor(config.executor)
     scorer_config = ScorerConfig(
-        spec=config.model, device=config.device, threads=executor.threads_per_task
+        spec=config.model,
+        device=config.device,
+        threads=executor.threads_per_task,
+        precision=config.precision,
+        exact_short_text=not config.padded_text,
     )
     task_fn = functools.partial(run_score_task, scorer_config)
     stats = ShardStats()
