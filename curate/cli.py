@@ -133,6 +133,10 @@ def score(
             "default cuts them exactly at the batch's longest caption).",
         ),
     ] = False,
+    decode: Annotated[
+        str,
+        typer.Option(help="auto (JPEG decode on the GPU when scoring on CUDA), cpu or cuda."),
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -150,6 +154,7 @@ def score(
             max_image_pixels=max_image_pixels,
             precision=precision,
             padded_text=padded_text,
+            decoder=decode,
             progress=progress,
         )
         summary = score_run(config)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from curate.models import LoadedModel, ModelSpec, load_model
+from curate.scoring.image_loader import ImageLoader, make_image_loader
 from curate.scoring.text_encoder import make_text_encoder
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class ScorerConfig:
     threads: int | None = None
     precision: str = "auto"
     exact_short_text: bool = True
+    decoder: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,14 @@ class Scorer:
     """Eval preprocessing, tokenisation and image-text cosine similarity of one model."""
 
     def __init__(
-        self, loaded: LoadedModel, precision: str = "auto", exact_short_text: bool = True
+        self,
+        loaded: LoadedModel,
+        precision: str = "auto",
+        exact_short_text: bool = True,
+        decoder: str = "auto",
     ) -> None:
         self.loaded = loaded
+        self.decoder = decoder
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
         self.autocast_dtype = resolve_precision(precision, self.device)
@@ -94,6 +101,10 @@ class Scorer:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.loaded.preprocess(image)
+
+    def image_loader(self, max_pixels: int) -> ImageLoader:
+        """Bytes to model input: Pillow, or the GPU's JPEG decoder (see ``image_loader``)."""
+        return make_image_loader(self.loaded.preprocess, self.device, self.decoder, max_pixels)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         return self.loaded.tokenizer(captions)
@@ -151,7 +162,7 @@ def get_scorer(config: ScorerConfig, slot: int = 0) -> Scorer:
                 torch.set_num_threads(config.threads)
             device = resolve_device(config.device, slot)
             loaded = load_model(config.spec, device=device)
-            _CACHE[key] = Scorer(loaded, config.precision, config.exact_short_text)
+            _CACHE[key] = Scorer(loaded, config.precision, config.exact_short_text, config.decoder)
             logger.info(
                 "scorer %s ready on %s (%d threads)",
                 config.spec.id,

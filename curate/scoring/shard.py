@@ -27,7 +27,7 @@ import torch
 from curate.pool.shards import TarReadResult, iter_tar_samples
 from curate.schema import score_schema
 from curate.scoring import status as st
-from curate.scoring.decode import DEFAULT_MAX_PIXELS, decode_image
+from curate.scoring.decode import DEFAULT_MAX_PIXELS
 from curate.scoring.scorer import EncodedBatch as EncodedRows
 from curate.scoring.scorer import Scorer
 from curate.scoring.stats import ShardStats
@@ -122,13 +122,14 @@ def _prepare_batches(
     pending_images: list[torch.Tensor] = []
     pending_captions: list[str] = []
 
+    load_image = scorer.image_loader(task.max_image_pixels)
     pin = scorer.device.type == "cuda"
 
     def flush() -> Batch:
         images = torch.stack(pending_images)
         batch = Batch(
             list(pending_rows),
-            images.pin_memory() if pin else images,
+            images.pin_memory() if pin and not images.is_cuda else images,
             scorer.tokenize(list(pending_captions)),
         )
         pending_rows.clear()
@@ -150,11 +151,7 @@ def _prepare_batches(
                 raise st.SampleError(st.MISSING_IMAGE, "no image member in the tar")
             if caption is None or not caption.strip():
                 raise st.SampleError(st.MISSING_CAPTION, "no caption (.txt empty or absent)")
-            image = decode_image(image_member[1], task.max_image_pixels)
-            try:
-                tensor = scorer.preprocess(image)
-            except Exception as exc:
-                raise st.SampleError(st.CORRUPT_IMAGE, f"preprocessing failed: {exc}") from exc
+            tensor = load_image(image_member[1])
         except st.SampleError as failure:
             rows.mark(row, failure.status, failure.reason)
             continue

@@ -26,6 +26,7 @@ from curate.executor import ExecutorConfig, TaskFailure, current_worker_slot, ma
 from curate.models import ModelError, ModelSpec
 from curate.models.spec import check_weights, resolve_model_spec
 from curate.scoring.decode import DEFAULT_MAX_PIXELS
+from curate.scoring.image_loader import DECODERS
 from curate.scoring.scorer import PRECISIONS, ScorerConfig, get_scorer
 from curate.scoring.shard import ProgressFn, ShardTask, read_done_record, score_shard
 from curate.scoring.stats import ShardStats
@@ -63,6 +64,7 @@ class ScoreConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     precision: str = "auto"
     padded_text: bool = False
+    decoder: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -79,6 +81,10 @@ class ScoreConfig:
             raise ScoreError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'"
             )
+        if self.decoder not in DECODERS:
+            raise ScoreError(f"--decode must be one of {', '.join(DECODERS)}, got '{self.decoder}'")
+        if self.decoder == "cuda" and self.device == "cpu":
+            raise ScoreError("--decode cuda needs --device cuda (or auto on a GPU machine)")
         if self.precision == "fp16" and self.device == "cpu":
             raise ScoreError("--precision fp16 needs CUDA; on CPU use bf16 (lossy) or fp32")
 
@@ -249,6 +255,7 @@ def _execute(config: ScoreConfig, tasks: list[ShardTask]) -> tuple[ShardStats, d
         threads=executor.threads_per_task,
         precision=config.precision,
         exact_short_text=not config.padded_text,
+        decoder=config.decoder,
     )
     task_fn = functools.partial(run_score_task, scorer_config)
     stats = ShardStats()

@@ -1,0 +1,95 @@
+"""Image loaders: Pillow reference path, tensor JPEG decode (GPU path, run here on CPU)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from curate.models import ModelSpec, load_model
+from curate.scoring.decode import DEFAULT_MAX_PIXELS
+from curate.scoring.image_loader import (
+    EvalTransform,
+    PilImageLoader,
+    TensorJpegLoader,
+    make_image_loader,
+)
+from curate.scoring.status import SampleError
+
+
+@pytest.fixture(scope="module")
+def preprocess():
+    return load_model(ModelSpec("fp-small-vit", random_init=True)).preprocess
+
+
+def _encoded(size: tuple[int, int], mode: str = "RGB", fmt: str = "JPEG", seed: int = 0) -> bytes:
+    """A smooth random picture (photo-like, so resampling differences stay small)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).convert(mode)
+    out = io.BytesIO()
+    image.save(out, format=fmt, quality=90)
+    return out.getvalue()
+
+
+def _tensor_loader(preprocess) -> TensorJpegLoader:
+    transform = EvalTransform.from_compose(preprocess)
+    assert transform is not None
+    pil = PilImageLoader(preprocess, DEFAULT_MAX_PIXELS)
+    return TensorJpegLoader(transform, torch.device("cpu"), pil, DEFAULT_MAX_PIXELS)
+
+
+def test_eval_transform_is_read_from_open_clip(preprocess) -> None:
+    transform = EvalTransform.from_compose(preprocess)
+    assert transform is not None and transform.size == 64
+    assert transform.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+
+
+@pytest.mark.parametrize(
+    ("size", "mode"),
+    [((512, 384), "RGB"), ((300, 700), "RGB"), ((64, 64), "RGB"), ((90, 200), "L")],
+)
+def test_tensor_jpeg_decode_is_close_to_pillow(preprocess, size, mode) -> None:
+    data = _encoded(size, mode)
+    reference = PilImageLoader(preprocess, DEFAULT_MAX_PIXELS)(data)
+    tensor = _tensor_loader(preprocess)(data)
+    assert tensor.shape == reference.shape == (3, 64, 64)
+    difference = (tensor - reference).abs()
+    # same libjpeg decode; bicubic resampling differs from Pillow's by a few levels at most
+    assert difference.mean() < 0.01 and difference.max() < 0.15
+
+
+def test_what_the_tensor_path_cannot_decode_goes_through_pillow(preprocess) -> None:
+    loader, pil = _tensor_loader(preprocess), PilImageLoader(preprocess, DEFAULT_MAX_PIXELS)
+    for data in (_encoded((80, 60), fmt="PNG"), _encoded((80, 60), mode="CMYK")):
+        assert torch.equal(loader(data), pil(data))
+    jpeg = _encoded((120, 90))
+    with pytest.raises(SampleError) as failure:
+        loader(jpeg[: len(jpeg) // 2])
+    assert failure.value.status == "corrupt_image"
+    small_pil = PilImageLoader(preprocess, 100)
+    small_limit = TensorJpegLoader(loader.transform, torch.device("cpu"), small_pil, 100)
+    with pytest.raises(SampleError) as failure:
+        small_limit(jpeg)
+    assert failure.value.status == "too_large"
+
+
+def test_loader_choice(preprocess) -> None:
+    cpu = torch.device("cpu")
+    assert isinstance(make_image_loader(preprocess, cpu, "auto", 10), PilImageLoader)
+    assert isinstance(make_image_loader(preprocess, cpu, "cpu", 10), PilImageLoader)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_image_loader(preprocess, cpu, "cuda", 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_jpeg_decode_matches_the_cpu_tensor_path(preprocess) -> None:
+    data = _encoded((512, 384))
+    cuda = make_image_loader(preprocess, torch.device("cuda"), "auto", DEFAULT_MAX_PIXELS)
+    assert isinstance(cuda, TensorJpegLoader)
+    on_gpu = cuda(data)
+    assert on_gpu.is_cuda
+    assert (on_gpu.cpu() - _tensor_loader(preprocess)(data)).abs().max() < 0.02
