@@ -351,6 +351,34 @@ def export_command(
         raise typer.Exit(code=1)
 
 
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")],
+    subset: Annotated[str | None, typer.Option(help="Subset name (RUN/subsets/NAME).")] = None,
+    scorer: Annotated[
+        str | None, typer.Option(help="Scorer for the image grids (default: the subset's).")
+    ] = None,
+    fraction: Annotated[
+        float, typer.Option(help="Cut for the grids when no subset gives one (top fraction).")
+    ] = 0.3,
+    grid_size: Annotated[int, typer.Option(help="Images per grid.")] = 8,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write one self-contained HTML report: statuses, score plots, images around the cut."""
+    from curate.report import ReportConfig, build_report
+
+    try:
+        summary = build_report(ReportConfig(run=run, out=out, subset=subset, scorer=scorer,
+                                            fraction=fraction, grid_size=grid_size,
+                                            overwrite=overwrite))
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    emit(summary.to_dict(), as_json,
+         f"report -> {summary.out} ({summary.images} images, {summary.bytes / 1e6:.1f} MB)")
+
+
 @app.command()
 def models(as_json: JsonOption = False) -> None:
     """List the packaged tiny configs and open_clip's architectures and pretrained tags."""

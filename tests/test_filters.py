@@ -312,6 +312,17 @@ def test_basic_is_datacomp_and_names_the_first_failing_rule() -> None:
         "basic/caption_length"]
 
 
+def test_basic_min_side_lowers_only_the_image_size_rule() -> None:
+    english = "A golden retriever puppy playing in the snow"
+    rows = {"text": [english, english, "two words"], "original_width": [120, 60, 120],
+            "original_height": [90, 90, 90]}
+    con = connect(samples_table(rows))
+    result = evaluate_filters(con, [parse_filter_spec("basic:min_side=80")], reasons=True)
+    assert result.column("basic(min_side=80)").to_pylist() == [True, False, False]
+    assert result.column("reason").to_pylist() == [
+        None, "basic(min_side=80)/image_size(min_side=80)", "basic(min_side=80)/caption_length"]
+
+
 def test_basic_with_fasttext(fasttext_model: str) -> None:
     rows = {"text": ["the cat sat on a mat", "der hund mit einem haus"],
             "original_width": [300, 300], "original_height": [300, 300]}

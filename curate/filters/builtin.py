@@ -212,12 +212,17 @@ def fraction(batch: Batch, p: Mapping[str, Any]) -> np.ndarray:
 
 @register_composite(
     "basic",
-    params=[Param("fasttext_model", Path, None, "fastText lid.176.bin for the language rule "
-                  "(DataComp's exact model); default: the packaged py3langid model",
-                  check=existing_file)],
+    params=[
+        Param("fasttext_model", Path, None, "fastText lid.176.bin for the language rule "
+              "(DataComp's exact model); default: the packaged py3langid model",
+              check=existing_file),
+        Param("min_side", int, 200, "image_size's shorter-side minimum (DataComp: 200; lower it "
+              "for pools of small images)", check=at_least(0)),
+    ],
 )
 def basic(p: Mapping[str, Any]) -> list[FilterSpec]:
     """DataComp's basic filter: caption_length, image_size, aspect_ratio, then language en."""
     language = {"fasttext_model": p["fasttext_model"]} if p["fasttext_model"] else {}
-    return [FilterSpec("caption_length"), FilterSpec("image_size"), FilterSpec("aspect_ratio"),
-            FilterSpec("language", language)]
+    size = {"min_side": p["min_side"]} if p["min_side"] != 200 else {}
+    return [FilterSpec("caption_length"), FilterSpec("image_size", size),
+            FilterSpec("aspect_ratio"), FilterSpec("language", language)]

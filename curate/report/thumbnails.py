@@ -1,0 +1,50 @@
+"""Small JPEG thumbnails of pool samples, read from the run's shard tars, as data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from pathlib import Path
+
+from curate.pool.shards import TarReadResult, iter_tar_samples
+from curate.scoring.decode import decode_image
+from curate.scoring.status import SampleError
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 160
+
+
+def thumbnail_uri(data: bytes, side: int = THUMBNAIL_SIDE) -> str | None:
+    """A JPEG thumbnail data URI of image bytes; None when they do not decode."""
+    try:
+        image = decode_image(data)
+    except SampleError:
+        return None
+    image = image.convert("RGB")
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def read_thumbnails(
+    tar_of_shard: dict[str, str], wanted: set[tuple[str, str]]
+) -> dict[tuple[str, str], str | None]:
+    """Thumbnails for (shard, key) pairs; one pass over each shard tar that holds any."""
+    found: dict[tuple[str, str], str | None] = {}
+    for shard in sorted({shard for shard, _ in wanted}):
+        tar = tar_of_shard.get(shard)
+        if not tar or not Path(tar).is_file():
+            logger.warning("report: no tar for shard %s; its images are left out", shard)
+            continue
+        keys = {key for s, key in wanted if s == shard}
+        result = TarReadResult()
+        for sample in iter_tar_samples(Path(tar), result):
+            if sample.key in keys:
+                member = sample.image()
+                found[(shard, sample.key)] = thumbnail_uri(member[1]) if member else None
+                if len(keys) == sum(1 for s, _ in found if s == shard):
+                    break
+    return found
