@@ -1,22 +1,29 @@
-"""Matplotlib figures rendered to PNG data URIs (no files, no network)."""
+"""Matplotlib figures rendered to PNG data URIs (no files, no network).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot, so that importing
+this module never changes the backend of a notebook or script that uses it.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 
-def figure_uri(figure: plt.Figure) -> str:
-    """The figure as a ``data:image/png`` URI; the figure is closed."""
+def subplots(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure with one axis, outside pyplot's global state."""
+    figure = Figure(figsize=(width, height))
+    return figure, figure.add_subplot()
+
+
+def figure_uri(figure: Figure) -> str:
+    """The figure as a ``data:image/png`` URI."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
-    plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -24,7 +31,7 @@ def score_histogram(
     scorer: str, edges: np.ndarray, counts: dict[str, np.ndarray], threshold: float | None
 ) -> str:
     """Histogram of one scorer's scores, one series per pool status, the cut marked."""
-    figure, axis = plt.subplots(figsize=(6.4, 3.2))
+    figure, axis = subplots(6.4, 3.2)
     centers = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
     bottom = np.zeros(len(centers))
@@ -43,7 +50,7 @@ def kept_curve(
     scorer: str, thresholds: np.ndarray, kept_fraction: np.ndarray, threshold: float | None
 ) -> str:
     """Kept fraction of the scored samples against the threshold."""
-    figure, axis = plt.subplots(figsize=(6.4, 3.2))
+    figure, axis = subplots(6.4, 3.2)
     axis.plot(thresholds, kept_fraction, color="tab:blue")
     if threshold is not None:
         axis.axvline(threshold, color="black", linestyle="--", label=f"cut {threshold:.4f}")
@@ -58,7 +65,7 @@ def kept_curve(
 def drop_reasons(first: dict[str, int], any_failure: dict[str, int]) -> str:
     """Dropped samples per filter: as the first failing filter, and failing at all."""
     labels = list(any_failure)
-    figure, axis = plt.subplots(figsize=(6.4, 0.5 + 0.45 * max(len(labels), 1)))
+    figure, axis = subplots(6.4, 0.5 + 0.45 * max(len(labels), 1))
     positions = np.arange(len(labels))
     axis.barh(positions + 0.2, [any_failure[k] for k in labels], height=0.4, label="fails")
     axis.barh(

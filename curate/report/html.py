@@ -7,12 +7,7 @@ from typing import Any
 
 from curate.report.data import Grid
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .5em 0 1em; }
-td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; font-size: .9em; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
+GRID_STYLE = """
 .grid { display: flex; flex-wrap: wrap; gap: .6em; margin-bottom: 1.2em; }
 .card { width: 170px; font-size: .75em; border: 1px solid #ddd; padding: 4px;
         overflow-wrap: anywhere; }
@@ -22,6 +17,14 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
            align-items: center; justify-content: center; color: #888; }
 .note { color: #555; font-size: .9em; }
 """
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .5em 0 1em; }
+td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; font-size: .9em; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+""" + GRID_STYLE
 
 # Counts the images the browser decoded, so a headless browser can check the page rendered.
 IMAGE_CHECK = """
