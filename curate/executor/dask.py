@@ -31,6 +31,9 @@ def _quiet_distributed_logs() -> None:
     """Keep the embedded scheduler's INFO chatter out of a command's output unless -v."""
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        # At close, a worker still tearing torch down after 4 s is killed with a warning;
+        # every result is written by then, so that is not news for the command's output.
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
 
 
 def _worker_slot(name: Any) -> int:
@@ -78,15 +81,16 @@ class DaskExecutor:
                 name: str(self.threads_per_task)
                 for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
             }})
+            _quiet_distributed_logs()
             self.cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
+                scheduler_kwargs={"dashboard": False},
                 silence_logs=logging.ERROR,
             )
             self.client = Client(self.cluster)
-            _quiet_distributed_logs()
             logger.info("started a local Dask cluster: %d workers, %d torch threads each",
                         workers, self.threads_per_task)
 

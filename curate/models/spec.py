@@ -15,13 +15,14 @@ and can be forced with ``quick_gelu=True/False``.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
 import pickle
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,20 +297,42 @@ def check_weights(spec: ModelSpec) -> None:
             _load_checkpoint_strict(model, resolved.checkpoint, resolved.open_clip_name)
 
 
+class _NoWeightsWarningFilter(logging.Filter):
+    """Drops open_clip's 'No pretrained weights loaded' warning, which is wrong here when the
+    weights come from our own checkpoint loading or random init was asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _quiet_missing_weights(quiet: bool) -> Iterator[None]:
+    root = logging.getLogger()
+    quiet_filter = _NoWeightsWarningFilter()
+    if quiet:
+        root.addFilter(quiet_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet_filter)
+
+
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedModel:
     """Resolve and load a model for inference (eval mode, on ``device``)."""
     resolved = resolve_model_spec(spec)
     device = torch.device(device)
     load_weights = not spec.random_init
+    quiet = spec.random_init or resolved.checkpoint is not None
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            resolved.open_clip_name,
-            pretrained=resolved.tag,
-            load_weights=load_weights,
-            pretrained_text=load_weights,
-            weights_only=True,
-            quick_gelu=resolved.quick_gelu,
-        )
+        with _quiet_missing_weights(quiet):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                resolved.open_clip_name,
+                pretrained=resolved.tag,
+                load_weights=load_weights,
+                pretrained_text=load_weights,
+                weights_only=True,
+                quick_gelu=resolved.quick_gelu,
+            )
     except ModelError:
         raise
     except (RuntimeError, AssertionError, OSError) as exc:
