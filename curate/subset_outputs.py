@@ -1,0 +1,251 @@
+"""A selection's tables: ``manifest.parquet``, ``dropped.parquet`` and the kept uids.
+
+Input: the run's DuckDB connection and the selection's decisions, an Arrow table of
+``sample_id`` and ``_group`` per sample of ``samples`` (0: kept; g > 0: dropped, failing the
+filters ``failing[g - 1]``, in filter order). Output rows follow ``sample_id`` order.
+
+When ``samples`` joins every scorer by position and the decisions are in ``sample_id`` order
+(the usual case), the manifest is read in chunks of pool parts, two chunks at a time on
+DuckDB's side, and written in order by one pyarrow writer, whose kept uids become the
+DataComp pairs; the dropped table is one DuckDB ``COPY`` beside it. A positional pass in
+DuckDB runs on one thread, so chunks are what lets the manifest, the largest output, use more
+than one core. Otherwise (a partly scored run, rows out of order) each output is one DuckDB
+pass joining ``samples`` with the decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.tables import SamplesLayout, samples_sql
+from curate.uids import UID_DTYPE, uids_to_array
+from curate.workspace import RunPaths
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("uid", "shard", "key", "url", "text", "original_width", "original_height",
+                    "sha256")
+MANIFEST = "manifest.parquet"
+DROPPED = "dropped.parquet"
+CHUNKS = 16  # pool parts are read in about this many chunks
+CHUNK_WORKERS = 2  # chunks read side by side (each is one DuckDB thread)
+PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
+GUARD = ("CASE WHEN s.sample_id IS DISTINCT FROM d.sample_id THEN "
+         "error('samples is not in sample_id order') ELSE {keep} END")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class OutOfOrder(Exception):
+    """``samples`` and the decisions disagree on a row's sample_id: positional passes fail."""
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _text(label: str) -> str:
+    return "'" + label.replace("'", "''") + "'"
+
+
+def _list_sql(failing: list[list[str]]) -> tuple[str, str]:
+    """SQL lists indexed by a dropped row's group: its first failing filter, and all of them."""
+    first = ", ".join(_text(labels[0]) for labels in failing)
+    every = ", ".join("[" + ", ".join(_text(x) for x in labels) + "]" for labels in failing)
+    return f"([{first}]::VARCHAR[])", f"([{every}]::VARCHAR[][])"
+
+
+def _manifest_columns(scorers: list[str]) -> str:
+    return ", ".join(f"s.{c}" for c in MANIFEST_COLUMNS) + "".join(
+        f', s."{s}_score"' for s in scorers)
+
+
+def _queries(failing: list[list[str]], scorers: list[str]) -> dict[str, tuple[str, str]]:
+    """Per output, a SELECT template over ``{source}`` with ``{keep}`` and its row condition."""
+    first_sql, every_sql = _list_sql(failing)
+    return {
+        MANIFEST: (f"SELECT {_manifest_columns(scorers)} FROM {{source}} WHERE {{keep}}",
+                   "d._group = 0"),
+        DROPPED: (f"SELECT s.uid, {first_sql}[d._group] AS first_failed_filter, "
+                  f"{every_sql}[d._group] AS failed_filters FROM {{source}} WHERE {{keep}}",
+                  "d._group > 0"),
+        "uids": ("SELECT s.uid FROM {source} WHERE {keep}", "d._group = 0"),
+    }
+
+
+def _pass(con: Any, decisions: pa.Table, name: str, template: str, keep: str,
+          positional: bool, sink: Callable[[Any, str], T]) -> T:
+    """One output as one DuckDB query: positional when asked (OutOfOrder if refused), else a
+    join on sample_id, sorted."""
+    cursor = con.cursor()  # one per pass: passes run side by side
+    cursor.register("decisions", decisions)
+    started = time.perf_counter()
+    if positional:
+        query = template.format(source="samples s POSITIONAL JOIN decisions d",
+                                keep=GUARD.format(keep=keep))
+    else:
+        query = template.format(source="samples s JOIN decisions d USING (sample_id)",
+                                keep=keep) + " ORDER BY s.sample_id"
+    try:
+        result = sink(cursor, query)
+    except duckdb.InvalidInputException as exc:
+        if positional:
+            raise OutOfOrder(str(exc)) from exc
+        raise
+    logger.debug("%s: one pass in %.2f s", name, time.perf_counter() - started)
+    return result
+
+
+def _copy_to(target: Path) -> Callable[[Any, str], None]:
+    def sink(cursor: Any, query: str) -> None:
+        cursor.execute(f"COPY ({query}) TO {_sql_path(target)} (FORMAT parquet)")
+
+    return sink
+
+
+def _uid_pairs(cursor: Any, query: str) -> np.ndarray:
+    return uids_to_array(cursor.sql(query).to_arrow_table().column("uid"))
+
+
+def _whole_passes(con: Any, staging: Path, decisions: pa.Table, failing: list[list[str]],
+                  scorers: list[str], positional: bool) -> np.ndarray:
+    """Each output in one DuckDB pass over ``samples``, the three side by side."""
+    queries = _queries(failing, scorers)
+    sinks = {MANIFEST: _copy_to(staging / MANIFEST), DROPPED: _copy_to(staging / DROPPED),
+             "uids": _uid_pairs}
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        futures = {name: pool.submit(_pass, con, decisions, name, *queries[name], positional,
+                                     sinks[name]) for name in queries}
+        results = {name: future.result() for name, future in futures.items()}
+    return results["uids"]
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
+                ahead: int) -> Iterator[R]:
+    """``map(fn, items)`` on ``workers`` threads, results in order, at most ``ahead`` pending
+    (bounds the memory of results not yet consumed)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _part_chunks(layout: SamplesLayout) -> list[slice]:
+    """Consecutive pool parts in about CHUNKS groups."""
+    count = len(layout.pool_files)
+    size = max(1, math.ceil(count / CHUNKS))
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _part_numbers(layout: SamplesLayout) -> list[int] | None:
+    """Each pool part's number (the high half of its sample_ids), None if a name has none."""
+    found = [PART_NUMBER.search(p.name) for p in layout.pool_files]
+    return [int(m.group(1)) for m in found] if all(found) else None  # type: ignore[union-attr]
+
+
+def _decision_rows(numbers: list[int], ids: np.ndarray, chunk: slice) -> slice:
+    """The rows of the decisions (sorted by sample_id) that belong to a chunk's parts."""
+    parts = numbers[chunk]
+    low = int(np.searchsorted(ids, np.int64(parts[0]) << 32))
+    high = int(np.searchsorted(ids, (np.int64(parts[-1]) + 1) << 32))
+    return slice(low, high)
+
+
+def _dropped_table(uids: pa.Array | pa.ChunkedArray, groups: np.ndarray,
+                   failing: list[list[str]]) -> pa.Table:
+    """dropped.parquet's rows: uid, first failing filter, every failing filter (by group)."""
+    index = pa.array(groups.astype(np.int32) - 1)
+    first = pa.array([labels[0] for labels in failing], pa.string()).take(index)
+    every = pa.array(failing, pa.list_(pa.string())).take(index)
+    return pa.table({"uid": uids, "first_failed_filter": first, "failed_filters": every})
+
+
+def _chunked_outputs(con: Any, paths: RunPaths, layout: SamplesLayout, staging: Path,
+                     decisions: pa.Table, failing: list[list[str]],
+                     scorers: list[str]) -> np.ndarray:
+    """``manifest.parquet`` and ``dropped.parquet`` from chunks of pool parts read side by
+    side (one scan per chunk: the manifest's columns are read for kept rows only), written in
+    order by pyarrow; returns the kept uids as DataComp pairs."""
+    ids = decisions.column("sample_id").to_numpy()
+    numbers = _part_numbers(layout) or []
+    heavy = ", ".join(f"CASE WHEN d._group = 0 THEN s.{c} END AS {c}"
+                      for c in MANIFEST_COLUMNS if c != "uid")
+    scores = "".join(f', CASE WHEN d._group = 0 THEN s."{s}_score" END AS "{s}_score"'
+                     for s in scorers)
+    template = (f"SELECT s.uid, {heavy}{scores}, "
+                f"{GUARD.format(keep='d._group')} AS _group FROM ({{samples}}) s "
+                "POSITIONAL JOIN decisions d")
+    manifest_names = list(MANIFEST_COLUMNS) + [f"{s}_score" for s in scorers]
+
+    def read(chunk: slice) -> pa.Table:
+        rows = _decision_rows(numbers, ids, chunk)
+        cursor = con.cursor()
+        cursor.register("decisions", decisions.slice(rows.start, rows.stop - rows.start))
+        try:
+            return cursor.sql(template.format(samples=samples_sql(paths, layout, chunk))
+                              ).to_arrow_table()
+        except duckdb.InvalidInputException as exc:
+            raise OutOfOrder(str(exc)) from exc
+
+    started = time.perf_counter()
+    pairs: list[np.ndarray] = []
+    writers: dict[str, pq.ParquetWriter] = {}
+
+    def write(name: str, table: pa.Table, dictionary: list[str]) -> None:
+        if name not in writers:
+            writers[name] = pq.ParquetWriter(staging / name, table.schema,
+                                              compression="snappy", use_dictionary=dictionary)
+        writers[name].write_table(table.cast(writers[name].schema))
+
+    try:
+        for table in ordered_map(read, _part_chunks(layout), CHUNK_WORKERS, CHUNK_WORKERS + 1):
+            groups = table.column("_group").to_numpy()
+            kept = groups == 0
+            manifest = table.select(manifest_names).filter(pa.array(kept))
+            write(MANIFEST, manifest, ["shard"])
+            pairs.append(uids_to_array(manifest.column("uid")))
+            dropped = pa.array(~kept)
+            write(DROPPED, _dropped_table(table.column("uid").filter(dropped), groups[~kept],
+                                          failing), ["first_failed_filter", "failed_filters"])
+    finally:
+        for writer in writers.values():
+            writer.close()
+    logger.debug("%s, %s: %d chunks in %.2f s", MANIFEST, DROPPED, len(_part_chunks(layout)),
+                 time.perf_counter() - started)
+    return np.concatenate(pairs) if pairs else np.empty(0, dtype=UID_DTYPE)
+
+
+def write_outputs(con: Any, paths: RunPaths, layout: SamplesLayout, staging: Path,
+                  decisions: pa.Table, failing: list[list[str]], scorers: list[str],
+                  in_order: bool) -> np.ndarray:
+    """Write ``manifest.parquet`` and ``dropped.parquet`` into ``staging``; return the kept
+    uids as DataComp pairs (unsorted)."""
+    if in_order and layout.positional and layout.pool_files and _part_numbers(layout):
+        try:
+            return _chunked_outputs(con, paths, layout, staging, decisions, failing, scorers)
+        except OutOfOrder as exc:
+            logger.debug("positional passes refused (%s); joining on sample_id", exc)
+    elif in_order:
+        try:
+            return _whole_passes(con, staging, decisions, failing, scorers, positional=True)
+        except OutOfOrder as exc:
+            logger.debug("positional passes refused (%s); joining on sample_id", exc)
+    return _whole_passes(con, staging, decisions, failing, scorers, positional=False)
