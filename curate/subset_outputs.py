@@ -40,7 +40,7 @@ MANIFEST_COLUMNS = ("uid", "shard", "key", "url", "text", "original_width", "ori
                     "sha256")
 MANIFEST = "manifest.parquet"
 DROPPED = "dropped.parquet"
-CHUNKS = 16  # pool parts are read in about this many chunks
+CHUNKS = 32  # pool parts are read in about this many chunks
 CHUNK_WORKERS = 2  # chunks read side by side (each is one DuckDB thread)
 PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
 GUARD = ("CASE WHEN s.sample_id IS DISTINCT FROM d.sample_id THEN "
@@ -182,26 +182,24 @@ def _chunked_outputs(con: Any, paths: RunPaths, layout: SamplesLayout, staging: 
                      decisions: pa.Table, failing: list[list[str]],
                      scorers: list[str]) -> np.ndarray:
     """``manifest.parquet`` and ``dropped.parquet`` from chunks of pool parts read side by
-    side (one scan per chunk: the manifest's columns are read for kept rows only), written in
-    order by pyarrow; returns the kept uids as DataComp pairs."""
+    side (per chunk, a DuckDB query for its kept rows and one for its dropped uids), written
+    in order by pyarrow; returns the kept uids as DataComp pairs."""
     ids = decisions.column("sample_id").to_numpy()
     numbers = _part_numbers(layout) or []
-    heavy = ", ".join(f"CASE WHEN d._group = 0 THEN s.{c} END AS {c}"
-                      for c in MANIFEST_COLUMNS if c != "uid")
-    scores = "".join(f', CASE WHEN d._group = 0 THEN s."{s}_score" END AS "{s}_score"'
-                     for s in scorers)
-    template = (f"SELECT s.uid, {heavy}{scores}, "
-                f"{GUARD.format(keep='d._group')} AS _group FROM ({{samples}}) s "
-                "POSITIONAL JOIN decisions d")
-    manifest_names = list(MANIFEST_COLUMNS) + [f"{s}_score" for s in scorers]
+    source = "({samples}) s POSITIONAL JOIN decisions d"
+    manifest_sql = (f"SELECT {_manifest_columns(scorers)} FROM {source} "
+                    f"WHERE {GUARD.format(keep='d._group = 0')}")
+    dropped_sql = (f"SELECT s.uid, d._group FROM {source} "
+                   f"WHERE {GUARD.format(keep='d._group > 0')}")
 
-    def read(chunk: slice) -> pa.Table:
+    def read(chunk: slice) -> tuple[pa.Table, pa.Table]:
         rows = _decision_rows(numbers, ids, chunk)
         cursor = con.cursor()
         cursor.register("decisions", decisions.slice(rows.start, rows.stop - rows.start))
+        samples = samples_sql(paths, layout, chunk)
         try:
-            return cursor.sql(template.format(samples=samples_sql(paths, layout, chunk))
-                              ).to_arrow_table()
+            return (cursor.sql(manifest_sql.format(samples=samples)).to_arrow_table(),
+                    cursor.sql(dropped_sql.format(samples=samples)).to_arrow_table())
         except duckdb.InvalidInputException as exc:
             raise OutOfOrder(str(exc)) from exc
 
@@ -216,15 +214,14 @@ def _chunked_outputs(con: Any, paths: RunPaths, layout: SamplesLayout, staging: 
         writers[name].write_table(table.cast(writers[name].schema))
 
     try:
-        for table in ordered_map(read, _part_chunks(layout), CHUNK_WORKERS, CHUNK_WORKERS + 1):
-            groups = table.column("_group").to_numpy()
-            kept = groups == 0
-            manifest = table.select(manifest_names).filter(pa.array(kept))
+        chunks = ordered_map(read, _part_chunks(layout), CHUNK_WORKERS, CHUNK_WORKERS + 1)
+        for manifest, dropped in chunks:
             write(MANIFEST, manifest, ["shard"])
             pairs.append(uids_to_array(manifest.column("uid")))
-            dropped = pa.array(~kept)
-            write(DROPPED, _dropped_table(table.column("uid").filter(dropped), groups[~kept],
-                                          failing), ["first_failed_filter", "failed_filters"])
+            del manifest
+            write(DROPPED, _dropped_table(dropped.column("uid"),
+                                          dropped.column("_group").to_numpy(), failing),
+                  ["first_failed_filter", "failed_filters"])
     finally:
         for writer in writers.values():
             writer.close()
