@@ -291,3 +291,34 @@ def test_sweep_sample_is_seeded_uniform_and_paired(datacomp_run: tuple[Path, pa.
     assert _load_candidates(con, query, 0, seed=1).sample is None
     everything = _load_candidates(con, query, 10**6, seed=1).sample
     assert everything.num_rows == len(first.scores)  # a sample larger than the pool: all rows
+
+
+def test_select_on_a_partly_scored_run_joins_and_matches(
+    tmp_path: Path, datacomp_run: tuple[Path, pa.Table],
+) -> None:
+    import shutil
+
+    from curate.tables import samples_layout
+    from curate.workspace import RunPaths
+
+    source, table = datacomp_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("subsets", "sweeps"))
+    (run / "scores" / "clip_b32" / "part-00001.parquet").unlink()  # b32 joins by hash now
+    con = connect(run)
+    assert not samples_layout(con, RunPaths(run)).positional
+    summary = select_subset(SelectConfig(run=run, name="top", by="clip_l14", fraction=0.3))
+    l14 = table.column("clip_l14_similarity_score").to_numpy()
+    valid = ~np.isnan(l14)
+    uids = table.column("uid").to_pylist()
+    expected = _datacomp_select(l14[valid], [u for u, v in zip(uids, valid, strict=True) if v],
+                                0.3)
+    folder = run / "subsets" / "top"
+    assert set(pq.read_table(folder / "manifest.parquet").column("uid").to_pylist()) == expected
+    assert [u for u in uids if u in expected] == pq.read_table(
+        folder / "manifest.parquet").column("uid").to_pylist()  # pool order
+    dropped = pq.read_table(folder / "dropped.parquet").column("uid").to_pylist()
+    assert dropped == [u for u in uids if u not in expected]
+    assert np.array_equal(read_uid_file(folder / "uids.npy"),
+                          np.sort(uids_to_array(sorted(expected))))
+    assert summary.kept == len(expected)
