@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FINGERPRINT_TAIL = 64 * 1024
 MAX_FILTERS = 63  # a row's failing filters are one bit each of a uint64
+LOOKUP_FILTERS = 16  # up to this many filters, rows map to failure groups by a lookup table
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,13 @@ def _failure_groups(passed: list[np.ndarray], labels: list[str],
     code = np.zeros(rows, dtype=np.uint64)
     for j, kept in enumerate(passed):
         code |= (~kept).astype(np.uint64) << np.uint64(j)
-    values, group = np.unique(code, return_inverse=True)
+    if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
+        present = np.flatnonzero(np.bincount(code.astype(np.intp), minlength=1))
+        lookup = np.zeros(2 ** len(labels), dtype=np.intp)
+        lookup[present] = np.arange(len(present))
+        values, group = present.astype(np.uint64), lookup[code.astype(np.intp)]
+    else:
+        values, group = np.unique(code, return_inverse=True)
     if len(values) and values[0] != 0:  # no kept row: shift so that 0 still means kept
         values, group = np.concatenate([[np.uint64(0)], values]), group + 1
     failing = [[labels[j] for j in range(len(labels)) if int(v) >> j & 1] for v in values[1:]]

@@ -322,3 +322,22 @@ def test_select_on_a_partly_scored_run_joins_and_matches(
     assert np.array_equal(read_uid_file(folder / "uids.npy"),
                           np.sort(uids_to_array(sorted(expected))))
     assert summary.kept == len(expected)
+
+
+@pytest.mark.parametrize("lookup", [True, False])
+def test_failure_groups_name_each_rows_failing_filters(
+    monkeypatch: pytest.MonkeyPatch, lookup: bool,
+) -> None:
+    import curate.select as select_module
+
+    monkeypatch.setattr(select_module, "LOOKUP_FILTERS", 16 if lookup else 0)
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c", "d"]
+    passed = [rng.random(2000) < 0.6 for _ in labels]
+    group, failing = select_module._failure_groups(passed, labels, 2000)
+    for row in range(2000):
+        expected = [label for label, ok in zip(labels, passed, strict=True) if not ok[row]]
+        assert (failing[group[row] - 1] if group[row] else []) == expected
+    everything_kept = [np.ones(5, dtype=bool)]
+    group, failing = select_module._failure_groups(everything_kept, ["a"], 5)
+    assert not group.any() and failing == []
