@@ -16,12 +16,10 @@ DuckDB pass over ``samples`` joined with the decisions, the three passes side by
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.chunks import ordered_map, part_chunks
 from curate.tables import SamplesLayout, samples_sql
 from curate.uids import UID_DTYPE, uids_to_array
 from curate.workspace import RunPaths
@@ -49,15 +48,14 @@ MANIFEST_COLUMNS = (
 MANIFEST = "manifest.parquet"
 DROPPED = "dropped.parquet"
 CHUNKS = 32  # pool parts are read in about this many chunks
-CHUNK_WORKERS = 2  # chunks read side by side (each is one DuckDB thread)
 PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
 GUARD = (
     "CASE WHEN s.sample_id IS DISTINCT FROM d.sample_id THEN "
     "error('samples is not in sample_id order') ELSE {keep} END"
 )
 
+
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 class OutOfOrder(Exception):
@@ -170,26 +168,6 @@ def _whole_passes(
     return results["uids"]
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
-    """``map(fn, items)`` on ``workers`` threads, results in order, at most ``ahead`` pending
-    (bounds the memory of results not yet consumed)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def _part_chunks(layout: SamplesLayout) -> list[slice]:
-    """Consecutive pool parts in about CHUNKS groups."""
-    count = len(layout.pool_files)
-    size = max(1, math.ceil(count / CHUNKS))
-    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
-
-
 def _part_numbers(layout: SamplesLayout) -> list[int] | None:
     """Each pool part's number (the high half of its sample_ids), None if a name has none."""
     found = [PART_NUMBER.search(p.name) for p in layout.pool_files]
@@ -260,7 +238,7 @@ def _chunked_outputs(
         writers[name].write_table(table.cast(writers[name].schema))
 
     try:
-        chunks = ordered_map(read, _part_chunks(layout), CHUNK_WORKERS, CHUNK_WORKERS + 1)
+        chunks = ordered_map(read, part_chunks(layout, CHUNKS))
         for manifest, dropped in chunks:
             write(MANIFEST, manifest, ["shard"])
             pairs.append(uids_to_array(manifest.column("uid")))
@@ -277,7 +255,7 @@ def _chunked_outputs(
         "%s, %s: %d chunks in %.2f s",
         MANIFEST,
         DROPPED,
-        len(_part_chunks(layout)),
+        len(part_chunks(layout, CHUNKS)),
         time.perf_counter() - started,
     )
     return np.concatenate(pairs) if pairs else np.empty(0, dtype=UID_DTYPE)
