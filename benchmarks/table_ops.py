@@ -6,11 +6,13 @@ fresh subprocess of this script:
 
 * ``ingest``: ``filter-pool ingest`` (``ingest_pool``) of the metadata into a run;
 * ``sweep``: ``sweep`` of ``clip_l14`` at 100 fractions (0.01 .. 1.00), with the default
-  ``stats_sample`` and with ``stats_sample=0`` (no sampled language/class-name stats);
+  ``stats_sample``, with ``stats_sample=0`` (no sampled language/class-name stats) and, for
+  reference, with ``--compare-stats-sample`` (100000, the default before; 0 skips it);
 * ``select``: ``select_subset`` of the top 30% by ``clip_l14`` (writes ``uids.npy``, and
   ``manifest.parquet`` and ``dropped.parquet`` beside it);
 * ``uids`` (for reference, not in the targets): the part of ``select`` that DataComp's path
-  also does, alone: the fraction filter's decisions, then ``uids.npy`` through the uid codec;
+  also does, alone: the fraction's threshold, the kept uids in one DuckDB scan, then
+  ``uids.npy`` through the uid codec;
 * ``pandas``: DataComp's own path (``baselines/apply_filter.py``): pandas reads every file's
   score, ``threshold = -np.sort(-values)[int(N * F)]``, then per file the uids with
   ``score >= threshold`` become ``u8,u8`` pairs through ``int(uid[:16], 16)``, concatenated,
@@ -21,7 +23,8 @@ library call, timed inside the step) and peak RSS (``ru_maxrss`` of the step's p
 ``os.wait4``: the step's own peak, or a waited-for child's if larger). Usage::
 
     .venv/bin/python benchmarks/table_ops.py [--rows 12800000] [--files 128] [--work DIR]
-        [--fraction 0.3] [--pandas-workers 1] [--skip-ingest] [--json]
+        [--fraction 0.3] [--pandas-workers 1] [--skip-ingest] [--compare-stats-sample N]
+        [--json]
 
 Progress goes to stderr; the figures go to stdout.
 """
@@ -128,24 +131,21 @@ def step_select(work: Path, fraction: float) -> dict[str, Any]:
 
 
 def step_uids(work: Path, fraction: float) -> dict[str, Any]:
-    """For reference: select's DataComp-equivalent part alone (the fraction filter's decisions,
-    then uids.npy through the uid codec), without the manifest and dropped tables."""
-    import pyarrow.compute as pc
-
-    from curate.filters import FilterSpec, evaluate_filters
+    """For reference: select's DataComp-equivalent part alone (the fraction's threshold, the
+    kept uids in one DuckDB scan, then uids.npy through the uid codec), without the manifest
+    and dropped tables."""
+    from curate.filters import FilterSpec
     from curate.select import resolve_score_column
     from curate.tables import connect
     from curate.uids import save_uid_file, uids_to_array
 
     con = connect(work / "run")
     column = resolve_score_column(con, SCORER)
-    decisions = evaluate_filters(con, [FilterSpec("fraction", {"column": column,
-                                                               "fraction": fraction})])
-    label = next(c for c in decisions.column_names if c not in ("uid", "sample_id"))
-    kept = pc.fill_null(decisions.column(label), False)
+    rule = FilterSpec("fraction", {"column": column, "fraction": fraction}).resolve(con)
+    uids = con.sql(f"SELECT uid FROM samples WHERE {rule.sql}").to_arrow_table().column("uid")
     out = work / "uids_only.npy"
-    save_uid_file(out, uids_to_array(decisions.column("uid").filter(kept)))
-    return {"kept": int(pc.sum(kept).as_py()), "uids": str(out)}
+    save_uid_file(out, uids_to_array(uids))
+    return {"kept": len(uids), "uids": str(out)}
 
 
 def _pandas_threshold_part(path: str) -> Any:
@@ -283,10 +283,15 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     sweep_default = spawn(args, "sweep", f"sweep (default stats_sample={default_sample})",
                           "--stats-sample", str(default_sample))
     sweep_bare = spawn(args, "sweep", "sweep (stats_sample=0)", "--stats-sample", "0")
+    results += [sweep_default, sweep_bare]
+    if args.compare_stats_sample not in (0, default_sample):
+        results.append(spawn(args, "sweep", f"  ref: sweep (stats_sample="
+                             f"{args.compare_stats_sample})", "--stats-sample",
+                             str(args.compare_stats_sample)))
     select = spawn(args, "select", f"select fraction {args.fraction} + uids.npy")
     uids_only = spawn(args, "uids", "  ref: uids.npy alone (no manifest)")
     pandas_path = spawn(args, "pandas", "DataComp pandas path")
-    results += [sweep_default, sweep_bare, select, uids_only, pandas_path]
+    results += [select, uids_only, pandas_path]
     load_after = os.getloadavg()
 
     identical, ours_n, theirs_n = _same_uids(Path(select.details["uids"]),
@@ -377,6 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="processes for the pandas path (DataComp's default: all CPUs)")
     parser.add_argument("--skip-ingest", action="store_true",
                         help="reuse work/run when it exists (no ingest figure)")
+    parser.add_argument("--compare-stats-sample", type=int, default=100_000,
+                        help="also time a sweep with this stats_sample (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--stats-sample", type=int, default=100_000, help=argparse.SUPPRESS)

@@ -254,7 +254,7 @@ def sweep_command(
     name: Annotated[str | None, typer.Option(help="Sweep name (default: the column).")] = None,
     stats_sample: Annotated[
         int, typer.Option(help="Rows sampled for English and class-match shares.")
-    ] = 100_000,
+    ] = 25_000,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep.")] = False,
     as_json: JsonOption = False,
 ) -> None:

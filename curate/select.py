@@ -18,15 +18,14 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,16 +33,17 @@ import pyarrow.compute as pc
 import curate
 from curate.errors import UserError
 from curate.filters import FilterSpec, evaluate_filters
-from curate.tables import connect, score_names
-from curate.uids import save_uid_file, uids_to_array
+from curate.subset_outputs import write_outputs
+from curate.tables import connect, samples_layout, score_names
+from curate.uids import save_uid_file
 from curate.workspace import RunPaths, staged_directory
 
 logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-MANIFEST_COLUMNS = ("uid", "shard", "key", "url", "text", "original_width", "original_height",
-                    "sha256")
 FINGERPRINT_TAIL = 64 * 1024
+MAX_FILTERS = 63  # a row's failing filters are one bit each of a uint64
+LOOKUP_FILTERS = 16  # up to this many filters, rows map to failure groups by a lookup table
 
 
 @dataclass(frozen=True)
@@ -148,17 +148,28 @@ def _scorer_records(paths: RunPaths, scorers: list[str]) -> dict[str, Any]:
     return records
 
 
-def _decision_sql(labels: list[str]) -> tuple[str, str]:
-    """SQL for "kept" and for the list of failing filter labels, in filter order."""
-    if not labels:
-        return "true", "[]::VARCHAR[]"
-    quoted = [f'coalesce(d."{label}", false)' for label in labels]
-    kept = " AND ".join(quoted)
-    cases = ", ".join(
-        f"CASE WHEN NOT {q} THEN '{label.replace(chr(39), chr(39) * 2)}' END"
-        for q, label in zip(quoted, labels, strict=True)
-    )
-    return kept, f"list_filter([{cases}], lambda x: x IS NOT NULL)"
+def _failure_groups(passed: list[np.ndarray], labels: list[str],
+                    rows: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Per row a group number: 0 for a kept row, else 1 + the index of its set of failing
+    filters in the returned list (each set in filter order). A DataComp fraction select has one
+    group; a handful of filters a few dozen at most."""
+    if len(labels) > MAX_FILTERS:
+        raise UserError(f"at most {MAX_FILTERS} filters in one selection, got {len(labels)}")
+    code = np.zeros(rows, dtype=np.uint64)
+    for j, kept in enumerate(passed):
+        code |= (~kept).astype(np.uint64) << np.uint64(j)
+    if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
+        present = np.flatnonzero(np.bincount(code.astype(np.intp), minlength=1))
+        lookup = np.zeros(2 ** len(labels), dtype=np.intp)
+        lookup[present] = np.arange(len(present))
+        values, group = present.astype(np.uint64), lookup[code.astype(np.intp)]
+    else:
+        values, group = np.unique(code, return_inverse=True)
+    if len(values) and values[0] != 0:  # no kept row: shift so that 0 still means kept
+        values, group = np.concatenate([[np.uint64(0)], values]), group + 1
+    failing = [[labels[j] for j in range(len(labels)) if int(v) >> j & 1] for v in values[1:]]
+    dtype = np.uint16 if len(values) < 2**16 else np.uint32
+    return group.astype(dtype), failing
 
 
 def _resolved_records(decisions: pa.Table) -> list[dict[str, Any]]:
@@ -204,105 +215,60 @@ def _drop_counts(ids: np.ndarray, passed: list[np.ndarray], labels: list[str],
             Counter({labels[j]: n for _, j, n in sorted(failing_rows)}))
 
 
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
-def _copy_outputs(con: Any, staging: Path, decisions: pa.Table, labels: list[str],
-                  scorers: list[str], in_order: bool) -> None:
-    """``manifest.parquet`` (kept) and ``dropped.parquet`` (dropped, with reasons), streamed
-    by DuckDB from ``samples`` and ``decisions`` to Parquet, rows in ``sample_id`` order.
-
-    ``in_order`` (``decisions`` sorted by ``sample_id``): each output is one pass of ``samples
-    POSITIONAL JOIN decisions``, no hash join and no sort; a row whose sample_ids differ stops
-    the query (``samples`` is not in ``sample_id`` order), and the output is then written as
-    otherwise: a join on ``sample_id``, sorted. The two outputs are written side by side (a
-    positional pass runs on one thread)."""
-    kept_sql, failing_sql = _decision_sql(labels)
-    score_columns = "".join(f', s."{s}_score"' for s in scorers)
-    manifest_columns = ", ".join(f"s.{c}" for c in MANIFEST_COLUMNS) + score_columns
-    outputs = {
-        "manifest.parquet": (f"SELECT {manifest_columns} FROM {{source}} WHERE {{keep}}",
-                             kept_sql),
-        "dropped.parquet": (
-            "SELECT uid, shard, key, _failing[1] AS first_failed_filter, _failing AS "
-            f"failed_filters FROM (SELECT s.sample_id, s.uid, s.shard, s.key, {failing_sql} "
-            "AS _failing FROM {source} WHERE {keep})",
-            f"NOT ({kept_sql})",
-        ),
-    }
-    guard = ("CASE WHEN s.sample_id IS DISTINCT FROM d.sample_id THEN "
-             "error('samples is not in sample_id order') ELSE {keep} END")
-
-    def write(name: str) -> None:
-        template, keep = outputs[name]
-        target = _sql_path(staging / name)
-        cursor = con.cursor()  # one per output: the two run side by side
-        cursor.register("decisions", decisions)
-        if in_order:
-            query = template.format(source="samples s POSITIONAL JOIN decisions d",
-                                    keep=guard.format(keep=keep))
-            try:
-                cursor.execute(f"COPY ({query}) TO {target} (FORMAT parquet)")
-                return
-            except duckdb.InvalidInputException as exc:
-                logger.debug("positional write of %s refused (%s); joining", name, exc)
-        query = template.format(source="samples s JOIN decisions d USING (sample_id)",
-                                keep=keep)
-        cursor.execute(f"COPY ({query} ORDER BY sample_id) TO {target} (FORMAT parquet)")
-
-    with ThreadPoolExecutor(max_workers=len(outputs)) as pool:
-        for future in [pool.submit(write, name) for name in outputs]:
-            future.result()
-
-
 def select_subset(config: SelectConfig) -> SelectSummary:
     """Evaluate the filters over ``samples`` and write ``subsets/NAME/`` atomically.
 
-    Only the filters' decisions (per sample: sample_id, uid, one boolean per filter) are held
-    in memory; the counts and ``uids.npy`` come from them, and DuckDB streams the manifest and
-    the dropped table to Parquet."""
+    Only the filters' decisions are held in memory (per sample: sample_id and one boolean per
+    filter, then sample_id and a failure group); the counts come from them, and DuckDB streams
+    the manifest, the dropped table and the kept uids from ``samples``."""
+    started = time.perf_counter()
     paths = RunPaths(config.run)
     target = _prepare_output(paths, config.name, config.overwrite)
     con = connect(config.run)
     score_column = resolve_score_column(con, config.by) if config.by else None
     specs = config.all_filters(score_column)
-    decisions = evaluate_filters(con, specs, where=config.where)
+    decisions = evaluate_filters(con, specs, where=config.where, with_uid=False)
+    logger.debug("select %s: filters evaluated at %.2f s", config.name,
+                 time.perf_counter() - started)
     labels = [c for c in decisions.column_names if c not in ("uid", "sample_id")]
     passed = _passed_masks(decisions, labels)
-    kept = np.logical_and.reduce(passed) if passed else np.ones(decisions.num_rows, bool)
-    if not kept.any():
+    group, failing = _failure_groups(passed, labels, decisions.num_rows)
+    kept = int((group == 0).sum())
+    if not kept:
         raise UserError("the selection keeps no sample; nothing written")
     ids = decisions.column("sample_id").to_numpy()
     in_order = bool((ids[1:] > ids[:-1]).all())
-    dropped_first, failing = _drop_counts(ids, passed, labels, in_order)
+    dropped_first, failing_counts = _drop_counts(ids, passed, labels, in_order)
     del passed
     scorers = score_names(config.run)
     summary = SelectSummary(
         name=config.name,
         path=target,
         total=decisions.num_rows,
-        kept=int(kept.sum()),
+        kept=kept,
         dropped_first=dropped_first,
-        failing=failing,
+        failing=failing_counts,
         filters=_resolved_records(decisions),
     )
-    uids = uids_to_array(decisions.column("uid").filter(pa.array(kept)))
-    decisions = decisions.select(["sample_id", *labels])  # the uids are done with: free them
-    pa.default_memory_pool().release_unused()
-    _write_subset(paths, config, target, summary, scorers, uids, lambda staging: _copy_outputs(
-        con, staging, decisions, labels, scorers, in_order))
+    groups = pa.table({"sample_id": decisions.column("sample_id"), "_group": group})
+    del decisions, ids
+    layout = samples_layout(con, paths)
+    _write_subset(paths, config, target, summary, scorers, lambda staging: write_outputs(
+        con, paths, layout, staging, groups, failing, scorers, in_order))
+    logger.debug("select %s: written at %.2f s", config.name, time.perf_counter() - started)
     return summary
 
 
 def _write_subset(
     paths: RunPaths, config: SelectConfig, target: Path, summary: SelectSummary,
-    scorers: list[str], uids: np.ndarray, write_tables: Callable[[Path], None],
+    scorers: list[str], write_tables: Callable[[Path], np.ndarray],
 ) -> None:
-    with staged_directory(target) as staging, ThreadPoolExecutor(max_workers=1) as pool:
-        tables = pool.submit(write_tables, staging)  # DuckDB writes while NumPy sorts the uids
+    """``write_tables`` writes the Parquet outputs into the staging folder and returns the kept
+    uids; then ``uids.npy`` and ``selection.json``; then the folder is renamed into place."""
+    with staged_directory(target) as staging:
+        uids = write_tables(staging)
         summary.uids_sha256 = save_uid_file(staging / "uids.npy", uids)
-        tables.result()
+        del uids
         record = {
             "command": config.command,
             "by": config.by,

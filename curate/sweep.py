@@ -1,12 +1,14 @@
 """Threshold sweeps over a score column: what each cut keeps, and what the kept samples look like.
 
 DuckDB scans the candidates once for their scores and caption lengths (a few bytes per row in
-NumPy, never the captions themselves). A fraction F maps to DataComp's threshold (the score at
-index ``int(N * F)`` of the descending order, ties kept), from one DuckDB ``quantile_disc``.
-Kept counts and mean caption length are exact, computed in one pass: each row is bucketed by
-how many thresholds it reaches. English share and class-name match share come from the
-``language`` and ``text_match`` filters run on a uniform sample of the candidates
-(``stats_sample`` rows, DuckDB's reservoir sample), since language ID costs far more than SQL.
+NumPy, never the captions themselves) and, in the same scan, the captions of a seeded uniform
+sample. A fraction F maps to DataComp's threshold (the score at index ``int(N * F)`` of the
+descending order, ties kept), from one DuckDB ``quantile_disc``. Kept counts and mean caption
+length are exact, computed in one pass: each row is bucketed by how many thresholds it
+reaches. English share and class-name match share come from the ``language`` and
+``text_match`` filters run on the sample (``stats_sample`` rows: a Bernoulli draw on a hash of
+sample_id and seed, cut to that size uniformly at random), since language ID costs far more
+than SQL.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class SweepConfig:
     where: str | None = None
     name: str | None = None
     overwrite: bool = False
-    stats_sample: int = 100_000
+    stats_sample: int = 25_000  # language ID runs ~15-20k captions/s on one core
     seed: int = 0
     plot: bool = True
 
@@ -100,7 +102,8 @@ def _candidate_query(con: duckdb.DuckDBPyConnection, config: SweepConfig,
         tables = {"sweep_decisions": decisions}
     else:
         source, tables = "samples s WHERE", {}
-    query = (f'SELECT s."{column}" AS score, s.text FROM {source} s."{column}" IS NOT NULL '
+    query = (f'SELECT s."{column}" AS score, s.text, s.sample_id FROM {source} '
+             f's."{column}" IS NOT NULL '
              f'AND NOT isnan(s."{column}")')
     return query, tables
 
@@ -117,22 +120,49 @@ def _cursor(con: duckdb.DuckDBPyConnection,
 @dataclass(frozen=True)
 class _Candidates:
     """Every candidate's score (numeric; null and NaN scores are not candidates) and caption
-    length (0 and False if null)."""
+    length (0 and False if null), and the uniform sample for the sampled stats."""
 
     scores: np.ndarray
     chars: np.ndarray
     has_text: np.ndarray
+    sample: pa.Table | None
 
 
-def _load_candidates(con: duckdb.DuckDBPyConnection, query: str) -> _Candidates:
-    """One scan: scores and caption lengths as NumPy arrays (a few bytes per row)."""
-    table = con.sql(f"SELECT score, length(text) AS chars FROM ({query})").to_arrow_table()
+SAMPLE_MARGIN = 1.25  # Bernoulli rate over stats_sample / rows, so the draw rarely falls short
+
+
+def _sample_rate(con: duckdb.DuckDBPyConnection, size: int) -> float:
+    """The share of rows to draw so that about ``SAMPLE_MARGIN * size`` rows are drawn (the
+    pool's row count, from the Parquet footers, bounds the candidates)."""
+    rows = con.execute("SELECT count(*) FROM pool").fetchall()[0][0]
+    return min(1.0, SAMPLE_MARGIN * size / rows) if rows else 1.0
+
+
+def _load_candidates(con: duckdb.DuckDBPyConnection, query: str, sample_size: int,
+                     seed: int) -> _Candidates:
+    """One scan: scores and caption lengths as NumPy arrays (a few bytes per row), and the
+    captions of a seeded Bernoulli draw (a hash of sample_id and seed), cut to exactly
+    ``sample_size`` uniformly at random when it drew more."""
+    drawn = "false"
+    if sample_size:
+        cut = min(int(_sample_rate(con, sample_size) * 2.0**64), 2**64 - 1)
+        drawn = f"hash(sample_id, {int(seed)}) <= {cut}::UBIGINT"
+    table = con.sql(f"SELECT score, length(text) AS chars, _drawn, CASE WHEN _drawn THEN text "
+                    f"END AS drawn_text FROM (SELECT *, {drawn} AS _drawn FROM ({query}))"
+                    ).to_arrow_table()
     scores = table.column("score").to_numpy()
     if scores.dtype.kind not in "fiu":
         scores = scores.astype(np.float64)
     chars = table.column("chars")
+    sample = None
+    if sample_size:
+        rows = np.flatnonzero(table.column("_drawn").to_numpy(zero_copy_only=False))
+        if len(rows) > sample_size:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, sample_size, replace=False))
+        sample = pa.table({"score": pa.array(scores[rows]),
+                           "text": table.column("drawn_text").take(pa.array(rows))})
     return _Candidates(scores, pc.fill_null(chars, 0).to_numpy().astype(np.int64),
-                       chars.is_valid().to_numpy(zero_copy_only=False))
+                       chars.is_valid().to_numpy(zero_copy_only=False), sample)
 
 
 def fraction_thresholds(
@@ -198,17 +228,6 @@ def _float32_at_least(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _draw_sample(con: duckdb.DuckDBPyConnection, query: str, size: int,
-                 seed: int) -> pa.Table | None:
-    """A uniform sample (reservoir, seeded) of ``size`` candidates' score and text."""
-    if size == 0:
-        return None
-    return con.sql(
-        f"SELECT score, text FROM ({query}) USING SAMPLE reservoir({int(size)} ROWS) "
-        f"REPEATABLE ({int(seed)})"
-    ).to_arrow_table()
-
-
 def _sampled_shares(
     con: duckdb.DuckDBPyConnection, sample: pa.Table | None, thresholds: list[float]
 ) -> list[tuple[float | None, float | None]]:
@@ -237,6 +256,13 @@ def _histogram(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bins = np.minimum(np.floor((finite - low) / width).astype(np.int64), HISTOGRAM_BINS - 1)
     counts = np.bincount(bins, minlength=HISTOGRAM_BINS).astype(np.float64)
     return low + width * np.arange(HISTOGRAM_BINS + 1), counts
+
+
+def _import_pyplot() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
 
 
 def _plot(path: Path, table: pa.Table, edges: np.ndarray, counts: np.ndarray,
@@ -276,22 +302,21 @@ def sweep(config: SweepConfig) -> SweepResult:
     if target.exists() and not config.overwrite:
         raise UserError(f"sweep {target} exists; pass --overwrite or another --name")
     query, tables = _candidate_query(con, config, column)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the sample's scan runs alongside
-        sampling = pool.submit(_draw_sample, _cursor(con, tables), query, config.stats_sample,
-                               config.seed)
-        candidates = _load_candidates(_cursor(con, tables), query)
-        total = len(candidates.scores)
-        if total == 0:
-            sampling.cancel()
-            raise UserError(f"no sample has a {column} value after the filters; nothing to "
-                            "sweep")
-        by_fraction = fraction_thresholds(con, candidates.scores, config.fractions)
-        rows = [(f, t) for f, t in by_fraction.items()] + [(None, t) for t in config.thresholds]
-        thresholds = [t for _, t in rows]
-        exact = _exact_stats(candidates, thresholds)
-        edges, counts = _histogram(candidates.scores)
-        del candidates
-        sample = sampling.result()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        if config.plot:  # import matplotlib (~1 s of Python) while DuckDB scans
+            pool.submit(_import_pyplot)
+        candidates = _load_candidates(_cursor(con, tables), query, config.stats_sample,
+                                      config.seed)
+    total = len(candidates.scores)
+    if total == 0:
+        raise UserError(f"no sample has a {column} value after the filters; nothing to sweep")
+    by_fraction = fraction_thresholds(con, candidates.scores, config.fractions)
+    rows = [(f, t) for f, t in by_fraction.items()] + [(None, t) for t in config.thresholds]
+    thresholds = [t for _, t in rows]
+    exact = _exact_stats(candidates, thresholds)
+    edges, counts = _histogram(candidates.scores)
+    sample = candidates.sample
+    del candidates
     shares = _sampled_shares(con, sample, thresholds)
     table = pa.table({
         "fraction": pa.array([f for f, _ in rows], pa.float64()),

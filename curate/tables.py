@@ -14,6 +14,7 @@ partly scored run (or any mismatch) falls back to a hash ``LEFT JOIN`` on (part,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -71,6 +72,61 @@ def _positional(pool_rows: dict[str, int], scorer_rows: dict[str, int]) -> bool:
     return bool(pool_rows) and scorer_rows == pool_rows
 
 
+@dataclass(frozen=True)
+class SamplesLayout:
+    """How ``samples`` is built: the pool's parts and, when every scorer has a part for every
+    pool part with its row count, each scorer's parts (row-aligned: a positional join)."""
+
+    scorers: tuple[str, ...]
+    pool_files: tuple[Path, ...]
+    score_files: dict[str, tuple[Path, ...]]  # scorer -> files, positional scorers only
+
+    @property
+    def positional(self) -> bool:
+        """True when every scorer joins by position (``samples`` has no hash join)."""
+        return len(self.score_files) == len(self.scorers)
+
+
+def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLayout:
+    """The pool parts and which scorers' parts line up with them (Parquet footers)."""
+    pool_files = paths.pool_parts()
+    pool_rows = _row_counts(con, pool_files)
+    scorers = score_names(paths.root)
+    aligned = {}
+    for name in scorers:
+        score_files = sorted(paths.scores_dir(name).glob("part-*.parquet"))
+        if _positional(pool_rows, _row_counts(con, score_files)):
+            aligned[name] = tuple(score_files)
+    return SamplesLayout(tuple(scorers), tuple(pool_files), aligned)
+
+
+def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = None) -> str:
+    """The SELECT behind ``samples``; ``parts`` (positional layouts only) limits it to those
+    pool parts, row-aligned, so that parts can be read side by side."""
+    if parts is not None and not layout.positional:
+        raise ValueError("samples over a range of parts needs a positional layout")
+    chosen = slice(None) if parts is None else parts
+    columns = [
+        "p.* EXCLUDE (filename, file_row_number, _part, _row)",
+        "(CAST(p._part AS BIGINT) << 32) + p._row AS sample_id",
+    ]
+    positional, hashed = [], []
+    for name in layout.scorers:
+        columns += [f'"{name}"."{name}_score"', f'"{name}".status AS "{name}_status"',
+                    f'"{name}".error AS "{name}_error"']
+        if name in layout.score_files:
+            files = list(layout.score_files[name][chosen])
+            positional.append(f'POSITIONAL JOIN (SELECT "{name}_score", status, error FROM '
+                              f'read_parquet({_file_list(files)})) AS "{name}"')
+        else:
+            hashed.append(f'LEFT JOIN ({_aligned(paths.scores_dir(name))}) AS "{name}" '
+                          f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
+    pool_files = list(layout.pool_files[chosen])
+    pool = _aligned(paths.pool_dir, pool_files if positional or parts is not None else None)
+    return (f"SELECT {', '.join(columns)} "
+            f"FROM ({pool}) AS p {' '.join(positional + hashed)}")
+
+
 def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the run's views (pool, each scorer, samples)."""
     paths = RunPaths(Path(run))
@@ -82,32 +138,11 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
         f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_parts(paths.pool_dir)}', "
         "union_by_name = true)"
     )
-    columns = [
-        "p.* EXCLUDE (filename, file_row_number, _part, _row)",
-        "(CAST(p._part AS BIGINT) << 32) + p._row AS sample_id",
-    ]
-    pool_files = paths.pool_parts()
-    pool_rows = _row_counts(con, pool_files)
-    positional, hashed = [], []
-    for name in score_names(paths.root):
-        scores_dir = paths.scores_dir(name)
-        con.execute(
-            f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet(\'{_parts(scores_dir)}\')'
-        )
-        columns += [f'"{name}"."{name}_score"', f'"{name}".status AS "{name}_status"',
-                    f'"{name}".error AS "{name}_error"']
-        score_files = sorted(scores_dir.glob("part-*.parquet"))
-        if _positional(pool_rows, _row_counts(con, score_files)):
-            positional.append(f'POSITIONAL JOIN (SELECT "{name}_score", status, error FROM '
-                              f'read_parquet({_file_list(score_files)})) AS "{name}"')
-        else:
-            hashed.append(f'LEFT JOIN ({_aligned(scores_dir)}) AS "{name}" '
-                          f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
-    pool = _aligned(paths.pool_dir, pool_files if positional else None)
-    con.execute(
-        f"CREATE VIEW samples AS SELECT {', '.join(columns)} "
-        f"FROM ({pool}) AS p {' '.join(positional + hashed)}"
-    )
+    layout = samples_layout(con, paths)
+    for name in layout.scorers:
+        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM '
+                    f"read_parquet('{_parts(paths.scores_dir(name))}')")
+    con.execute(f"CREATE VIEW samples AS {samples_sql(paths, layout)}")
     return con
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,38 @@ def test_threshold_filters_and_provenance(datacomp_run: tuple[Path, pa.Table]) -
         (folder / "uids.npy").read_bytes()).hexdigest()
 
 
+def test_dropped_rows_name_every_failing_filter_in_order(
+    datacomp_run: tuple[Path, pa.Table],
+) -> None:
+    run, table = datacomp_run
+    summary = select_subset(SelectConfig(
+        run=run, name="reasons", by="clip_b32_score", threshold=0.3,
+        filters=(FilterSpec("caption_length"), FilterSpec("image_size")),
+        where="original_width < 700", overwrite=True,
+    ))
+    b32 = table.column("clip_b32_similarity_score").to_numpy()
+    words = np.array([len(t.split()) for t in table.column("text").to_pylist()])
+    width = table.column("original_width").to_numpy()
+    side = np.minimum(width, table.column("original_height").to_numpy())
+    labels = [f["label"] for f in summary.filters] + ["where"]
+    assert labels[0].startswith("caption_length") and labels[2].startswith("threshold")
+    passes = [words >= 3, side >= 200, b32 >= 0.3, width < 700]
+    failing = [[label for label, ok in zip(labels, row, strict=True) if not ok]
+               for row in zip(*passes, strict=True)]
+    uids = table.column("uid").to_pylist()
+    expected = [(u, f[0], f) for u, f in zip(uids, failing, strict=True) if f]
+    folder = run / "subsets" / "reasons"
+    dropped = pq.read_table(folder / "dropped.parquet")
+    assert dropped.column_names == ["uid", "first_failed_filter", "failed_filters"]
+    got = list(zip(*(dropped.column(c).to_pylist() for c in dropped.column_names),
+                   strict=True))
+    assert got == expected  # pool order, every failing filter in filter order
+    kept = [u for u, f in zip(uids, failing, strict=True) if not f]
+    assert pq.read_table(folder / "manifest.parquet").column("uid").to_pylist() == kept
+    assert np.array_equal(read_uid_file(folder / "uids.npy"), np.sort(uids_to_array(kept)))
+    assert summary.dropped_first == Counter(f[0] for f in failing if f)
+
+
 def test_bad_selections_write_nothing(datacomp_run: tuple[Path, pa.Table]) -> None:
     run, _ = datacomp_run
     with pytest.raises(UserError, match="unknown column 'nope'"):
@@ -236,3 +269,75 @@ def test_sweep_thresholds_are_datacomp_thresholds(datacomp_run: tuple[Path, pa.T
     kept = dict(zip(result.table.column("fraction").to_pylist(),
                     result.table.column("kept").to_pylist(), strict=True))
     assert kept[0.3] == int((scores >= got[0.3]).sum())
+
+
+def test_sweep_sample_is_seeded_uniform_and_paired(datacomp_run: tuple[Path, pa.Table]) -> None:
+    from curate.sweep import SweepConfig as Config
+    from curate.sweep import _candidate_query, _load_candidates
+
+    run, table = datacomp_run
+    con = connect(run)
+    query, _ = _candidate_query(con, Config(run=run, by="clip_l14"), "clip_l14_score")
+    first = _load_candidates(con, query, 300, seed=1)
+    again = _load_candidates(con, query, 300, seed=1)
+    other = _load_candidates(con, query, 300, seed=2)
+    assert first.sample.num_rows == 300 and first.sample.equals(again.sample)
+    assert not first.sample.equals(other.sample)
+    scores = table.column("clip_l14_similarity_score").to_numpy().astype(np.float32)
+    pairs = set(zip(table.column("text").to_pylist(), scores.tolist(), strict=True))
+    sampled = zip(first.sample.column("text").to_pylist(),
+                  first.sample.column("score").to_numpy().astype(np.float32).tolist(), strict=True)
+    assert all(pair in pairs for pair in sampled)  # each sampled caption with its own score
+    assert _load_candidates(con, query, 0, seed=1).sample is None
+    everything = _load_candidates(con, query, 10**6, seed=1).sample
+    assert everything.num_rows == len(first.scores)  # a sample larger than the pool: all rows
+
+
+def test_select_on_a_partly_scored_run_joins_and_matches(
+    tmp_path: Path, datacomp_run: tuple[Path, pa.Table],
+) -> None:
+    import shutil
+
+    from curate.tables import samples_layout
+    from curate.workspace import RunPaths
+
+    source, table = datacomp_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("subsets", "sweeps"))
+    (run / "scores" / "clip_b32" / "part-00001.parquet").unlink()  # b32 joins by hash now
+    con = connect(run)
+    assert not samples_layout(con, RunPaths(run)).positional
+    summary = select_subset(SelectConfig(run=run, name="top", by="clip_l14", fraction=0.3))
+    l14 = table.column("clip_l14_similarity_score").to_numpy()
+    valid = ~np.isnan(l14)
+    uids = table.column("uid").to_pylist()
+    expected = _datacomp_select(l14[valid], [u for u, v in zip(uids, valid, strict=True) if v],
+                                0.3)
+    folder = run / "subsets" / "top"
+    assert set(pq.read_table(folder / "manifest.parquet").column("uid").to_pylist()) == expected
+    assert [u for u in uids if u in expected] == pq.read_table(
+        folder / "manifest.parquet").column("uid").to_pylist()  # pool order
+    dropped = pq.read_table(folder / "dropped.parquet").column("uid").to_pylist()
+    assert dropped == [u for u in uids if u not in expected]
+    assert np.array_equal(read_uid_file(folder / "uids.npy"),
+                          np.sort(uids_to_array(sorted(expected))))
+    assert summary.kept == len(expected)
+
+
+@pytest.mark.parametrize("lookup", [True, False])
+def test_failure_groups_name_each_rows_failing_filters(
+    monkeypatch: pytest.MonkeyPatch, lookup: bool,
+) -> None:
+    import curate.select as select_module
+
+    monkeypatch.setattr(select_module, "LOOKUP_FILTERS", 16 if lookup else 0)
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c", "d"]
+    passed = [rng.random(2000) < 0.6 for _ in labels]
+    group, failing = select_module._failure_groups(passed, labels, 2000)
+    for row in range(2000):
+        expected = [label for label, ok in zip(labels, passed, strict=True) if not ok[row]]
+        assert (failing[group[row] - 1] if group[row] else []) == expected
+    everything_kept = [np.ones(5, dtype=bool)]
+    group, failing = select_module._failure_groups(everything_kept, ["a"], 5)
+    assert not group.any() and failing == []

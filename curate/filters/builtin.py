@@ -163,16 +163,26 @@ def threshold(batch: Batch, p: Mapping[str, Any]) -> np.ndarray:
 
 def fraction_threshold(con: Any, column: str, fraction: float) -> tuple[float | None, int, int]:
     """DataComp's threshold for keeping ``fraction`` of the non-null values of ``column``:
-    the value at index ``int(N * F)`` of the values sorted descending, found with DuckDB's
-    top-N (from whichever end is nearer). Returns (threshold or None if N = 0, N, index)."""
+    the value at index ``int(N * F)`` of the values sorted descending (null and NaN are not
+    among the N). One scan of the column into NumPy and an order statistic
+    (``numpy.partition``, no sort); a column NumPy cannot hold exactly (DECIMAL, HUGEINT)
+    goes through DuckDB's top-N instead. Returns (threshold or None if N = 0, N, index)."""
     col = ident(column)
     valid = f"{col} IS NOT NULL AND NOT isnan(CAST({col} AS DOUBLE))"
-    total = con.execute(f"SELECT count(*) FROM samples WHERE {valid}").fetchall()[0][0]
+    values = con.sql(f"SELECT {col} AS v FROM samples WHERE {valid}").to_arrow_table()
+    values = values.column("v")
+    total = len(values)
     if total == 0:
         return None, 0, 0
     index = min(int(total * fraction), total - 1)  # F = 1 keeps every non-null value
-    from_top = index <= total - 1 - index
-    offset, order = (index, "DESC") if from_top else (total - 1 - index, "ASC")
+    ascending = total - 1 - index
+    array = values.to_numpy()
+    if array.dtype.kind in "fiu":
+        value = np.partition(array, ascending)[ascending]
+        return float(value), int(total), int(total * fraction)
+    del values, array
+    from_top = index <= ascending
+    offset, order = (index, "DESC") if from_top else (ascending, "ASC")
     value = con.execute(
         f"SELECT {col} FROM samples WHERE {valid} ORDER BY {col} {order} LIMIT 1 OFFSET {offset}"
     ).fetchall()[0][0]

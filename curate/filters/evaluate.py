@@ -151,19 +151,21 @@ def evaluate_filters(
     batch_size: int = 100_000,
     reasons: bool = False,
     progress: bool = False,
+    with_uid: bool = True,
 ) -> pa.Table:
     """One row per row of ``samples``, in the view's scan order (DuckDB keeps insertion order):
     ``sample_id`` (when the view has it), ``uid``, one boolean column per filter named by its
     label (True = kept), ``where`` (the SQL condition, null → False) when given, and with
     ``reasons`` a ``reason`` column: the first failing rule in filter order (``basic/image_size``
     for a composite's part), null when all keep. Repeated specs count once. The schema metadata
-    ``curate.filters`` holds each filter's resolved record (e.g. a fraction's threshold)."""
+    ``curate.filters`` holds each filter's resolved record (e.g. a fraction's threshold).
+    ``with_uid=False`` leaves the uid column out (12.8M uid strings are ~0.5 GB in Arrow)."""
     started = time.perf_counter()
     columns = [row[0] for row in con.execute("DESCRIBE samples").fetchall()]
     resolved = [spec.resolve(con) for spec in dict.fromkeys(filters)]
     units = _units(resolved)
     _check_columns(units, columns)
-    keys = [c for c in (ROW_ID, "uid") if c in columns]
+    keys = [c for c in (ROW_ID, "uid") if c in columns and (with_uid or c != "uid")]
     select = [ident(c) for c in keys]
     where_sql = _where_sql(con, where) if where is not None else None
     python = [u for u in units if u.sql is None]

@@ -1,0 +1,286 @@
+"""A selection's tables: ``manifest.parquet``, ``dropped.parquet`` and the kept uids.
+
+Input: the run's DuckDB connection and the selection's decisions, an Arrow table of
+``sample_id`` and ``_group`` per sample of ``samples`` (0: kept; g > 0: dropped, failing the
+filters ``failing[g - 1]``, in filter order). Output rows follow ``sample_id`` order.
+
+When ``samples`` joins every scorer by position and the decisions are in ``sample_id`` order
+(the usual case), the pool parts are read in chunks, two chunks at a time (per chunk, one
+DuckDB query for the kept rows' manifest columns and one for the dropped rows' uids), and
+pyarrow writes both files in order; the manifest's uids become the DataComp pairs. A positional
+pass in DuckDB runs on one thread, so chunks are what lets the manifest, the largest output,
+use more than one core. Otherwise (a partly scored run, rows out of order) each output is one
+DuckDB pass over ``samples`` joined with the decisions, the three passes side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.chunks import ordered_map, part_chunks
+from curate.tables import SamplesLayout, samples_sql
+from curate.uids import UID_DTYPE, uids_to_array
+from curate.workspace import RunPaths
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    "uid",
+    "shard",
+    "key",
+    "url",
+    "text",
+    "original_width",
+    "original_height",
+    "sha256",
+)
+MANIFEST = "manifest.parquet"
+DROPPED = "dropped.parquet"
+CHUNKS = 32  # pool parts are read in about this many chunks
+PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
+GUARD = (
+    "CASE WHEN s.sample_id IS DISTINCT FROM d.sample_id THEN "
+    "error('samples is not in sample_id order') ELSE {keep} END"
+)
+
+
+T = TypeVar("T")
+
+
+class OutOfOrder(Exception):
+    """``samples`` and the decisions disagree on a row's sample_id: positional passes fail."""
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _text(label: str) -> str:
+    return "'" + label.replace("'", "''") + "'"
+
+
+def _list_sql(failing: list[list[str]]) -> tuple[str, str]:
+    """SQL lists indexed by a dropped row's group: its first failing filter, and all of them."""
+    first = ", ".join(_text(labels[0]) for labels in failing)
+    every = ", ".join("[" + ", ".join(_text(x) for x in labels) + "]" for labels in failing)
+    return f"([{first}]::VARCHAR[])", f"([{every}]::VARCHAR[][])"
+
+
+def _manifest_columns(scorers: list[str]) -> str:
+    return ", ".join(f"s.{c}" for c in MANIFEST_COLUMNS) + "".join(
+        f', s."{s}_score"' for s in scorers
+    )
+
+
+def _queries(failing: list[list[str]], scorers: list[str]) -> dict[str, tuple[str, str]]:
+    """Per output, a SELECT template over ``{source}`` with ``{keep}`` and its row condition."""
+    first_sql, every_sql = _list_sql(failing)
+    return {
+        MANIFEST: (
+            f"SELECT {_manifest_columns(scorers)} FROM {{source}} WHERE {{keep}}",
+            "d._group = 0",
+        ),
+        DROPPED: (
+            f"SELECT s.uid, {first_sql}[d._group] AS first_failed_filter, "
+            f"{every_sql}[d._group] AS failed_filters FROM {{source}} WHERE {{keep}}",
+            "d._group > 0",
+        ),
+        "uids": ("SELECT s.uid FROM {source} WHERE {keep}", "d._group = 0"),
+    }
+
+
+def _pass(
+    con: Any,
+    decisions: pa.Table,
+    name: str,
+    template: str,
+    keep: str,
+    positional: bool,
+    sink: Callable[[Any, str], T],
+) -> T:
+    """One output as one DuckDB query: positional when asked (OutOfOrder if refused), else a
+    join on sample_id, sorted."""
+    cursor = con.cursor()  # one per pass: passes run side by side
+    cursor.register("decisions", decisions)
+    started = time.perf_counter()
+    if positional:
+        query = template.format(
+            source="samples s POSITIONAL JOIN decisions d", keep=GUARD.format(keep=keep)
+        )
+    else:
+        query = (
+            template.format(source="samples s JOIN decisions d USING (sample_id)", keep=keep)
+            + " ORDER BY s.sample_id"
+        )
+    try:
+        result = sink(cursor, query)
+    except duckdb.InvalidInputException as exc:
+        if positional:
+            raise OutOfOrder(str(exc)) from exc
+        raise
+    logger.debug("%s: one pass in %.2f s", name, time.perf_counter() - started)
+    return result
+
+
+def _copy_to(target: Path) -> Callable[[Any, str], None]:
+    def sink(cursor: Any, query: str) -> None:
+        cursor.execute(f"COPY ({query}) TO {_sql_path(target)} (FORMAT parquet)")
+
+    return sink
+
+
+def _uid_pairs(cursor: Any, query: str) -> np.ndarray:
+    return uids_to_array(cursor.sql(query).to_arrow_table().column("uid"))
+
+
+def _whole_passes(
+    con: Any,
+    staging: Path,
+    decisions: pa.Table,
+    failing: list[list[str]],
+    scorers: list[str],
+    positional: bool,
+) -> np.ndarray:
+    """Each output in one DuckDB pass over ``samples``, the three side by side."""
+    queries = _queries(failing, scorers)
+    sinks = {
+        MANIFEST: _copy_to(staging / MANIFEST),
+        DROPPED: _copy_to(staging / DROPPED),
+        "uids": _uid_pairs,
+    }
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        futures = {
+            name: pool.submit(_pass, con, decisions, name, *queries[name], positional, sinks[name])
+            for name in queries
+        }
+        results = {name: future.result() for name, future in futures.items()}
+    return results["uids"]
+
+
+def _part_numbers(layout: SamplesLayout) -> list[int] | None:
+    """Each pool part's number (the high half of its sample_ids), None if a name has none."""
+    found = [PART_NUMBER.search(p.name) for p in layout.pool_files]
+    return [int(m.group(1)) for m in found] if all(found) else None  # type: ignore[union-attr]
+
+
+def _decision_rows(numbers: list[int], ids: np.ndarray, chunk: slice) -> slice:
+    """The rows of the decisions (sorted by sample_id) that belong to a chunk's parts."""
+    parts = numbers[chunk]
+    low = int(np.searchsorted(ids, np.int64(parts[0]) << 32))
+    high = int(np.searchsorted(ids, (np.int64(parts[-1]) + 1) << 32))
+    return slice(low, high)
+
+
+def _dropped_table(
+    uids: pa.Array | pa.ChunkedArray, groups: np.ndarray, failing: list[list[str]]
+) -> pa.Table:
+    """dropped.parquet's rows: uid, first failing filter, every failing filter (by group)."""
+    index = pa.array(groups.astype(np.int32) - 1)
+    first = pa.array([labels[0] for labels in failing], pa.string()).take(index)
+    every = pa.array(failing, pa.list_(pa.string())).take(index)
+    return pa.table({"uid": uids, "first_failed_filter": first, "failed_filters": every})
+
+
+def _chunked_outputs(
+    con: Any,
+    paths: RunPaths,
+    layout: SamplesLayout,
+    staging: Path,
+    decisions: pa.Table,
+    failing: list[list[str]],
+    scorers: list[str],
+) -> np.ndarray:
+    """``manifest.parquet`` and ``dropped.parquet`` from chunks of pool parts read side by
+    side (per chunk, a DuckDB query for its kept rows and one for its dropped uids), written
+    in order by pyarrow; returns the kept uids as DataComp pairs."""
+    ids = decisions.column("sample_id").to_numpy()
+    numbers = _part_numbers(layout) or []
+    source = "({samples}) s POSITIONAL JOIN decisions d"
+    manifest_sql = (
+        f"SELECT {_manifest_columns(scorers)} FROM {source} "
+        f"WHERE {GUARD.format(keep='d._group = 0')}"
+    )
+    dropped_sql = f"SELECT s.uid, d._group FROM {source} WHERE {GUARD.format(keep='d._group > 0')}"
+
+    def read(chunk: slice) -> tuple[pa.Table, pa.Table]:
+        rows = _decision_rows(numbers, ids, chunk)
+        cursor = con.cursor()
+        cursor.register("decisions", decisions.slice(rows.start, rows.stop - rows.start))
+        samples = samples_sql(paths, layout, chunk)
+        try:
+            return (
+                cursor.sql(manifest_sql.format(samples=samples)).to_arrow_table(),
+                cursor.sql(dropped_sql.format(samples=samples)).to_arrow_table(),
+            )
+        except duckdb.InvalidInputException as exc:
+            raise OutOfOrder(str(exc)) from exc
+
+    started = time.perf_counter()
+    pairs: list[np.ndarray] = []
+    writers: dict[str, pq.ParquetWriter] = {}
+
+    def write(name: str, table: pa.Table, dictionary: list[str]) -> None:
+        if name not in writers:
+            writers[name] = pq.ParquetWriter(
+                staging / name, table.schema, compression="snappy", use_dictionary=dictionary
+            )
+        writers[name].write_table(table.cast(writers[name].schema))
+
+    try:
+        chunks = ordered_map(read, part_chunks(layout, CHUNKS))
+        for manifest, dropped in chunks:
+            write(MANIFEST, manifest, ["shard"])
+            pairs.append(uids_to_array(manifest.column("uid")))
+            del manifest
+            write(
+                DROPPED,
+                _dropped_table(dropped.column("uid"), dropped.column("_group").to_numpy(), failing),
+                ["first_failed_filter", "failed_filters"],
+            )
+    finally:
+        for writer in writers.values():
+            writer.close()
+    logger.debug(
+        "%s, %s: %d chunks in %.2f s",
+        MANIFEST,
+        DROPPED,
+        len(part_chunks(layout, CHUNKS)),
+        time.perf_counter() - started,
+    )
+    return np.concatenate(pairs) if pairs else np.empty(0, dtype=UID_DTYPE)
+
+
+def write_outputs(
+    con: Any,
+    paths: RunPaths,
+    layout: SamplesLayout,
+    staging: Path,
+    decisions: pa.Table,
+    failing: list[list[str]],
+    scorers: list[str],
+    in_order: bool,
+) -> np.ndarray:
+    """Write ``manifest.parquet`` and ``dropped.parquet`` into ``staging``; return the kept
+    uids as DataComp pairs (unsorted)."""
+    if in_order and layout.positional and layout.pool_files and _part_numbers(layout):
+        try:
+            return _chunked_outputs(con, paths, layout, staging, decisions, failing, scorers)
+        except OutOfOrder as exc:
+            logger.debug("positional passes refused (%s); joining on sample_id", exc)
+    elif in_order:
+        try:
+            return _whole_passes(con, staging, decisions, failing, scorers, positional=True)
+        except OutOfOrder as exc:
+            logger.debug("positional passes refused (%s); joining on sample_id", exc)
+    return _whole_passes(con, staging, decisions, failing, scorers, positional=False)
