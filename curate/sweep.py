@@ -259,22 +259,18 @@ def _histogram(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _import_pyplot() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.figure  # noqa: F401
 
 
 def _plot(path: Path, table: pa.Table, edges: np.ndarray, counts: np.ndarray,
           column: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure directly, not pyplot: a sweep run from a notebook leaves its backend alone
+    from matplotlib.figure import Figure
 
     thresholds = table.column("threshold").to_numpy()
     kept = table.column("kept_fraction").to_numpy()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    left, right = figure.subplots(1, 2)
     order = np.argsort(thresholds)
     left.plot(thresholds[order], kept[order], marker="o")
     left.set_xlabel(f"threshold on {column}")
@@ -290,7 +286,6 @@ def _plot(path: Path, table: pa.Table, edges: np.ndarray, counts: np.ndarray,
     right.set_title("score histogram, thresholds marked")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def sweep(config: SweepConfig) -> SweepResult:

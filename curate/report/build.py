@@ -213,7 +213,8 @@ def _grids(con, column: str, cut: float, subset: SubsetInfo | None, size: int) -
         ]
     else:
         kept_source = f"samples SEMI JOIN read_parquet('{subset.manifest}') m USING (shard, key)"
-        dropped_source = f"samples JOIN read_parquet('{subset.dropped}') d USING (shard, key)"
+        # dropped.parquet holds uid and reasons (DataComp pools: the uid names the sample)
+        dropped_source = f"samples JOIN read_parquet('{subset.dropped}') d USING (uid)"
         kept = base.format(reason="NULL", source=kept_source)
         dropped = base.format(reason="d.first_failed_filter", source=dropped_source)
         grids += [
