@@ -139,7 +139,10 @@ class ToyWorldConfig:
         return cls(**{**SCALES[scale], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"noise": dict(self.noise)}
+        """Every field that shapes the output (``workers`` does not, so it is left out)."""
+        fields = asdict(self) | {"noise": dict(self.noise)}
+        del fields["workers"]
+        return fields
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""A real download of a toy world through img2dataset from 127.0.0.1, then ingest and score."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import curate
+from curate.cli import app
+from curate.errors import UserError
+from curate.executor import ExecutorConfig
+from curate.models import ModelSpec
+from curate.pool.download import (
+    POOL_URLS,
+    DownloadConfig,
+    DownloadSummary,
+    download_toy_pool,
+    download_urls,
+)
+from curate.pool.ingest import IngestConfig, ingest_pool
+from curate.pool.serve import serve_directory
+from curate.pool.toyworld import POOL_LABELS, ToyWorld, ToyWorldConfig, write_toy_world
+from curate.scoring.stage import ScoreConfig, score_run
+from curate.tables import connect
+
+LABEL_COLUMNS = {"label", "detail", "true_class", "class_name", "source_path"}
+
+
+@dataclass
+class Downloaded:
+    world: ToyWorld
+    pool: Path
+    summary: DownloadSummary
+    labels: list[dict]  # read right after the download, before any test deletes the file
+    rows: list[dict]  # img2dataset's parquet rows, all shards
+
+
+@pytest.fixture(scope="module")
+def downloaded(tmp_path_factory: pytest.TempPathFactory) -> Downloaded:
+    root = tmp_path_factory.mktemp("download")
+    world = write_toy_world(
+        root / "world",
+        ToyWorldConfig(hq_size=5, pool_size=200, eval_per_class=1),
+        progress=False,
+    )
+    pool = root / "pool"
+    summary = download_toy_pool(world.root, pool, processes=1, threads=8, shard_size=100)
+    labels = pq.read_table(world.pool_labels).to_pylist()
+    rows = pq.read_table(sorted(pool.glob("*.parquet"))).to_pylist()
+    return Downloaded(world, pool, summary, labels, rows)
+
+
+def test_every_url_has_a_row_and_the_noise_survives(downloaded: Downloaded) -> None:
+    urls = pq.read_table(downloaded.world.root / POOL_URLS).to_pylist()
+    assert len(urls) == 200
+    assert all(u["url"].startswith(downloaded.summary.base_url) for u in urls)
+    by_url = {r["url"]: r for r in downloaded.rows}
+    assert len(downloaded.rows) == 200 and set(by_url) == {u["url"] for u in urls}
+    assert downloaded.summary.count == 200 and downloaded.summary.shards == 2
+    assert sorted(p.name for p in downloaded.pool.iterdir()) == [
+        "00000.parquet", "00000.tar", "00000_stats.json",
+        "00001.parquet", "00001.tar", "00001_stats.json",
+    ]  # fmt: skip
+    for label in downloaded.labels:
+        row = by_url[label["url"]]
+        assert row["caption"] == label["caption"]
+        if label["label"] == "corrupt":
+            assert row["status"] != "success" and row["error_message"], row
+            continue
+        assert row["status"] == "success", row
+        # No resize below 512 px: tiny and extreme-aspect images keep their exact sizes.
+        assert (row["original_width"], row["original_height"]) == (label["width"], label["height"])
+        assert (row["width"], row["height"]) == (label["width"], label["height"])
+    kinds = {label["label"] for label in downloaded.labels}
+    assert {"corrupt", "tiny_image", "extreme_aspect"} <= kinds
+
+
+def test_labels_join_the_ingested_pool_by_uid(tmp_path: Path, downloaded: Downloaded) -> None:
+    run = tmp_path / "run"
+    summary = ingest_pool(IngestConfig(pool=downloaded.pool, run=run))
+    assert summary.samples == 200
+    uids = set(pq.read_table(sorted((run / "pool").glob("part-*.parquet")))["uid"].to_pylist())
+    assert uids == {label["uid"] for label in downloaded.labels}
+
+
+def test_ingest_and_score_never_need_the_labels(
+    tmp_path: Path, downloaded: Downloaded, tiny_checkpoint: Path
+) -> None:
+    downloaded.world.pool_labels.unlink()  # the ground truth is gone; nothing may miss it
+    run = tmp_path / "run"
+    ingest_pool(IngestConfig(pool=downloaded.pool, run=run))
+    score_run(
+        ScoreConfig(
+            run=run,
+            model=ModelSpec("fp-tiny-vit", pretrained=str(tiny_checkpoint)),
+            executor=ExecutorConfig(workers=0),
+            batch_size=32,
+            name="dfn",
+            progress=False,
+        )
+    )
+    con = connect(run)
+    columns = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
+    assert "dfn_score" in columns
+    assert not columns & LABEL_COLUMNS
+    scored = con.execute("SELECT count(*) FROM samples WHERE dfn_score IS NOT NULL").fetchone()
+    corrupt = sum(label["label"] == "corrupt" for label in downloaded.labels)
+    assert scored[0] == 200 - corrupt
+
+
+def test_no_filter_or_scorer_module_reads_the_labels() -> None:
+    """Only the world's writer and the download (which adds url and uid) touch the file."""
+    package = Path(curate.__file__).parent
+    allowed = {"pool/toyworld.py", "pool/download.py"}
+    pattern = re.compile(r"pool_labels|POOL_LABELS")
+    readers = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    }
+    assert readers == allowed
+
+
+def test_serve_directory_serves_files_then_stops(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8 bytes")
+    with serve_directory(tmp_path) as base_url:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", base_url)
+        with urllib.request.urlopen(base_url + "a.jpg", timeout=5) as response:
+            assert response.read() == b"\xff\xd8 bytes"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(base_url + "missing.jpg", timeout=5)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(base_url + "a.jpg", timeout=2)
+    with pytest.raises(UserError, match="not a directory"), serve_directory(tmp_path / "no"):
+        pass
+
+
+def test_bad_url_lists_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        download_urls(DownloadConfig(urls=tmp_path / "none.parquet", out=tmp_path / "out"))
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"link": ["http://127.0.0.1:1/a.jpg"], "caption": ["a"]}), urls)
+    with pytest.raises(UserError, match=r"urls.parquet: no column 'url' \(--url-col\)"):
+        download_urls(DownloadConfig(urls=urls, out=tmp_path / "out"))
+    with pytest.raises(UserError, match="--resize-mode"):
+        DownloadConfig(urls=urls, out=tmp_path / "out", resize_mode="stretch")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_download_errors_exit_2(tmp_path: Path) -> None:
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:1/a.jpg"], "caption": ["a"]}), urls)
+    (tmp_path / "out").mkdir()
+    runner = CliRunner()
+    result = runner.invoke(app, ["download", str(urls), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "exists; use --overwrite" in result.output
+    result = runner.invoke(app, ["download", str(tmp_path), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "not a toy world" in result.output
+    result = runner.invoke(
+        app, ["download", str(urls), "--out", str(tmp_path / "o3"), "--caption-col", "text"]
+    )
+    assert result.exit_code == 2 and "no column 'text' (--caption-col)" in result.output
