@@ -27,7 +27,7 @@ from curate.pool.download import (
 )
 from curate.pool.ingest import IngestConfig, ingest_pool
 from curate.pool.serve import serve_directory
-from curate.pool.toyworld import POOL_LABELS, ToyWorld, ToyWorldConfig, write_toy_world
+from curate.pool.toyworld import ToyWorld, ToyWorldConfig, write_toy_world
 from curate.scoring.stage import ScoreConfig, score_run
 from curate.tables import connect
 
