@@ -100,7 +100,9 @@ def download(
     ] = True,
     url_col: Annotated[str, typer.Option(help="URL column of the list.")] = "url",
     caption_col: Annotated[str, typer.Option(help="Caption column of the list.")] = "caption",
-    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 10_000,
+    shard_size: Annotated[
+        int | None, typer.Option(help="Samples per shard [default: 10000; toy world: 2500].")
+    ] = None,
     timeout: Annotated[int, typer.Option(help="Seconds per request.")] = 10,
     retries: Annotated[int, typer.Option(help="Retries per failed URL.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -110,11 +112,13 @@ def download(
     from curate.pool.download import DownloadConfig, download_toy_pool, download_urls
     from curate.pool.toyworld import WORLD_FILE
 
-    options = dict(
+    options: dict[str, Any] = dict(
         processes=processes, threads=threads, image_size=image_size, resize_mode=resize_mode,
-        resize_only_if_bigger=resize_only_if_bigger, shard_size=shard_size, timeout=timeout,
-        retries=retries, overwrite=overwrite,
+        resize_only_if_bigger=resize_only_if_bigger, timeout=timeout, retries=retries,
+        overwrite=overwrite,
     )  # fmt: skip
+    if shard_size is not None:
+        options["shard_size"] = shard_size
     try:
         if urls.is_dir() and (urls / WORLD_FILE).is_file():
             summary = download_toy_pool(urls, out, **options)
@@ -393,7 +397,9 @@ def export_command(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
     out: Annotated[Path, typer.Option(help="Output folder for webdataset shards.")],
-    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 10_000,
+    shard_size: Annotated[
+        int | None, typer.Option(help="Samples per shard [default: 10000; toy world: 2500].")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     as_json: JsonOption = False,

@@ -40,6 +40,7 @@ RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop
 URL_LIST_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".txt": "txt",
                     ".json": "json", ".jsonl": "jsonl"}  # fmt: skip
 POOL_URLS = "pool_urls.parquet"  # written into a toy world by download_toy_pool
+TOY_SHARD_SIZE = 2500  # a toy pool is small: more shards keep every process busy
 
 
 @dataclass(frozen=True)
@@ -237,10 +238,12 @@ def download_toy_pool(world: Path | str, out: Path | str, **options: Any) -> Dow
 
     Writes ``WORLD/pool_urls.parquet`` for the bound port and adds ``url`` and ``uid`` (the
     uid ingest derives from url and caption) to ``WORLD/pool_labels.parquet``.
-    ``options`` are :class:`DownloadConfig` fields (processes, threads, overwrite...).
+    ``options`` are :class:`DownloadConfig` fields (processes, threads, overwrite...);
+    ``shard_size`` defaults to :data:`TOY_SHARD_SIZE`.
     """
     world = Path(world)
     read_world_record(world)
+    options = {"shard_size": TOY_SHARD_SIZE, **options}
     config = DownloadConfig(urls=world / POOL_URLS, out=Path(out), **options)
     if config.out.exists() and not config.overwrite:
         raise UserError(f"{config.out} exists; use --overwrite to replace it")

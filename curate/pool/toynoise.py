@@ -122,6 +122,7 @@ class PoolContext:
     sizes: SizeRanges
     source: int | None = None  # another index (near_duplicate's original), chosen upfront
     pool_size: int = 0
+    jpeg_quality: int = 90
 
     def base(self, index: int | None = None) -> tuple[Scene, str]:
         """The clean scene and caption of ``index`` (default: this sample)."""
@@ -165,11 +166,9 @@ def clean_base(
     return scene, describe(rng, scene)
 
 
-def _image_item(
-    scene: Scene, caption: str, label: str, quality: int = 90, **kw: object
-) -> PoolItem:
+def _image_item(ctx: PoolContext, scene: Scene, caption: str, label: str, **kw: object) -> PoolItem:
     return PoolItem(
-        data=encode_jpeg(render(scene), quality),
+        data=encode_jpeg(render(scene), ctx.jpeg_quality),
         caption=caption,
         label=label,
         true_class=scene.label,
@@ -184,7 +183,7 @@ def _image_item(
 
 def make_clean(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
     scene, caption = ctx.base()
-    return _image_item(scene, caption, "clean")
+    return _image_item(ctx, scene, caption, "clean")
 
 
 def make_mismatched(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
@@ -199,7 +198,7 @@ def make_mismatched(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
         if other.label != scene.label:
             break
     return _image_item(
-        scene, caption, "mismatched", source=j, detail=f"caption of a {CLASSES[other.label]}"
+        ctx, scene, caption, "mismatched", source=j, detail=f"caption of a {CLASSES[other.label]}"
     )
 
 
@@ -212,7 +211,7 @@ def make_generic_alt(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
         n6=int(rng.integers(100000, 1000000)), mm=f"{int(rng.integers(1, 13)):02d}",
         dd=f"{int(rng.integers(1, 29)):02d}",
     )  # fmt: skip
-    return _image_item(scene, caption, "generic_alt")
+    return _image_item(ctx, scene, caption, "generic_alt")
 
 
 def make_partly_wrong(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
@@ -229,7 +228,7 @@ def make_partly_wrong(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
         wrong_color = colors[int(rng.integers(len(colors)))]
         told = with_main(scene, color=wrong_color)
         detail = f"wrong colour: {COLORS[wrong_color][0]}"
-    return _image_item(scene, describe(rng, told), "partly_wrong", detail=detail)
+    return _image_item(ctx, scene, describe(rng, told), "partly_wrong", detail=detail)
 
 
 def make_other_language(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
@@ -245,7 +244,7 @@ def make_other_language(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
     )  # fmt: skip
     if rng.random() < 0.4:
         caption = caption[0].upper() + caption[1:]
-    return _image_item(scene, caption, "other_language", detail=code)
+    return _image_item(ctx, scene, caption, "other_language", detail=code)
 
 
 def make_near_duplicate(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
@@ -275,7 +274,7 @@ def make_tiny(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
     """The clean scene drawn on a canvas far smaller than any clean one."""
     scene, caption = ctx.base()
     width, height = canvas_size(rng, ctx.sizes.tiny)
-    return _image_item(replace(scene, width=width, height=height), caption, "tiny_image")
+    return _image_item(ctx, replace(scene, width=width, height=height), caption, "tiny_image")
 
 
 def make_extreme_aspect(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
@@ -285,7 +284,7 @@ def make_extreme_aspect(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
     short = int(rng.integers(lo, hi + 1))
     long = int(round(short * float(rng.uniform(*ctx.sizes.extreme_ratio))))
     width, height = (long, short) if rng.random() < 0.5 else (short, long)
-    return _image_item(replace(scene, width=width, height=height), caption, "extreme_aspect")
+    return _image_item(ctx, replace(scene, width=width, height=height), caption, "extreme_aspect")
 
 
 def make_corrupt(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:

@@ -28,7 +28,7 @@ import logging
 import math
 import multiprocessing
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -221,30 +221,53 @@ def _pool_chunk(
             sizes=config.sizes,
             source=source,
             pool_size=config.pool_size,
+            jpeg_quality=config.jpeg_quality,
         )
         items.append(make_pool_item(kind, ctx))
     return items
 
 
+def _hq_chunk(config: ToyWorldConfig, indices: list[int]) -> list[tuple[int, str, bytes, int, int]]:
+    """Generate HQ pairs ``indices``: (index, caption, jpeg, width, height)."""
+    out = []
+    for i in indices:
+        scene, caption = clean_base(config.seed, SPLIT_IDS["hq"], i, config.sizes.clean)
+        data = encode_jpeg(render(scene), config.jpeg_quality)
+        out.append((i, caption, data, scene.width, scene.height))
+    return out
+
+
+def _parallel(
+    fn: Callable[..., list[Any]], args: list[tuple], workers: int, bar: tqdm
+) -> Iterator[Any]:
+    """``fn(*a)`` for every ``a`` in ``args``, results flattened in order, in ``workers``
+    processes (spawned: no fork of a process that may hold threads)."""
+    if workers == 1:
+        for arg in args:
+            items = fn(*arg)
+            bar.update(len(items))
+            yield from items
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as executor:
+        for items in executor.map(fn, *zip(*args, strict=True)):
+            bar.update(len(items))
+            yield from items
+
+
+def _chunks(n: int, size: int = _CHUNK) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
 def _pool_items(
     config: ToyWorldConfig, kinds: list[str], sources: list[int | None], progress: bool
 ) -> Iterator[PoolItem]:
-    """All POOL samples in index order, generated in ``config.workers`` processes."""
-    chunks = [list(range(i, min(i + _CHUNK, len(kinds)))) for i in range(0, len(kinds), _CHUNK)]
-    args = [(config, c, [kinds[i] for i in c], [sources[i] for i in c]) for c in chunks]
-    bar = tqdm(total=len(kinds), desc="toy world: pool", unit="img", disable=not progress)
-    with bar:
-        if config.workers == 1:
-            for arg in args:
-                items = _pool_chunk(*arg)
-                bar.update(len(items))
-                yield from items
-            return
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-        with ProcessPoolExecutor(config.workers, mp_context=context) as executor:
-            for items in executor.map(_pool_chunk, *zip(*args, strict=True)):
-                bar.update(len(items))
-                yield from items
+    """All POOL samples in index order."""
+    args = [
+        (config, c, [kinds[i] for i in c], [sources[i] for i in c]) for c in _chunks(len(kinds))
+    ]
+    with tqdm(total=len(kinds), desc="toy world: pool", unit="img", disable=not progress) as bar:
+        yield from _parallel(_pool_chunk, args, config.workers, bar)
 
 
 def _write_pool(root: Path, config: ToyWorldConfig, progress: bool) -> dict[str, int]:
@@ -287,22 +310,20 @@ def _write_hq(root: Path, config: ToyWorldConfig, progress: bool) -> None:
     """Clean pairs as img2dataset webdataset shards (``hq/NNNNN.tar``, ``.parquet``, stats)."""
     hq = root / "hq"
     hq.mkdir()
-    split = SPLIT_IDS["hq"]
-    bar = tqdm(total=config.hq_size, desc="toy world: hq", unit="img", disable=not progress)
-    with bar:
-        for shard_id, start in enumerate(range(0, config.hq_size, config.hq_shard_size)):
+    args = [(config, c) for c in _chunks(config.hq_size, config.hq_shard_size)]
+    with tqdm(total=config.hq_size, desc="toy world: hq", unit="img", disable=not progress) as bar:
+        pairs = iter(_parallel(_hq_chunk, args, config.workers, bar))
+        for shard_id, (_, indices) in enumerate(args):
             samples = []
-            for i in range(start, min(start + config.hq_shard_size, config.hq_size)):
-                scene, caption = clean_base(config.seed, split, i, config.sizes.clean)
-                data = encode_jpeg(render(scene), config.jpeg_quality)
-                key = f"{shard_id:05d}{i - start:04d}"
+            for position in range(len(indices)):
+                _, caption, data, width, height = next(pairs)
+                key = f"{shard_id:05d}{position:04d}"
                 samples.append(ShardSample(
                     key=key, url=HQ_URL.format(key=key), caption=caption, image=data,
-                    width=scene.width, height=scene.height, original_width=scene.width,
-                    original_height=scene.height, sha256=_sha256(data),
+                    width=width, height=height, original_width=width, original_height=height,
+                    sha256=_sha256(data),
                 ))  # fmt: skip
             write_img2dataset_shard(hq, f"{shard_id:05d}", samples)
-            bar.update(len(samples))
 
 
 def _sha256(data: bytes) -> str:
