@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -114,9 +115,13 @@ def test_every_noise_kind_does_what_it_says(world: ToyWorld) -> None:
         elif label == "extreme_aspect":
             assert long / short > 3.0
         else:
-            assert short >= clean_min - 6 and long / short < 3.0, row  # near-dups crop <= 6 px
+            assert short >= clean_min and long / short < 3.0, row
         if label == "near_duplicate":
             assert captions_by_path[row["source_path"]].lower() == row["caption"].lower()
+            source = Image.open(world.pool_files / row["source_path"]).convert("RGB")
+            assert source.size == image.size
+            diff = np.abs(np.asarray(source, np.int16) - np.asarray(image.convert("RGB"), np.int16))
+            assert diff.mean() < 40, row
         if label == "other_language":
             assert row["detail"] in ("de", "fr", "es")
         if label == "partly_wrong":

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from PIL import ImageEnhance
+from PIL import Image, ImageEnhance
 
 from curate.pool.toyscene import (
     CLASSES,
@@ -248,14 +248,15 @@ def make_other_language(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
 
 
 def make_near_duplicate(rng: np.random.Generator, ctx: PoolContext) -> PoolItem:
-    """A clean sample again, slightly cropped, brightened or darkened and re-encoded."""
+    """A clean sample again: slightly cropped and scaled back to its size (so size filters
+    treat it like its original), brightened or darkened, re-encoded at a lower quality."""
     source = ctx.source if ctx.source is not None else ctx.index
     scene, caption = ctx.base(source)
     image = render(scene)
     dx, dy = int(rng.integers(0, 4)), int(rng.integers(0, 4))
     image = image.crop(
         (dx, dy, scene.width - int(rng.integers(0, 4)), scene.height - int(rng.integers(0, 4)))
-    )
+    ).resize((scene.width, scene.height), Image.Resampling.BILINEAR)
     image = ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.88, 1.12)))
     if rng.random() < 0.3:
         caption = caption.lower()
