@@ -67,9 +67,9 @@ COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "speckled")
 SIZES: tuple[tuple[str, float, tuple[str, ...]], ...] = (
     # name, radius as a fraction of the shorter side, words used in captions
-    ("small", 0.17, ("small", "little", "tiny")),
-    ("medium", 0.25, ("medium", "medium-sized", "mid-sized")),
-    ("large", 0.34, ("large", "big", "huge")),
+    ("small", 0.22, ("small", "little", "tiny")),
+    ("medium", 0.30, ("medium", "medium-sized", "mid-sized")),
+    ("large", 0.38, ("large", "big", "huge")),
 )
 NOUNS: tuple[str, ...] = ("photo", "picture", "image", "drawing", "illustration", "graphic")
 
@@ -199,8 +199,8 @@ def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
 def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """A slightly darker (or, for dark colours, lighter) tone for background textures."""
     if sum(rgb) > 200:
-        return tuple(max(0, int(c * 0.82)) for c in rgb)  # type: ignore[return-value]
-    return tuple(min(255, c + 45) for c in rgb)  # type: ignore[return-value]
+        return tuple(max(0, int(c * 0.9)) for c in rgb)  # type: ignore[return-value]
+    return tuple(min(255, c + 25) for c in rgb)  # type: ignore[return-value]
 
 
 def _draw_texture(draw: ImageDraw.ImageDraw, scene: Scene) -> None:
