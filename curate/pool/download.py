@@ -167,7 +167,7 @@ def _run_img2dataset(config: DownloadConfig, fmt: str, output: Path) -> None:
             output_format="webdataset",
             input_format=fmt,
             url_col=config.url_col,
-            caption_col=config.caption_col,
+            caption_col=None if fmt == "txt" else config.caption_col,  # txt: URLs only
             number_sample_per_shard=config.shard_size,
             timeout=config.timeout,
             retries=config.retries,
