@@ -57,7 +57,12 @@ def toyworld(
     scale: Annotated[
         str, typer.Option(help="small (tests: HQ 1.5k, POOL 2.5k) or full (HQ 10k, POOL 25k).")
     ] = "small",
-    workers: Annotated[int, typer.Option(help="Processes generating the POOL.")] = 1,
+    hq: Annotated[int | None, typer.Option(help="HQ pairs (overrides the scale).")] = None,
+    pool: Annotated[int | None, typer.Option(help="POOL samples (overrides the scale).")] = None,
+    eval_per_class: Annotated[
+        int | None, typer.Option(help="EVAL images per class (overrides the scale).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes generating HQ and POOL.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing world.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     as_json: JsonOption = False,
@@ -66,7 +71,9 @@ def toyworld(
     from curate.pool.toyworld import ToyWorldConfig, write_toy_world
 
     try:
-        config = ToyWorldConfig.for_scale(scale, seed=seed, workers=workers)
+        sizes = {"hq_size": hq, "pool_size": pool, "eval_per_class": eval_per_class}
+        overrides = {k: v for k, v in sizes.items() if v is not None}
+        config = ToyWorldConfig.for_scale(scale, seed=seed, workers=workers, **overrides)
         world = write_toy_world(out, config, overwrite=overwrite, progress=progress)
     except USER_ERRORS as exc:
         fail(str(exc))

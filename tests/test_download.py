@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
@@ -177,3 +178,28 @@ def test_cli_download_errors_exit_2(tmp_path: Path) -> None:
         app, ["download", str(urls), "--out", str(tmp_path / "o3"), "--caption-col", "text"]
     )
     assert result.exit_code == 2 and "no column 'text' (--caption-col)" in result.output
+
+
+def test_cli_generates_and_downloads_a_toy_world(tmp_path: Path) -> None:
+    runner = CliRunner()
+    world, pool = tmp_path / "world", tmp_path / "pool"
+    result = runner.invoke(
+        app,
+        ["toyworld", "--out", str(world), "--hq", "4", "--pool", "50", "--eval-per-class", "1",
+         "--seed", "3", "--no-progress", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert made["counts"] == {"hq": 4, "pool": 50, "eval": 22}
+    assert sum(made["pool_kinds"].values()) == 50
+    result = runner.invoke(
+        app, ["download", str(world), "--out", str(pool), "--processes", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # img2dataset's prints went to stderr
+    assert summary["count"] == 50 and summary["shards"] == 1
+    assert summary["successes"] == 50 - made["pool_kinds"]["corrupt"]
+    rows = pq.read_table(pool / "00000.parquet").num_rows
+    assert rows == 50
+    result = runner.invoke(app, ["download", str(world), "--out", str(pool)])
+    assert result.exit_code == 2 and "exists; use --overwrite" in result.output

@@ -141,7 +141,8 @@ def _stdout_to_stderr() -> Iterator[None]:
     saved_sigint = signal.getsignal(signal.SIGINT)
     try:
         os.dup2(2, 1)
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved_fd, 1)
