@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 import curate
@@ -203,3 +204,36 @@ def test_cli_generates_and_downloads_a_toy_world(tmp_path: Path) -> None:
     assert rows == 50
     result = runner.invoke(app, ["download", str(world), "--out", str(pool)])
     assert result.exit_code == 2 and "exists; use --overwrite" in result.output
+
+
+def test_failed_downloads_keep_their_rows_through_ingest(tmp_path: Path) -> None:
+    """A plain URL list (csv) with a good image, a 404 and an HTML page served as .jpg."""
+    files = tmp_path / "files"
+    files.mkdir()
+    Image.new("RGB", (70, 50), (200, 30, 30)).save(files / "good.jpg")
+    (files / "page.jpg").write_bytes(b"<html>not an image</html>")
+    with serve_directory(files) as base_url:
+        urls = tmp_path / "urls.csv"
+        urls.write_text(
+            "link,text\n"
+            f"{base_url}good.jpg,a red rectangle\n"
+            f"{base_url}missing.jpg,a missing picture\n"
+            f"{base_url}page.jpg,an html page\n"
+        )
+        summary = download_urls(
+            DownloadConfig(urls=urls, out=tmp_path / "pool", url_col="link", caption_col="text")
+        )
+    assert summary.count == 3 and summary.successes == 1
+    assert summary.by_status == {"success": 1, "failed_to_download": 1, "failed_to_resize": 1}
+    run = tmp_path / "run"
+    ingested = ingest_pool(IngestConfig(pool=tmp_path / "pool", run=run))
+    assert ingested.samples == 3
+    rows = {
+        r["text"]: r
+        for r in pq.read_table(sorted((run / "pool").glob("part-*.parquet"))).to_pylist()
+    }
+    assert rows["a red rectangle"]["status"] == "success"
+    assert (rows["a red rectangle"]["width"], rows["a red rectangle"]["height"]) == (70, 50)
+    assert rows["a missing picture"]["status"] == "failed_to_download"
+    assert "404" in rows["a missing picture"]["error_message"]
+    assert rows["an html page"]["status"] == "failed_to_resize"
