@@ -146,11 +146,8 @@ def prepare_run(paths: RunPaths) -> None:
     """Remove leftovers of interrupted writes and record the DataComp scorers."""
     directories = [paths.pool_dir]
     for scorer in SCORERS:
-        directories += [
-            paths.scores_dir(scorer.name),
-            paths.scores_dir(scorer.name) / DONE_DIR,
-            paths.embeddings_dir(scorer.name),
-        ]
+        directories += [paths.scores_dir(scorer.name), paths.scores_dir(scorer.name) / DONE_DIR,
+                        paths.embeddings_dir(scorer.name)]
     for directory in directories:
         remove_stale_temporaries(directory)
     for scorer in SCORERS:
@@ -203,12 +200,8 @@ def _npz_members(file: MetadataFile, rows: int) -> list[_Member]:
 def _copy_member(npz: Path, member: _Member, target: Path) -> None:
     """Stream one npz member into a float16 ``.npy``, a chunk of rows at a time."""
     rows, dim = member.shape
-    with (
-        zipfile.ZipFile(npz) as archive,
-        archive.open(f"{member.name}.npy") as source,
-        atomic_path(target) as tmp,
-        open(tmp, "wb") as out,
-    ):
+    with zipfile.ZipFile(npz) as archive, archive.open(f"{member.name}.npy") as source, \
+            atomic_path(target) as tmp, open(tmp, "wb") as out:
         _read_npy_header(source)
         if member.fortran_order:  # rare: read the member whole (one member, one file)
             with archive.open(f"{member.name}.npy") as whole:
@@ -232,9 +225,8 @@ def _copy_member(npz: Path, member: _Member, target: Path) -> None:
 # --- parquet rows -------------------------------------------------------------------------
 
 
-def _cast(
-    column: pa.ChunkedArray | pa.Array, target: pa.DataType, source: Path, name: str
-) -> pa.ChunkedArray | pa.Array:
+def _cast(column: pa.ChunkedArray | pa.Array, target: pa.DataType, source: Path,
+          name: str) -> pa.ChunkedArray | pa.Array:
     try:
         return column.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -267,15 +259,13 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
         if field.name in fixed:
             columns[field.name] = fixed[field.name]
         elif field.name in batch.column_names:
-            columns[field.name] = _cast(
-                batch.column(field.name), field.type, file.parquet, field.name
-            )
+            columns[field.name] = _cast(batch.column(field.name), field.type, file.parquet,
+                                        field.name)
         else:
             columns[field.name] = pa.nulls(n, field.type)
     if FACE_BBOXES in batch.column_names:
-        columns[FACE_BBOXES] = _cast(
-            batch.column(FACE_BBOXES), FACE_BBOXES_TYPE, file.parquet, FACE_BBOXES
-        )
+        columns[FACE_BBOXES] = _cast(batch.column(FACE_BBOXES), FACE_BBOXES_TYPE, file.parquet,
+                                     FACE_BBOXES)
     else:
         columns[FACE_BBOXES] = pa.nulls(n, FACE_BBOXES_TYPE)
     for name in batch.column_names:
@@ -284,9 +274,8 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
     return pa.table(columns)
 
 
-def _score_batch(
-    batch: pa.Table, uids: pa.ChunkedArray, scorer: DataCompScorer, source: Path
-) -> pa.Table:
+def _score_batch(batch: pa.Table, uids: pa.ChunkedArray, scorer: DataCompScorer,
+                 source: Path) -> pa.Table:
     """Score rows of one batch: ``ok``, or ``missing_score`` with a null score."""
     n = batch.num_rows
     if scorer.column in batch.column_names:
@@ -320,9 +309,8 @@ def _open_parquet(file: MetadataFile) -> pq.ParquetFile:
     return metadata
 
 
-def _write_tables(
-    file: MetadataFile, metadata: pq.ParquetFile, paths: RunPaths
-) -> dict[str, Counter[str]]:
+def _write_tables(file: MetadataFile, metadata: pq.ParquetFile,
+                  paths: RunPaths) -> dict[str, Counter[str]]:
     """Stream the parquet into the pool part and the score parts; return score statuses."""
     statuses: dict[str, Counter[str]] = {s.name: Counter() for s in SCORERS}
     part = part_name(file.index)
@@ -338,11 +326,9 @@ def _write_tables(
             pq.ParquetWriter(pool_tmp, pool_schema, use_dictionary=POOL_DICTIONARY_COLUMNS)
         )
         score_writers = {
-            s.name: stack.enter_context(
-                pq.ParquetWriter(
-                    score_tmps[s.name], score_schema(s.name), use_dictionary=["status", "error"]
-                )
-            )
+            s.name: stack.enter_context(pq.ParquetWriter(
+                score_tmps[s.name], score_schema(s.name), use_dictionary=["status", "error"]
+            ))
             for s in SCORERS
         }
         for batch in _batches(metadata, file):
@@ -370,11 +356,8 @@ def _batches(metadata: pq.ParquetFile, file: MetadataFile) -> Iterator[pa.Table]
 
 def _count(column: pa.ChunkedArray) -> Counter[str]:
     counts = pc.value_counts(column)
-    return Counter(
-        dict(
-            zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
-        )
-    )
+    return Counter(dict(zip(counts.field("values").to_pylist(),
+                            counts.field("counts").to_pylist(), strict=True)))
 
 
 def _outputs(file: MetadataFile, members: tuple[_Member, ...], paths: RunPaths) -> list[Path]:
@@ -382,10 +365,8 @@ def _outputs(file: MetadataFile, members: tuple[_Member, ...], paths: RunPaths) 
     part = part_name(file.index)
     outputs = [paths.pool_part(file.index)]
     for scorer in SCORERS:
-        outputs += [
-            paths.scores_dir(scorer.name) / f"{part}.parquet",
-            paths.scores_dir(scorer.name) / DONE_DIR / f"{part}.json",
-        ]
+        outputs += [paths.scores_dir(scorer.name) / f"{part}.parquet",
+                    paths.scores_dir(scorer.name) / DONE_DIR / f"{part}.json"]
     outputs += [_embedding_path(paths, file, m) for m in members]
     return outputs
 
@@ -424,11 +405,9 @@ def ingest_metadata_file(plan: FilePlan, paths: RunPaths) -> FileResult:
     seconds = time.perf_counter() - started
     part = part_name(file.index)
     for scorer in SCORERS:
-        stats = ShardStats(
-            shards=1, samples=rows, seconds=seconds, by_status=+statuses[scorer.name]
-        )
-        write_json_atomic(
-            paths.scores_dir(scorer.name) / DONE_DIR / f"{part}.json", stats.to_dict()
-        )
+        stats = ShardStats(shards=1, samples=rows, seconds=seconds,
+                           by_status=+statuses[scorer.name])
+        write_json_atomic(paths.scores_dir(scorer.name) / DONE_DIR / f"{part}.json",
+                          stats.to_dict())
     logger.debug("%s: %d rows in %.1fs", file.parquet.name, rows, seconds)
     return FileResult(rows, Counter({"success": rows}) if rows else Counter())

@@ -92,11 +92,8 @@ def _uids(table: pa.Table, source: Path) -> list[str]:
 
 def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     """Rename, type and order columns as POOL_SCHEMA; extra columns follow it unchanged."""
-    missing = [
-        c
-        for c in REQUIRED_COLUMNS
-        if c not in table.column_names and RENAMED.get(c, c) not in table.column_names
-    ]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names and RENAMED.get(c, c)
+               not in table.column_names]
     if missing:
         raise PoolError(f"{source}: missing column(s) {', '.join(missing)}")
     table = table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
@@ -113,7 +110,8 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
         else:
             columns[name] = pa.nulls(table.num_rows, target)
     extras = [
-        c for c in table.column_names if c not in POOL_SCHEMA.names and c not in DROPPED_COLUMNS
+        c for c in table.column_names
+        if c not in POOL_SCHEMA.names and c not in DROPPED_COLUMNS
     ]
     for name in extras:
         columns[name] = table.column(name)
@@ -245,21 +243,15 @@ def ingest_pool(config: IngestConfig) -> IngestSummary:
     return summary
 
 
-def _finish(
-    config: IngestConfig,
-    paths: RunPaths,
-    summary: IngestSummary,
-    kind: str,
-    entries: list[dict[str, Any]],
-) -> None:
+def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind: str,
+            entries: list[dict[str, Any]]) -> None:
     """Count duplicate uids, write run.json, log the outcome."""
     summary.duplicate_uids = _count_duplicate_uids(paths)
     write_json_atomic(paths.run_file, _run_record(config, kind, entries))
     if summary.duplicate_uids:
         logger.warning("%d samples share a uid with an earlier sample", summary.duplicate_uids)
-    logger.info(
-        "ingested %d samples from %d shards into %s", summary.samples, len(entries), paths.root
-    )
+    logger.info("ingested %d samples from %d shards into %s", summary.samples, len(entries),
+                paths.root)
 
 
 def _ingest_datacomp(config: IngestConfig) -> IngestSummary:
@@ -268,9 +260,8 @@ def _ingest_datacomp(config: IngestConfig) -> IngestSummary:
     paths = RunPaths(config.run)
     _prepare_run_dir(config, paths)
     datacomp.prepare_run(paths)
-    summary = IngestSummary(
-        shards=len(plans), source="datacomp", score_tables=[s.name for s in datacomp.SCORERS]
-    )
+    summary = IngestSummary(shards=len(plans), source="datacomp",
+                            score_tables=[s.name for s in datacomp.SCORERS])
     entries = []
     for plan in plans:
         file = plan.file

@@ -33,12 +33,7 @@ class Shard:
 
 
 def add_tar_member(
-    archive: tarfile.TarFile,
-    name: str,
-    data: bytes,
-    *,
-    mtime: int,
-    mode: int = 0o644,
+    archive: tarfile.TarFile, name: str, data: bytes, *, mtime: int, mode: int = 0o644,
     owner: str = "",
 ) -> None:
     """Add bytes as a regular member with fixed metadata, so equal input gives equal tars."""

@@ -26,18 +26,12 @@ logger = logging.getLogger(__name__)
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # byte value -> its two hex characters, as one uint16 (a round trip, so any byte order works)
-_HEX_LUT16 = (
-    np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 15]], axis=1).view(np.uint16).ravel()
-)
+_HEX_LUT16 = np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 15]], axis=1).view(
+    np.uint16).ravel()
 _DOMAINS = (
-    "images.shop-example.com",
-    "cdn.news-example.org",
-    "media.blog-example.net",
-    "i.photos-example.com",
-    "static.travel-example.org",
-    "img.market-example.com",
-    "uploads.recipes-example.net",
-    "pics.forum-example.org",
+    "images.shop-example.com", "cdn.news-example.org", "media.blog-example.net",
+    "i.photos-example.com", "static.travel-example.org", "img.market-example.com",
+    "uploads.recipes-example.net", "pics.forum-example.org",
 )
 _PATHS = ("/images/", "/uploads/2021/05/", "/p/", "/media/catalog/product/", "/wp-content/")
 _EXTENSIONS = (".jpg", ".jpg", ".jpg", ".jpeg", ".png", ".webp", ".jpg?w=640")
@@ -85,11 +79,8 @@ def _pick(rng: np.random.Generator, choices: tuple[str, ...], n: int) -> pa.Arra
 def _captions(rng: np.random.Generator, n: int) -> pa.Array:
     """Captions of varied length: mostly short, some medium, a few long."""
     kind = rng.random(n)
-    lengths = np.where(
-        kind < 0.6,
-        rng.integers(1, 9, n),
-        np.where(kind < 0.95, rng.integers(9, 26, n), rng.integers(26, 81, n)),
-    )
+    lengths = np.where(kind < 0.6, rng.integers(1, 9, n),
+                       np.where(kind < 0.95, rng.integers(9, 26, n), rng.integers(26, 81, n)))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     words = pa.array(_WORDS, pa.string()).take(rng.integers(0, len(_WORDS), int(offsets[-1])))
     return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), words), " ")
@@ -102,9 +93,8 @@ def _face_bboxes(rng: np.random.Generator, n: int) -> pa.Array:
     corner = rng.uniform(0.0, 0.8, (boxes, 2))
     size = rng.uniform(0.05, 0.2, (boxes, 2))
     values = pa.array(np.concatenate([corner, corner + size], axis=1).reshape(-1))
-    inner = pa.ListArray.from_arrays(
-        pa.array(np.arange(0, 4 * boxes + 1, 4, dtype=np.int32)), values
-    )
+    inner = pa.ListArray.from_arrays(pa.array(np.arange(0, 4 * boxes + 1, 4, dtype=np.int32)),
+                                     values)
     outer_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
 
@@ -113,18 +103,15 @@ def _scores(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Correlated B/32 and L/14 similarity scores in [-0.1, 0.5], float32."""
     b32 = rng.normal(0.27, 0.05, n)
     l14 = 0.24 + 0.8 * (b32 - 0.27) + rng.normal(0.0, 0.03, n)
-    return (np.clip(b32, -0.1, 0.5).astype(np.float32), np.clip(l14, -0.1, 0.5).astype(np.float32))
+    return (np.clip(b32, -0.1, 0.5).astype(np.float32),
+            np.clip(l14, -0.1, 0.5).astype(np.float32))
 
 
 def _metadata_table(rng: np.random.Generator, first_row: int, n: int, seed: int) -> pa.Table:
     uids = _uids(rng, first_row, n, seed)
     url = pc.binary_join_element_wise(
-        "https://",
-        _pick(rng, _DOMAINS, n),
-        _pick(rng, _PATHS, n),
-        pc.utf8_slice_codeunits(uids, 0, 20),
-        _pick(rng, _EXTENSIONS, n),
-        "",
+        "https://", _pick(rng, _DOMAINS, n), _pick(rng, _PATHS, n),
+        pc.utf8_slice_codeunits(uids, 0, 20), _pick(rng, _EXTENSIONS, n), "",
     )
     width = np.clip(rng.lognormal(6.2, 0.6, n), 16, 10_000).astype(np.int64)
     aspect = np.exp(rng.normal(-0.1, 0.35, n))
@@ -158,9 +145,8 @@ def _random_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return _unit(rows)
 
 
-def _write_member(
-    archive: zipfile.ZipFile, name: str, shape: tuple[int, int], chunks: Iterator[np.ndarray]
-) -> None:
+def _write_member(archive: zipfile.ZipFile, name: str, shape: tuple[int, int],
+                  chunks: Iterator[np.ndarray]) -> None:
     """One ``.npy`` member of the npz, written chunk by chunk."""
     info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
     with archive.open(info, "w", force_zip64=True) as handle:
@@ -170,14 +156,13 @@ def _write_member(
             handle.write(memoryview(chunk.astype("<f2")).cast("B"))
 
 
-def _embedding_chunks(
-    seed: tuple[int, ...], scores: np.ndarray, dim: int, text: bool
-) -> Iterator[np.ndarray]:
+def _embedding_chunks(seed: tuple[int, ...], scores: np.ndarray, dim: int,
+                      text: bool) -> Iterator[np.ndarray]:
     """Image rows, or text rows ``s * image + sqrt(1 - s^2) * u`` (``u`` unit, orthogonal to
     the image row, so the pair's cosine is the score ``s``); a seeded generator per chunk lets
     the text pass rebuild the image rows instead of holding them."""
     for number, start in enumerate(range(0, len(scores), _EMBED_CHUNK_ROWS)):
-        cos = scores[start : start + _EMBED_CHUNK_ROWS, None].astype(np.float32)
+        cos = scores[start:start + _EMBED_CHUNK_ROWS, None].astype(np.float32)
         rng = np.random.default_rng([*seed, number])
         image = _random_rows(rng, len(cos), dim)
         if not text:
@@ -192,9 +177,8 @@ def _embedding_chunks(
         yield image
 
 
-def _write_npz(
-    path: Path, seed: tuple[int, ...], scores: dict[str, np.ndarray], dims: dict[str, int]
-) -> None:
+def _write_npz(path: Path, seed: tuple[int, ...], scores: dict[str, np.ndarray],
+               dims: dict[str, int]) -> None:
     """``{prefix}_img`` and ``{prefix}_txt`` per model, streamed (bounded memory)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         for number, (prefix, dim) in enumerate(dims.items()):
@@ -234,12 +218,8 @@ def write_datacomp_metadata(
                 "l14": table.column("clip_l14_similarity_score").to_numpy(),
             }
             del table
-            _write_npz(
-                path.with_suffix(".npz"),
-                (seed, index, 1),
-                scores,
-                {"b32": embed_dim_b32, "l14": embed_dim_l14},
-            )
+            _write_npz(path.with_suffix(".npz"), (seed, index, 1), scores,
+                       {"b32": embed_dim_b32, "l14": embed_dim_l14})
         paths.append(path)
         logger.debug("wrote %s (%d rows)", path.name, rows_per_file)
     return sorted(paths)
