@@ -404,9 +404,7 @@ def export_command(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
     out: Annotated[Path, typer.Option(help="Output folder for webdataset shards.")],
-    shard_size: Annotated[
-        int | None, typer.Option(help="Samples per shard [default: 10000; toy world: 2500].")
-    ] = None,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 10_000,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     as_json: JsonOption = False,
