@@ -51,6 +51,103 @@ def main(
 
 
 @app.command()
+def toyworld(
+    out: Annotated[Path, typer.Option(help="Folder for the generated world.")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives identical files.")] = 0,
+    scale: Annotated[
+        str, typer.Option(help="small (tests: HQ 1.5k, POOL 2.5k) or full (HQ 10k, POOL 25k).")
+    ] = "small",
+    hq: Annotated[int | None, typer.Option(help="HQ pairs (overrides the scale).")] = None,
+    pool: Annotated[int | None, typer.Option(help="POOL samples (overrides the scale).")] = None,
+    eval_per_class: Annotated[
+        int | None, typer.Option(help="EVAL images per class (overrides the scale).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes generating HQ and POOL.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing world.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate the toy web world: HQ shards, a noisy POOL to serve, EVAL, ground truth."""
+    from curate.pool.toyworld import ToyWorldConfig, write_toy_world
+
+    try:
+        sizes = {"hq_size": hq, "pool_size": pool, "eval_per_class": eval_per_class}
+        overrides = {k: v for k, v in sizes.items() if v is not None}
+        config = ToyWorldConfig.for_scale(scale, seed=seed, workers=workers, **overrides)
+        world = write_toy_world(out, config, overwrite=overwrite, progress=progress)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    kinds = ", ".join(f"{k} {v}" for k, v in world.pool_kinds.items())
+    emit(
+        world.to_dict(),
+        as_json,
+        f"toy world in {out}: hq {world.counts['hq']}, pool {world.counts['pool']} ({kinds}), "
+        f"eval {world.counts['eval']} images of {world.to_dict()['classes']} classes",
+    )
+
+
+@app.command()
+def download(
+    urls: Annotated[
+        Path,
+        typer.Argument(
+            help="URL list (parquet, csv, tsv, txt, json, jsonl), or a toy world folder "
+            "(its POOL files are served on 127.0.0.1 and downloaded)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder for the webdataset shards.")],
+    processes: Annotated[int, typer.Option(help="img2dataset processes.")] = 2,
+    threads: Annotated[int, typer.Option(help="Download threads per process.")] = 16,
+    image_size: Annotated[int, typer.Option(help="Resize target (DataComp: 512).")] = 512,
+    resize_mode: Annotated[
+        str, typer.Option(help="no, border, keep_ratio, keep_ratio_largest, center_crop.")
+    ] = "keep_ratio_largest",
+    resize_only_if_bigger: Annotated[
+        bool, typer.Option(help="Only shrink images larger than --image-size (DataComp).")
+    ] = True,
+    url_col: Annotated[str, typer.Option(help="URL column of the list.")] = "url",
+    caption_col: Annotated[str, typer.Option(help="Caption column of the list.")] = "caption",
+    shard_size: Annotated[
+        int | None, typer.Option(help="Samples per shard [default: 10000; toy world: 2500].")
+    ] = None,
+    timeout: Annotated[int, typer.Option(help="Seconds per request.")] = 10,
+    retries: Annotated[int, typer.Option(help="Retries per failed URL.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Download a URL list with img2dataset into webdataset shards that `ingest` reads."""
+    from curate.pool.download import DownloadConfig, download_toy_pool, download_urls
+    from curate.pool.toyworld import WORLD_FILE
+
+    options: dict[str, Any] = dict(
+        processes=processes, threads=threads, image_size=image_size, resize_mode=resize_mode,
+        resize_only_if_bigger=resize_only_if_bigger, timeout=timeout, retries=retries,
+        overwrite=overwrite,
+    )  # fmt: skip
+    if shard_size is not None:
+        options["shard_size"] = shard_size
+    try:
+        if urls.is_dir() and (urls / WORLD_FILE).is_file():
+            summary = download_toy_pool(urls, out, **options)
+        elif urls.is_dir():
+            fail(f"{urls} is a folder but not a toy world (no {WORLD_FILE}); pass a URL list")
+        else:
+            summary = download_urls(
+                DownloadConfig(urls=urls, out=out, url_col=url_col, caption_col=caption_col,
+                               **options)
+            )  # fmt: skip
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items()))
+    emit(
+        summary.to_dict(),
+        as_json,
+        f"downloaded {summary.successes} of {summary.count} samples in {summary.shards} shards "
+        f"into {out} ({statuses})",
+    )
+
+
+@app.command()
 def ingest(
     pool: Annotated[
         Path, typer.Argument(help="img2dataset webdataset output or a DataComp metadata folder.")

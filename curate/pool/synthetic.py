@@ -122,7 +122,9 @@ class SyntheticPool:
 
 
 @dataclass
-class _Sample:
+class ShardSample:
+    """One sample as img2dataset records it: tar members, parquet row and json."""
+
     key: str
     url: str
     caption: str | None
@@ -187,7 +189,7 @@ def write_synthetic_pool(
                 planted[key] = kind
             samples.append(sample)
         shard = f"{shard_id:05d}"
-        _write_shard(root, shard, samples, with_uid_column)
+        write_img2dataset_shard(root, shard, samples, with_uid_column)
         shards.append(shard)
         keys.extend(s.key for s in samples)
     logger.info(
@@ -248,7 +250,7 @@ def _planted_positions(num_shards: int, samples_per_shard: int) -> dict[tuple[in
     return positions
 
 
-def _plant(sample: _Sample, kind: str) -> None:
+def _plant(sample: ShardSample, kind: str) -> None:
     """Turn a good sample into the planted bad sample ``kind``."""
     if kind == "failed_to_download":
         sample.status = "failed_to_download"
@@ -279,7 +281,7 @@ def _plant(sample: _Sample, kind: str) -> None:
         sample.sha256 = hashlib.sha256(sample.image).hexdigest()
 
 
-def _good_sample(rng: np.random.Generator, key: str, size: int, quality: int) -> _Sample:
+def _good_sample(rng: np.random.Generator, key: str, size: int, quality: int) -> ShardSample:
     """Draw one image, describe it, encode it as JPEG."""
     n_colors = len(_COLORS)
     bg = int(rng.integers(n_colors))
@@ -311,7 +313,7 @@ def _good_sample(rng: np.random.Generator, key: str, size: int, quality: int) ->
     # img2dataset resizes to image_size and records the source size; make the source sizes vary.
     original_width = int(size * rng.uniform(1.0, 4.0))
     original_height = int(size * rng.uniform(1.0, 4.0))
-    return _Sample(
+    return ShardSample(
         key=key,
         url=f"{_URL_PREFIX}{key}.jpg",
         caption=caption,
@@ -400,7 +402,7 @@ def _caption(rng: np.random.Generator, parts: list[dict[str, str]], bg: str) -> 
     return caption
 
 
-def _sample_meta(sample: _Sample, with_uid: bool) -> dict[str, Any]:
+def _sample_meta(sample: ShardSample, with_uid: bool) -> dict[str, Any]:
     """The per-sample record, in img2dataset's column order (url, caption, extras, key, ...)."""
     meta: dict[str, Any] = {"url": sample.url, "caption": sample.caption}
     if with_uid:
@@ -442,7 +444,10 @@ def _add_img2dataset_member(tar: tarfile.TarFile, name: str, data: bytes) -> Non
     add_tar_member(tar, name, data, mtime=_MTIME, mode=0o444, owner="bigdata")
 
 
-def _write_shard(root: Path, shard: str, samples: list[_Sample], with_uid: bool) -> None:
+def write_img2dataset_shard(
+    root: Path, shard: str, samples: list[ShardSample], with_uid: bool = False
+) -> None:
+    """Write shard ``shard`` (tar, parquet, stats) as img2dataset's webdataset writer does."""
     metas = [_sample_meta(s, with_uid) for s in samples]
 
     with tarfile.open(root / f"{shard}.tar", "w") as tar:
