@@ -144,6 +144,7 @@ class TrainResult:
 
     out: Path
     record: dict[str, Any] = field(default_factory=dict)
+    model: torch.nn.Module | None = None  # the trained model, in eval mode
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -172,21 +173,20 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def _prepare_out(config: TrainConfig) -> None:
-    """Refuse to clobber: an existing DIR is resumed, replaced (--overwrite) or refused."""
+def _check_out(config: TrainConfig) -> None:
+    """Refuse to clobber, before anything is read or written: an existing DIR is resumed,
+    replaced (``--overwrite``, only if it is a train-dfn output) or refused."""
     out = config.out
     if not out.exists():
         return
     if not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     ours = any((out / name).exists() for name in (TRAIN_FILE, CHECKPOINT_DIR, CONFIG_NAME))
-    if config.overwrite:
-        if any(out.iterdir()) and not ours:
-            raise UserError(f"--out {out} is not a train-dfn output; refusing to delete it")
-        shutil.rmtree(out)
+    if ours or not any(out.iterdir()):
         return
-    if not ours and any(out.iterdir()):
-        raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    if config.overwrite:
+        raise UserError(f"--out {out} is not a train-dfn output; refusing to delete it")
+    raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -254,7 +254,7 @@ class _State:
     loop_seconds: float = 0.0
 
 
-def _clip_step(
+def contrastive_step(
     model: torch.nn.Module,
     loss_fn: LossFn,
     micro: list[tuple],
@@ -420,7 +420,7 @@ def train_clip(
     the run as an interruption would: the last checkpoint stays).
     """
     started = time.time()
-    _prepare_out(config)
+    _check_out(config)
     eval_set = load_eval_set(config.eval_set) if config.eval_set is not None else None
     index = index_data(config.data, config.subset, progress=config.progress)
     if index.skipped:
@@ -432,7 +432,7 @@ def train_clip(
         )
     resolved = _resolve(config, len(index))
     identity = config.identity(resolved)
-    checkpoint = _resume(config, identity, resolved["total_steps"])
+    checkpoint = None if config.overwrite else _resume(config, identity, resolved["total_steps"])
     device = _device(config.device)
     dtype = _autocast_dtype(config.precision, device)
     torch.manual_seed(config.seed)
@@ -461,11 +461,13 @@ def train_clip(
             setattr(state, name, checkpoint[name])
         logger.info("resuming %s at step %d of %d", config.out, state.step, resolved["total_steps"])
     resumed_from = state.step
+    if config.overwrite and config.out.exists():
+        shutil.rmtree(config.out)  # checked by _check_out: a train-dfn output
     config.out.mkdir(parents=True, exist_ok=True)
 
     total = resolved["total_steps"]
     workers = config.workers if config.workers is not None else min(2, os.cpu_count() or 1)
-    checkpoint_every = config.checkpoint_every or max(1, min(1000, total // 10))
+    checkpoint_every = config.checkpoint_every or min(1000, max(50, total // 10))
     val_every = config.val_every or max(1, total // 5)
     loader = _loader(
         train_index, trainable, config, workers, state.step * config.accum, total * config.accum
@@ -475,7 +477,7 @@ def train_clip(
         total=total, initial=state.step, unit="step", desc="train", disable=not config.progress
     )
     model = trainable.model
-    session_start, session_wait, session_steps = time.perf_counter(), 0.0, 0
+    session_start, session_wait, session_loop, session_steps = time.perf_counter(), 0.0, 0.0, 0
     try:
         while state.step < total:
             step_start = time.perf_counter()
@@ -490,7 +492,7 @@ def train_clip(
             lr = cosine_lr(state.step, resolved["lr"], resolved["warmup"], total)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
-            loss = _clip_step(model, loss_fn, micro, device, dtype, scaler) if micro else math.nan
+            loss = contrastive_step(model, loss_fn, micro, device, dtype, scaler) if micro else math.nan
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -504,6 +506,7 @@ def train_clip(
             state.wait_seconds += wait
             state.loop_seconds += step_seconds
             session_wait += wait
+            session_loop += step_seconds
             session_steps += 1
             state.history.append(
                 {
@@ -544,6 +547,7 @@ def train_clip(
             "session_steps": session_steps,
             "session_seconds": session_seconds,
             "session_data_wait_seconds": session_wait,
+            "session_step_seconds": session_loop,
             "wall_seconds": time.time() - started,
             "workers": workers,
             "device": str(device),
@@ -559,7 +563,7 @@ def train_clip(
         state.samples_seen,
         100 * record["throughput"]["data_wait_fraction"],
     )
-    return TrainResult(out=config.out, record=record)
+    return TrainResult(out=config.out, record=record, model=model.eval())
 
 
 def _record(
@@ -575,7 +579,7 @@ def _record(
     losses = [r["loss"] for r in state.history if not math.isnan(r["loss"])]
     window = max(1, min(10, len(losses) // 4))
     session_steps = run["session_steps"]
-    session_seconds = run["session_seconds"]
+    session_seconds = run["session_step_seconds"]  # optimizer steps only, not validation
     hyper = {
         k: v
         for k, v in asdict(config).items()

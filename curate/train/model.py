@@ -89,7 +89,7 @@ def build_model(model: str | None, init: str | None, device: torch.device) -> Tr
             raise ModelError(f"cannot read the config of --init {init}: {exc}") from exc
         if model_cfg is None:
             raise ModelError(f"cannot read the open_clip config of --init {init}")
-        architecture = model or (spec.model if not spec.pretrained else spec.model)
+        architecture = model or spec.model
         if model is not None:
             differences = _config_differences(_architecture_config(model), model_cfg)
             if differences:
