@@ -187,7 +187,8 @@ def index_subset(data: Path, subset: str | None = None, progress: bool = False) 
             builder.skipped[NOT_IN_TAR] += len(wanted[shard])
             continue
         seen = _index_tar(builder, Path(tar), wanted[shard])
-        builder.skipped[NOT_IN_TAR] += len(wanted[shard] - seen)
+        if missing := len(wanted[shard] - seen):
+            builder.skipped[NOT_IN_TAR] += missing
     source = {
         "kind": "subset",
         "path": str(subset_dir.resolve()),

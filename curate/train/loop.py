@@ -492,7 +492,11 @@ def train_clip(
             lr = cosine_lr(state.step, resolved["lr"], resolved["warmup"], total)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
-            loss = contrastive_step(model, loss_fn, micro, device, dtype, scaler) if micro else math.nan
+            loss = (
+                contrastive_step(model, loss_fn, micro, device, dtype, scaler)
+                if micro
+                else math.nan
+            )
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
