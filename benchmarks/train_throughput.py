@@ -60,6 +60,7 @@ def measure(model: str, pool: Path, out: Path, args: argparse.Namespace) -> dict
 
     def on_step(step: int, loss: float) -> None:
         marks[step] = time.perf_counter()
+        print(f"  {model} step {step}/{total} loss {loss:.3f}", file=sys.stderr)
 
     config = TrainConfig(
         data=pool,

@@ -414,6 +414,10 @@ def train_dfn(
         ))
     except USER_ERRORS as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: run the same command again to resume from the last "
+                   f"checkpoint in {out}", err=True)
+        raise typer.Exit(code=130) from None
     emit(result.to_dict(), as_json, _train_text(result))
 
 

@@ -460,7 +460,7 @@ def train_clip(
         ):
             setattr(state, name, checkpoint[name])
         logger.info("resuming %s at step %d of %d", config.out, state.step, resolved["total_steps"])
-    resumed_from = state.step
+    resumed_from = last_saved = state.step
     if config.overwrite and config.out.exists():
         shutil.rmtree(config.out)  # checked by _check_out: a train-dfn output
     config.out.mkdir(parents=True, exist_ok=True)
@@ -530,8 +530,16 @@ def train_clip(
                 save_checkpoint(
                     config.out, _checkpoint_state(state, trainable, optimizer, scaler, identity)
                 )
+                last_saved = state.step
             if on_step is not None:
                 on_step(state.step, loss)
+    except KeyboardInterrupt:
+        logger.warning(
+            "interrupted at step %d; the same command resumes from step %d",
+            state.step,
+            last_saved,
+        )
+        raise
     finally:
         bar.close()
         del batches
