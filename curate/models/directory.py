@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,5 +44,6 @@ def write_model_files(model: torch.nn.Module, model_cfg: dict[str, Any], directo
              model.state_dict().items()}
     with atomic_path(Path(directory) / WEIGHTS_NAME) as tmp:
         safetensors.torch.save_file(state, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are meant to be shared
     with atomic_path(Path(directory) / CONFIG_NAME) as tmp:
         save_config_for_hf(model, tmp, model_config=model_cfg)
