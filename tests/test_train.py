@@ -363,3 +363,53 @@ def test_metrics_and_schedule() -> None:
     assert cosine_lr(12, 1.0, warmup=4, total=20) == pytest.approx(0.5)
     assert cosine_lr(20, 1.0, warmup=4, total=20) == pytest.approx(0.0)
     assert checkpoint_path(Path("d")) == Path("d/checkpoints/last.pt")
+
+
+def test_run_length_from_steps_epochs_or_samples(tmp_path: Path) -> None:
+    from curate.train.loop import _resolve
+
+    def resolve(**kw) -> dict:
+        return _resolve(TrainConfig(data=tmp_path, out=tmp_path / "o", batch_size=32, **kw), 320)
+
+    assert resolve(epochs=2, holdout=40)["total_steps"] == 2 * (280 // 32)
+    assert resolve(holdout=40)["total_steps"] == 280 // 32  # one epoch by default
+    assert resolve(samples=100, accum=2)["total_steps"] == 1  # 64 pairs per step
+    defaults = resolve(steps=50)
+    assert (defaults["holdout"], defaults["warmup"], defaults["lr"]) == (32, 5, 5e-4)
+    assert resolve(steps=50, init="x:y")["lr"] == 1e-5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's error")
+def test_cuda_without_a_gpu_is_a_clear_error(shapes_pool: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "train-dfn",
+            str(shapes_pool),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            TINY,
+            "--device",
+            "cuda",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 2 and "no CUDA device is visible" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_quick_gelu_of_the_init_is_recorded_in_the_output(
+    shapes_pool: Path, tmp_path: Path
+) -> None:
+    from curate.models.directory import save_model_directory
+
+    init = load_model(ModelSpec(TINY, random_init=True, quick_gelu=True))
+    config = {**open_clip.get_model_config(TINY), "quick_gelu": True}
+    save_model_directory(init.model, config, tmp_path / "init")
+    result = train_clip(
+        _config(shapes_pool, tmp_path / "ft", init=str(tmp_path / "init"), steps=1, batch_size=8)
+    )
+    saved = json.loads((result.out / "open_clip_config.json").read_text())
+    assert saved["model_cfg"]["quick_gelu"] is True and result.record["model"]["quick_gelu"]
+    assert load_model(ModelSpec(str(result.out))).quick_gelu is True
