@@ -38,6 +38,31 @@ NOT_IN_TAR = "not_in_tar"
 SHARD_UNREADABLE = "shard_unreadable"
 
 
+class StringColumn:
+    """Strings packed into one UTF-8 buffer with offsets. No per-string Python objects, so
+    forked DataLoader workers share these pages instead of copying them on refcount writes."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray) -> None:
+        self.data = data
+        self.offsets = offsets
+
+    @classmethod
+    def from_strings(cls, strings: Sequence[str]) -> StringColumn:
+        encoded = [s.encode("utf-8") for s in strings]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+    def take(self, positions: np.ndarray) -> StringColumn:
+        return StringColumn.from_strings([self[i] for i in positions.tolist()])
+
+
 @dataclass
 class PairIndex:
     """Usable (image, caption) pairs, and how many samples were skipped and why."""
@@ -46,8 +71,8 @@ class PairIndex:
     tar_ids: np.ndarray  # int32 index into tars
     offsets: np.ndarray  # int64 byte offset of the image member's data
     sizes: np.ndarray  # int64 byte size of the image member
-    captions: list[str]
-    keys: list[str]
+    captions: StringColumn
+    keys: StringColumn
     skipped: Counter[str] = field(default_factory=Counter)
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -62,8 +87,8 @@ class PairIndex:
             tar_ids=self.tar_ids[pos],
             offsets=self.offsets[pos],
             sizes=self.sizes[pos],
-            captions=[self.captions[i] for i in pos.tolist()],
-            keys=[self.keys[i] for i in pos.tolist()],
+            captions=self.captions.take(pos),
+            keys=self.keys.take(pos),
             source=self.source,
         )
 
@@ -104,8 +129,8 @@ class _Builder:
             tar_ids=np.asarray(self.tar_ids, dtype=np.int32),
             offsets=np.asarray(self.offsets, dtype=np.int64),
             sizes=np.asarray(self.sizes, dtype=np.int64),
-            captions=self.captions,
-            keys=self.keys,
+            captions=StringColumn.from_strings(self.captions),
+            keys=StringColumn.from_strings(self.keys),
             skipped=self.skipped,
             source=source,
         )
