@@ -476,6 +476,95 @@ def report_command(
          f"report -> {summary.out} ({summary.images} images, {summary.bytes / 1e6:.1f} MB)")
 
 
+def _train_text(result: Any) -> str:
+    record = result.record
+    metrics = result.metrics
+    lines = [f"trained {record['model']['architecture']} for {record['steps']} steps "
+             f"({record['samples_seen']} samples seen) -> {result.out}"]
+    if metrics.get("loss_first") is not None:
+        lines.append(f"  loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}")
+    if "image_to_text_r1" in metrics:
+        lines.append(f"  held-out recall@1 ({metrics['heldout_pairs']} pairs, chance "
+                     f"{metrics['recall_chance']:.4f}): image->text "
+                     f"{metrics['image_to_text_r1']:.4f}, text->image "
+                     f"{metrics['text_to_image_r1']:.4f}")
+    if "zero_shot_top1" in metrics:
+        lines.append(f"  zero-shot top-1 on {metrics['eval_set']}: {metrics['zero_shot_top1']:.4f}"
+                     f" (chance {metrics['zero_shot_chance']:.4f})")
+    throughput = record["throughput"]
+    if throughput["steps_per_second"]:
+        lines.append(f"  {throughput['steps_per_second']:.2f} steps/s, "
+                     f"{throughput['samples_per_second']:.1f} samples/s, waiting on data "
+                     f"{100 * throughput['data_wait_fraction']:.1f}% of the time")
+    skipped = record["data"]["skipped"]
+    if skipped:
+        lines.append("  skipped samples: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    lines.append(f"  score with: filter-pool score RUN --model {result.out}")
+    return "\n".join(lines)
+
+
+@app.command("train-dfn")
+def train_dfn(
+    data: Annotated[Path, typer.Argument(
+        help="webdataset shards (img2dataset layout), a run subset folder RUN/subsets/NAME, "
+             "or a run with --subset.")],
+    out: Annotated[Path, typer.Option(help="Output model directory (resumed when it holds "
+                                           "a checkpoint of the same configuration).")],
+    subset: Annotated[str | None, typer.Option(help="Subset name when DATA is a run.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="open_clip config to train (default ViT-B-32, or the --init architecture).")] = None,
+    init: Annotated[str | None, typer.Option(
+        help="Fine-tune from ARCH:TAG, ARCH:/path/ckpt.pt, hf-hub:org/name or a model DIR.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data (default 1).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Samples seen in total.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Pairs per micro-batch.")] = 64,
+    accum: Annotated[int, typer.Option(
+        help="Micro-batches per step (effective batch = batch size x accum).")] = 1,
+    lr: Annotated[float | None, typer.Option(
+        help="Peak learning rate (default 5e-4 from scratch, 1e-5 with --init).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warmup steps (default 10%).")] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.2,
+    holdout: Annotated[int | None, typer.Option(
+        help="Held-out pairs for recall@1 (default 10%, at most 1000).")] = None,
+    eval_set: Annotated[Path | None, typer.Option(
+        "--eval", help="Zero-shot eval set folder (see data/README.md).")] = None,
+    val_every: Annotated[int | None, typer.Option(help="Validate every N steps.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(
+        help="Save the resume checkpoint every N steps.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Data-loading worker processes (default min(2, cores)).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto, fp32, bf16 or fp16 (mixed precision on CUDA only).")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of init, data order and augmentation.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a filter network (CLIP, contrastive) on high-quality pairs, from scratch or
+    fine-tuned; `filter-pool score --model DIR` loads the result."""
+    from curate.train import TrainConfig, train_clip
+
+    try:
+        result = train_clip(TrainConfig(
+            data=data, out=out, subset=subset, model=model, init=init, steps=steps,
+            epochs=epochs, samples=samples, batch_size=batch_size, accum=accum, lr=lr,
+            warmup=warmup, weight_decay=weight_decay, holdout=holdout, eval_set=eval_set,
+            val_every=val_every, checkpoint_every=checkpoint_every, workers=workers,
+            device=device, precision=precision, seed=seed, overwrite=overwrite,
+            progress=progress,
+        ))
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: run the same command again to resume from the last "
+                   f"checkpoint in {out}", err=True)
+        raise typer.Exit(code=130) from None
+    emit(result.to_dict(), as_json, _train_text(result))
+
+
 @app.command()
 def models(as_json: JsonOption = False) -> None:
     """List the packaged tiny configs and open_clip's architectures and pretrained tags."""

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from open_clip.push_to_hf_hub import save_config_for_hf
 
 from curate.errors import UserError
-from curate.workspace import staged_directory
+from curate.workspace import atomic_path, staged_directory
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -32,8 +33,17 @@ def save_model_directory(
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass overwrite to replace it")
     with staged_directory(out) as staging:
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in
-                 model.state_dict().items()}
-        safetensors.torch.save_file(state, str(staging / WEIGHTS_NAME))
-        save_config_for_hf(model, staging / CONFIG_NAME, model_config=model_cfg)
+        write_model_files(model, model_cfg, staging)
     return out
+
+
+def write_model_files(model: torch.nn.Module, model_cfg: dict[str, Any], directory: Path) -> None:
+    """Write the config and weights into an existing ``directory``, each file atomically
+    (``train-dfn`` writes them beside its checkpoints and ``train.json``)."""
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in
+             model.state_dict().items()}
+    with atomic_path(Path(directory) / WEIGHTS_NAME) as tmp:
+        safetensors.torch.save_file(state, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are meant to be shared
+    with atomic_path(Path(directory) / CONFIG_NAME) as tmp:
+        save_config_for_hf(model, tmp, model_config=model_cfg)

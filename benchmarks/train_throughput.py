@@ -1,0 +1,141 @@
+"""Training throughput of `filter-pool train-dfn`: steps/s, samples/s and data-wait fraction.
+
+Builds (or reuses) a clean shapes pool (``curate.pool.shapes``, JPEGs of ``--image-size`` px,
+captions like "a red circle") under the work directory, then trains each model from random
+init with ``curate.train.train_clip`` (the code behind ``train-dfn``) for ``--warmup-steps``
+unmeasured steps plus ``--steps`` measured ones. Per model it prints
+
+* steps/s and samples/s over the measured steps (optimizer steps only: forward, backward,
+  AdamW, including the time blocked on the DataLoader);
+* the data-wait fraction: time blocked in ``next()`` on the DataLoader over the measured
+  step time (target under 10%), with the number of DataLoader worker processes.
+
+Usage::
+
+    .venv/bin/python benchmarks/train_throughput.py [--models fp-tiny-vit,ViT-S-32]
+        [--batch-size 64] [--steps 20] [--warmup-steps 5] [--workers N] [--json]
+
+Progress goes to stderr; the figures go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from curate.pool.shapes import write_shapes_pool
+from curate.train import TrainConfig, train_clip
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WORK = REPO / "benchmarks" / "_work" / "train_throughput"
+
+
+def _pool(work: Path, samples: int, image_size: int) -> Path:
+    root = work / f"shapes-{samples}-{image_size}px"
+    if not (root / "_complete").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        per_shard = min(1000, samples)
+        write_shapes_pool(
+            root,
+            num_shards=-(-samples // per_shard),
+            samples_per_shard=per_shard,
+            image_size=image_size,
+        )
+        (root / "_complete").write_text("")
+    return root
+
+
+def measure(model: str, pool: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``model`` briefly and report the measured steps only."""
+    total = args.warmup_steps + args.steps
+    marks: dict[int, float] = {}
+
+    def on_step(step: int, loss: float) -> None:
+        marks[step] = time.perf_counter()
+        print(f"  {model} step {step}/{total} loss {loss:.3f}", file=sys.stderr)
+
+    config = TrainConfig(
+        data=pool,
+        out=out,
+        model=model,
+        steps=total,
+        batch_size=args.batch_size,
+        holdout=0,
+        warmup=0,
+        lr=5e-4,
+        workers=args.workers,
+        checkpoint_every=10 * total,
+        val_every=10 * total,
+        device=args.device,
+        overwrite=True,
+        progress=False,
+    )
+    result = train_clip(config, on_step=on_step)
+    with open(out / "loss_curve.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(r["step"]) > args.warmup_steps]
+    step_seconds = sum(float(r["step_seconds"]) for r in rows)
+    wait_seconds = sum(float(r["data_wait_seconds"]) for r in rows)
+    span = marks[total] - marks[args.warmup_steps] if args.warmup_steps else step_seconds
+    losses = [float(r["loss"]) for r in rows]
+    return {
+        "model": model,
+        "parameters": result.record["model"]["parameters"],
+        "batch_size": args.batch_size,
+        "measured_steps": len(rows),
+        "steps_per_second": len(rows) / span,
+        "samples_per_second": len(rows) * args.batch_size / span,
+        "data_wait_fraction": wait_seconds / step_seconds,
+        "workers": result.record["run"]["workers"],
+        "device": result.record["run"]["device"],
+        "torch_threads": torch.get_num_threads(),
+        "loss_first_measured": losses[0],
+        "loss_last": losses[-1],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fp-tiny-vit,ViT-S-32")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"pool: {args.samples} pairs at {args.image_size} px under {args.work}", file=sys.stderr)
+    pool = _pool(args.work, args.samples, args.image_size)
+    results = []
+    for model in args.models.split(","):
+        print(f"training {model} for {args.warmup_steps}+{args.steps} steps", file=sys.stderr)
+        results.append(measure(model, pool, args.work / f"out-{model}", args))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"{'model':<14} {'params':>10} {'batch':>6} {'steps/s':>8} {'samples/s':>10} "
+        f"{'data wait':>10} {'workers':>8} {'device':>7}"
+    )
+    for r in results:
+        print(
+            f"{r['model']:<14} {r['parameters']:>10,} {r['batch_size']:>6} "
+            f"{r['steps_per_second']:>8.3f} {r['samples_per_second']:>10.1f} "
+            f"{100 * r['data_wait_fraction']:>9.1f}% {r['workers']:>8} {r['device']:>7}"
+        )
+
+
+if __name__ == "__main__":
+    main()
