@@ -565,6 +565,55 @@ def train_dfn(
     emit(result.to_dict(), as_json, _train_text(result))
 
 
+def _evaluation_text(evaluation: Any) -> str:
+    lines = [f"subset {evaluation.subset}: {evaluation.settings['model']} trained on "
+             f"{evaluation.settings['samples_seen']} samples seen per seed"]
+    for run in evaluation.runs:
+        lines.append(f"  seed {run['seed']}: zero-shot top-1 {run['zero_shot_top1']:.4f}, "
+                     f"recall@1 i->t {run['image_to_text_r1']:.4f} t->i "
+                     f"{run['text_to_image_r1']:.4f} ({run['subset_pairs']} pairs, "
+                     f"{run['epochs_seen']:.1f} epochs)")
+    top1 = evaluation.summary().get("zero_shot_top1")
+    if top1:
+        lines.append(f"  zero-shot top-1 mean {top1['mean']:.4f} (std {top1['std']:.4f}, "
+                     f"min {top1['min']:.4f}, max {top1['max']:.4f})")
+    return "\n".join(lines)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
+    eval_set: Annotated[Path, typer.Option(
+        "--eval", help="Zero-shot eval set folder (see data/README.md).")],
+    samples_seen: Annotated[int, typer.Option(
+        help="Training budget in samples seen, the same whatever the subset size.")] = 20_000,
+    seed: Annotated[list[int] | None, typer.Option(
+        help="Seed of one training run; repeat for several (default 0).")] = None,
+    model: Annotated[str, typer.Option(help="Student open_clip config.")] = "fp-tiny-rn",
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 64,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading processes.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Retrain finished seeds.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a fresh small CLIP on the subset (fixed samples seen) and report zero-shot top-1
+    on EVAL and held-out recall@1; results go to RUN/subsets/NAME/evaluation.json."""
+    from curate.evaluate import EvaluateConfig, evaluate_subset
+
+    try:
+        evaluation = evaluate_subset(EvaluateConfig(
+            run=run, subset=subset, eval_set=eval_set, samples_seen=samples_seen,
+            seeds=tuple(seed or (0,)), model=model, batch_size=batch_size, lr=lr,
+            workers=workers, device=device, overwrite=overwrite, progress=progress,
+        ))
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    emit(evaluation.to_dict(), as_json, _evaluation_text(evaluation))
+
+
 @app.command()
 def models(as_json: JsonOption = False) -> None:
     """List the packaged tiny configs and open_clip's architectures and pretrained tags."""
