@@ -635,23 +635,25 @@ def models(as_json: JsonOption = False) -> None:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the generated pool and run.")] = Path(
+    out: Annotated[Path, typer.Option(help="Folder for the world, pool, run and results.")] = Path(
         "demo-run"
     ),
-    samples: Annotated[int, typer.Option(help="Samples in the generated pool.")] = 600,
-    workers: Annotated[int, typer.Option(help="Dask workers (0 runs in-process).")] = 1,
+    scale: Annotated[str, typer.Option(help="small (CI, ~3 min) or full (~15 min).")] = "full",
+    workers: Annotated[int, typer.Option(help="Dask workers for scoring (0: in-process).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the world and of the filters.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Generate a small web-like pool, ingest it and score it end to end."""
+    """The whole flow on a generated toy web world: download, ingest, train a DFN, score, select,
+    export, and compare subsets by training a small CLIP on each."""
     from curate.demo import DemoConfig, run_demo
 
     try:
-        result = run_demo(DemoConfig(out=out, samples=samples, workers=workers))
+        result = run_demo(DemoConfig(out=out, scale=scale, workers=workers, seed=seed,
+                                     progress=progress))
     except USER_ERRORS as exc:
         fail(str(exc))
     emit(result.to_dict(), as_json, result.text())
-    if result.score.failed_shards:
-        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

@@ -1,117 +1,334 @@
-"""The quick-start job: generate a small web-like pool, ingest it and score it.
+"""The quick-start job: does a DFN pick a better training set than the baselines?
 
-Until train-dfn exists, the filter network is the packaged ``fp-tiny-vit`` config at random
-weights (named ``tiny_random`` so no one mistakes its scores for a trained filter's). The job
-shows the whole pool-to-score-table path: img2dataset layout, Dask scoring, statuses for the
-planted bad samples, resumable Parquet outputs, and a DuckDB query over them.
+On a generated toy web world (``curate.pool.toyworld``) the demo runs the whole product:
+generate the world, serve its POOL on 127.0.0.1 and download it with img2dataset, ingest,
+train a DFN on the clean HQ split and a "web CLIP" on the raw POOL, score the POOL with
+both, sweep, select the subsets below, export the DFN subset as hand-off shards, and then
+measure each subset the DataComp way: a fresh small CLIP per seed trained for the same
+number of samples seen, zero-shot top-1 on the EVAL split.
+
+Subsets: ``no_filter`` (every downloaded sample), ``random`` (same size as DFN 30%),
+``basic`` (DataComp's basic filter, the size rule scaled to the toy images), ``web_clip_30``
+(top 30% by the web CLIP), ``dfn_30`` and ``dfn_15``. Only this module reads the world's
+hidden labels, to report each subset's precision; no filter or scorer sees them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
+import statistics
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import polars as pl
 
 from curate.errors import UserError
+from curate.evaluate import EvaluateConfig, evaluate_subset
 from curate.executor import ExecutorConfig
+from curate.export import ExportConfig, export_subset
+from curate.filters import parse_filter_spec
 from curate.models import ModelSpec
-from curate.pool.ingest import IngestConfig, IngestSummary, ingest_pool
-from curate.pool.synthetic import write_synthetic_pool
-from curate.scoring.stage import ScoreConfig, ScoreSummary, score_run
-from curate.workspace import RunPaths
+from curate.pool.download import download_toy_pool
+from curate.pool.ingest import IngestConfig, ingest_pool
+from curate.pool.toyworld import POOL_LABELS, ToyWorldConfig, write_toy_world
+from curate.scoring.stage import ScoreConfig, score_run
+from curate.select import SelectConfig, select_subset
+from curate.sweep import SweepConfig, sweep
+from curate.train import TrainConfig, train_clip
+from curate.train.report import TRAIN_FILE
+from curate.workspace import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_PER_SHARD = 200
-DEMO_SCORER = "tiny_random"
+RESULTS_FILE = "demo_results.json"
+FILTER_MODEL = "fp-tiny-rn"
+BASIC_MIN_SIDE = 64  # the toy world's clean images are 64-160 px; DataComp's rule says 200
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    """Sizes and training budgets of one demo scale."""
+
+    world: str
+    filter_samples: int
+    student_samples: int
+    seeds: tuple[int, ...]
+    batch_size: int
+    filter_batch_size: int
+    loader_workers: int
+
+
+SCALES = {
+    # CI: every artifact, tiny budgets (the comparison is not meaningful at this size)
+    "small": DemoScale(
+        "small",
+        filter_samples=3_000,
+        student_samples=1_500,
+        seeds=(0, 1, 2),
+        batch_size=64,
+        filter_batch_size=64,
+        loader_workers=0,
+    ),
+    # the README's main job: within 15 minutes on a 2-core CPU
+    "full": DemoScale(
+        "full",
+        filter_samples=40_000,
+        student_samples=12_000,
+        seeds=(0, 1, 2),
+        batch_size=128,
+        filter_batch_size=128,
+        loader_workers=1,
+    ),
+}
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Where the demo writes, and how big a pool it generates."""
+    """Where the demo writes and at which scale."""
 
     out: Path
-    samples: int = 600
-    workers: int = 1
+    scale: str = "full"
     seed: int = 0
+    workers: int = 1
+    progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-        if self.samples < 8:
-            raise UserError(f"--samples must be at least 8, got {self.samples}")
+        if self.scale not in SCALES:
+            raise UserError(f"--scale must be one of {', '.join(SCALES)}, got '{self.scale}'")
+
+    @property
+    def settings(self) -> DemoScale:
+        return SCALES[self.scale]
 
 
 @dataclass
 class DemoResult:
-    """What the demo produced."""
+    """The comparison table and where everything is."""
 
-    pool: Path
-    run: Path
-    ingest: IngestSummary
-    score: ScoreSummary
-    top: list[dict[str, Any]]
+    out: Path
+    subsets: list[dict[str, Any]]
+    filters: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "pool": str(self.pool),
-            "run": str(self.run),
-            "ingest": self.ingest.to_dict(),
-            "score": self.score.to_dict(),
-            "top": self.top,
+            "out": str(self.out),
+            "subsets": self.subsets,
+            "filters": self.filters,
+            "timings": self.timings,
+            "report": str(self.report) if self.report else None,
         }
 
     def text(self) -> str:
-        lines = [
-            f"pool: {self.pool} ({self.ingest.samples} samples, {self.ingest.shards} shards)",
-            f"run:  {self.run}",
-            f"score '{self.score.name}': ok {self.score.stats.ok}, failed "
-            f"{self.score.stats.failed} "
-            + str(dict(sorted(self.score.stats.by_status.items()))),
-            f"  {self.score.samples_per_second:.1f} samples/s",
-            "highest scores (random-weight filter until train-dfn lands):",
-        ]
-        lines += [f"  {row['score']:+.4f}  {row['text']}" for row in self.top]
+        header = (f"{'subset':<12} {'size':>7} {'precision':>9} {'top-1 mean':>10} "
+                  f"{'spread':>8}  per seed")
+        lines = [header, "-" * len(header)]
+        for s in self.subsets:
+            seeds = " ".join(f"{v:.3f}" for v in s["top1"])
+            lines.append(
+                f"{s['name']:<12} {s['size']:>7} {s['precision']:>9.3f} "
+                f"{s['top1_mean']:>10.4f} {s['top1_spread']:>8.4f}  {seeds}"
+            )
+        lines.append(f"results: {self.out / RESULTS_FILE}")
+        if self.report:
+            lines.append(f"report:  {self.report}")
         return "\n".join(lines)
 
 
-def _top_samples(run: Path, limit: int = 5) -> list[dict[str, Any]]:
-    paths = RunPaths(run)
-    query = f"""
-        SELECT p.uid, p.text, s.{DEMO_SCORER}_score AS score
-        FROM read_parquet(?) p JOIN read_parquet(?) s USING (uid)
-        WHERE s.status = 'ok' ORDER BY score DESC LIMIT {int(limit)}
-    """
-    pool_glob = str(paths.pool_dir / "part-*.parquet")
-    score_glob = str(paths.scores_dir(DEMO_SCORER) / "part-*.parquet")
-    rows = duckdb.connect().execute(query, [pool_glob, score_glob]).fetchall()
-    return [{"uid": uid, "text": text, "score": float(score)} for uid, text, score in rows]
+class _Clock:
+    """Wall seconds per demo stage."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._start, 1)
+        logger.info("demo: %s took %.1f s", stage, now - self._start)
+        self._start = now
+
+
+def _train_filter(data: Path, out: Path, config: DemoConfig, eval_set: Path) -> dict[str, Any]:
+    """Train (or reuse) a filter network; return its train.json record."""
+    if (out / TRAIN_FILE).is_file():
+        import json
+
+        return json.loads((out / TRAIN_FILE).read_text())
+    scale = config.settings
+    result = train_clip(
+        TrainConfig(
+            data=data,
+            out=out,
+            model=FILTER_MODEL,
+            samples=scale.filter_samples,
+            batch_size=scale.filter_batch_size,
+            lr=2e-3,
+            eval_set=eval_set,
+            workers=scale.loader_workers,
+            seed=config.seed,
+            progress=config.progress,
+        )
+    )
+    return result.record
+
+
+def _subset_requests(run: Path, dfn30_size: int) -> dict[str, SelectConfig]:
+    """The compared subsets (all but random depend only on filters and scores)."""
+    ok = "status = 'success'"
+    random_where = (
+        f"sample_id IN (SELECT sample_id FROM samples WHERE {ok} "
+        f"ORDER BY hash(uid || 'random-subset') LIMIT {dfn30_size})"
+    )
+    basic = parse_filter_spec(f"basic:min_side={BASIC_MIN_SIDE}")
+    return {
+        "no_filter": SelectConfig(run=run, name="no_filter", where=ok, overwrite=True),
+        "random": SelectConfig(run=run, name="random", where=random_where, overwrite=True),
+        "basic": SelectConfig(run=run, name="basic", filters=(basic,), where=ok, overwrite=True),
+        "web_clip_30": SelectConfig(
+            run=run, name="web_clip_30", by="web_clip", fraction=0.3, overwrite=True
+        ),
+        "dfn_30": SelectConfig(run=run, name="dfn_30", by="dfn", fraction=0.3, overwrite=True),
+        "dfn_15": SelectConfig(run=run, name="dfn_15", by="dfn", fraction=0.15, overwrite=True),
+    }
+
+
+def _label_mix(run: Path, labels: Path, subset: str) -> dict[str, int]:
+    """Hidden ground truth of a subset's samples: count per label (clean or noise kind)."""
+    manifest = pl.read_parquet(run / "subsets" / subset / "manifest.parquet", columns=["uid"])
+    truth = pl.read_parquet(labels, columns=["uid", "label"])
+    joined = manifest.join(truth, on="uid", how="left").with_columns(
+        pl.col("label").fill_null("unlabelled")
+    )
+    return dict(joined.group_by("label").len().sort("label").iter_rows())
+
+
+def _evaluate_all(
+    config: DemoConfig, run: Path, eval_set: Path, names: list[str]
+) -> dict[str, Any]:
+    scale = config.settings
+    results = {}
+    for name in names:
+        evaluation = evaluate_subset(
+            EvaluateConfig(
+                run=run,
+                subset=name,
+                eval_set=eval_set,
+                samples_seen=scale.student_samples,
+                seeds=scale.seeds,
+                model=FILTER_MODEL,
+                batch_size=scale.batch_size,
+                lr=2e-3,
+                workers=scale.loader_workers,
+                progress=config.progress,
+            )
+        )
+        results[name] = evaluation
+    return results
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
-    """Generate (or reuse) the pool, ingest it, score it, and report."""
-    pool_dir = config.out / "pool"
-    run_dir = config.out / "run"
-    num_shards = max(1, math.ceil(config.samples / SAMPLES_PER_SHARD))
-    if not any(pool_dir.glob("*.tar")):
-        write_synthetic_pool(
-            pool_dir,
-            num_shards=num_shards,
-            samples_per_shard=math.ceil(config.samples / num_shards),
-            image_size=256,
-            seed=config.seed,
+    """Run the whole flow (each stage reuses what an earlier run finished) and compare."""
+    from curate.demo_report import write_demo_report
+
+    out, scale = config.out, config.settings
+    clock = _Clock()
+    world_dir, pool_dir, run = out / "world", out / "pool", out / "run"
+    if not (world_dir / "world.json").is_file():
+        write_toy_world(
+            world_dir,
+            ToyWorldConfig.for_scale(scale.world, seed=config.seed, workers=2),
+            progress=config.progress,
         )
-    ingested = ingest_pool(IngestConfig(pool=pool_dir, run=run_dir))
-    scored = score_run(
-        ScoreConfig(
-            run=run_dir,
-            model=ModelSpec("fp-tiny-vit", random_init=True),
-            name=DEMO_SCORER,
-            executor=ExecutorConfig(workers=config.workers),
-            save_embeddings=True,
+    clock.lap("generate world")
+    if not any(pool_dir.glob("*.tar")):
+        download_toy_pool(world_dir, pool_dir, processes=2, threads=8, overwrite=True)
+    clock.lap("serve and download pool")
+    ingest_pool(IngestConfig(pool=pool_dir, run=run))
+    clock.lap("ingest")
+    eval_set = world_dir / "eval"
+    filters = {
+        "dfn": _train_filter(world_dir / "hq", out / "filters" / "dfn", config, eval_set),
+        "web_clip": _train_filter(pool_dir, out / "filters" / "web_clip", config, eval_set),
+    }
+    clock.lap("train filters")
+    for name in filters:
+        score_run(
+            ScoreConfig(
+                run=run,
+                model=ModelSpec(str(out / "filters" / name)),
+                name=name,
+                executor=ExecutorConfig(workers=config.workers),
+                progress=config.progress,
+            )
+        )
+    clock.lap("score pool")
+    sweep(SweepConfig(run=run, by="dfn", fractions=(0.1, 0.15, 0.2, 0.3, 0.5), overwrite=True))
+    dfn30 = select_subset(_subset_requests(run, 0)["dfn_30"])
+    requests = _subset_requests(run, dfn30.kept)
+    selected = {name: select_subset(request) for name, request in requests.items()}
+    clock.lap("sweep and select")
+    export_subset(
+        ExportConfig(
+            run=run,
+            subset="dfn_30",
+            out=out / "handoff_dfn_30",
+            overwrite=True,
+            progress=config.progress,
         )
     )
-    return DemoResult(pool_dir, run_dir, ingested, scored, _top_samples(run_dir))
+    clock.lap("export")
+    evaluations = _evaluate_all(config, run, eval_set, list(requests))
+    clock.lap("evaluate subsets")
+    rows = []
+    for name, summary in selected.items():
+        mix = _label_mix(run, world_dir / POOL_LABELS, name)
+        top1 = [r["zero_shot_top1"] for r in evaluations[name].runs]
+        rows.append(
+            {
+                "name": name,
+                "size": summary.kept,
+                "precision": mix.get("clean", 0) / max(1, summary.kept),
+                "label_mix": mix,
+                "top1": top1,
+                "top1_mean": statistics.fmean(top1),
+                "top1_spread": max(top1) - min(top1),
+                "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                "recall_i2t": [r["image_to_text_r1"] for r in evaluations[name].runs],
+                "seeds": list(scale.seeds),
+            }
+        )
+    filter_summary = {
+        name: {
+            "train_dir": str(out / "filters" / name),
+            "metrics": record.get("final_metrics", {}),
+            "samples_seen": record.get("samples_seen"),
+        }
+        for name, record in filters.items()
+    }
+    result = DemoResult(out, rows, filter_summary, clock.timings)
+    payload = {
+        "scale": config.scale,
+        "settings": {
+            "world": scale.world,
+            "filter_model": FILTER_MODEL,
+            "filter_samples": scale.filter_samples,
+            "student_samples": scale.student_samples,
+            "seeds": list(scale.seeds),
+            "basic": f"basic:min_side={BASIC_MIN_SIDE}",
+            "eval_set": str(eval_set),
+        },
+        **result.to_dict(),
+    }
+    write_json_atomic(out / RESULTS_FILE, payload)
+    result.report = write_demo_report(out, payload)
+    clock.lap("report")
+    result.timings = clock.timings
+    write_json_atomic(
+        out / RESULTS_FILE, {**payload, "timings": clock.timings, "report": str(result.report)}
+    )
+    return result
