@@ -535,3 +535,23 @@ def test_reader_returns_the_stored_rows_of_its_choices(
     assert seen == set(range(K))
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["teacher_image"].shape == (4, 192)
+
+
+def test_sampling_follows_torchvision_draw_for_draw() -> None:
+    """Same seed, same stream: our generator-driven draws equal torchvision's own on the
+    global generator, for the crop box and for RandAugment's ops applied to the pixels."""
+    from curate.reinforce.augment import apply_params, sample_crop, sample_rand_augment
+
+    image = Image.open(io.BytesIO(_jpeg(np.random.default_rng(5), 80, 60))).convert("RGB")
+    config = AugmentConfig(image_size=40)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        box = T.RandomResizedCrop.get_params(image, list(config.scale), list(config.ratio))
+        mine = sample_crop(image.width, image.height, config, torch.Generator().manual_seed(seed))
+        assert list(box) == mine
+        crop = apply_params(image, {"random_resized_crop": mine}, config)
+        torch.manual_seed(seed)
+        theirs = T.RandAugment(num_ops=2, magnitude=9)(crop)
+        ops = sample_rand_augment(config, torch.Generator().manual_seed(seed))
+        ours = apply_params(image, {"random_resized_crop": mine, "rand_augment": ops}, config)
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs)), (seed, ops)

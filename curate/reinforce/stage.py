@@ -26,7 +26,6 @@ import curate
 from curate.errors import UserError
 from curate.executor import ExecutorConfig, TaskFailure, current_worker_slot, make_executor
 from curate.models import ModelError, ModelSpec
-from curate.models.spec import check_weights
 from curate.pool.shards import find_shards
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig
@@ -160,16 +159,15 @@ class ReinforceSummary:
 
 
 def _describe_models(config: ReinforceConfig) -> tuple[list[dict], dict | None]:
-    """Load each model once here (CPU) to check it and record dims, sizes and normalisation."""
+    """Load each model once here (CPU, strictly) to check it and record its dims, image size and
+    normalisation before any worker starts or any output is written."""
     teachers = []
     for spec in config.teachers:
-        check_weights(spec)
         teacher = Teacher.load(spec, "cpu")
         teachers.append(teacher.describe())
         del teacher
     captioner = None
     if config.captioner is not None:
-        check_weights(config.captioner)
         captioner = Captioner.load(config.captioner, config.sampling, "cpu").describe()
     return teachers, captioner
 
