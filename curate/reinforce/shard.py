@@ -70,13 +70,12 @@ class _Prepared:
 
 def _prepare(sample: TarSample, task: ReinforceTask) -> _Prepared:
     """Decode and augment one sample; SampleError when it cannot be used."""
-    image_member = sample.image()
-    if image_member is None:
-        raise SampleError(MISSING_IMAGE, "no image member")
+    if "jpg" not in sample.members:  # hand-off shards carry RGB JPEGs, passed through as is
+        raise SampleError(MISSING_IMAGE, "no .jpg member")
     caption = sample.caption()
     if caption is None or not caption.strip():
         raise SampleError(MISSING_CAPTION, "no caption (.txt empty or absent)")
-    image = decode_image(image_member[1], task.max_image_pixels).convert("RGB")
+    image = decode_image(sample.members["jpg"], task.max_image_pixels).convert("RGB")
     views, params = augment(image, task.augmentations, task.augment, sample.key)
     return _Prepared(sample, image, caption, views, params)
 
