@@ -506,7 +506,7 @@ def test_reader_returns_the_stored_rows_of_its_choices(
 ) -> None:
     tokenizer = load_model(parse_model_spec(specs["vit"])).tokenizer
     dataset = ReinforcedDataset(reinforced, tokenizer, seed=1)
-    assert len(dataset) == SHARDS * PER_SHARD - 1
+    assert len(dataset) == SHARDS * PER_SHARD - 1 and dataset.teacher_dims == [64, 128]
     config = json.loads((reinforced / "config.json").read_text())
     aug = AugmentConfig.from_dict(config["augmentation"])
     samples = {uid: m for tar in reinforced.glob("*.tar") for uid, m in read_samples(tar).items()}

@@ -83,6 +83,11 @@ class ReinforcedDataset(Dataset):
             raise UserError(f"{self.root} holds no reinforced samples")
         return samples
 
+    @property
+    def teacher_dims(self) -> list[int]:
+        """Each teacher's width in the stored rows, in order (for DistillClipLoss)."""
+        return [int(d) for d in self.config["embed_dims"]]
+
     def __len__(self) -> int:
         return len(self.samples)
 
