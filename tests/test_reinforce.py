@@ -555,3 +555,27 @@ def test_sampling_follows_torchvision_draw_for_draw() -> None:
         ops = sample_rand_augment(config, torch.Generator().manual_seed(seed))
         ours = apply_params(image, {"random_resized_crop": mine, "rand_augment": ops}, config)
         assert np.array_equal(np.asarray(ours), np.asarray(theirs)), (seed, ops)
+
+
+def test_truncated_input_shard_is_reported_and_redone(
+    tmp_path: Path, handoff: Path, specs: dict[str, str]
+) -> None:
+    from curate.pool.synthetic import truncate_file
+
+    shards = tmp_path / "shards"
+    shutil.copytree(handoff, shards)
+    truncate_file(shards / "00000000.tar", 0.6)
+    out = tmp_path / "out"
+    summary = reinforce(make_config(shards, out, specs, captioner=None))
+    assert list(summary.failed_shards) == ["00000000"]
+    assert "truncated" in summary.failed_shards["00000000"]
+    complete = read_samples(out / "00000000.tar")
+    assert 0 < len(complete) < PER_SHARD  # what was read before the damage, nothing half-written
+    assert all(len(members) == 5 for members in complete.values())
+    report = validate_reinforced(out)
+    assert [s.ok for s in report.shards] == [False, True]
+    assert "input shard failed" in report.shards[0].errors[0]
+    shutil.copy(handoff / "00000000.tar", shards / "00000000.tar")
+    summary = reinforce(make_config(shards, out, specs, captioner=None))
+    assert summary.shards_skipped == 1 and not summary.failed_shards
+    assert len(read_samples(out / "00000000.tar")) == PER_SHARD

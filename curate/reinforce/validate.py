@@ -191,8 +191,12 @@ def check_sample(sample: TarSample, expect: _Expect) -> list[str]:
 
 def _check_shard(tar: Path, expect: _Expect) -> ShardReport:
     report = ShardReport(shard=tar.stem)
-    if not (tar.parent / DONE_DIR / f"{tar.stem}.json").is_file():
+    done = tar.parent / DONE_DIR / f"{tar.stem}.json"
+    if not done.is_file():
         report.add("no completion record: the shard was not finished")
+    else:
+        for reason in json.loads(done.read_text()).get("failed_shards", {}).values():
+            report.add(f"the input shard failed, samples may be missing: {reason}")
     result = TarReadResult()
     for sample in iter_tar_samples(tar, result):
         report.samples += 1
