@@ -656,5 +656,108 @@ def demo(
     emit(result.to_dict(), as_json, result.text())
 
 
+def _specs(text: str, option: str, random_init: bool) -> tuple:
+    from curate.models import parse_model_spec
+
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        fail(f"{option} '{text}': an empty model name in the list")
+    return tuple(parse_model_spec(part, random_init=random_init) for part in parts)
+
+
+@app.command("reinforce")
+def reinforce_command(
+    shards: Annotated[Path, typer.Argument(help="Hand-off shards from `filter-pool export`.")],
+    out: Annotated[Path, typer.Option(help="Output folder for the reinforced shards.")],
+    teachers: Annotated[
+        str, typer.Option(help="Teacher SPECs, comma-separated, in the order they are stored.")
+    ],
+    augmentations: Annotated[int, typer.Option(help="K: stored augmentations per image.")],
+    captioner: Annotated[
+        str | None, typer.Option(help="An open_clip CoCa SPEC for synthetic captions.")
+    ] = None,
+    captions: Annotated[int, typer.Option(help="S: synthetic captions per image.")] = 5,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.9,
+    bf16: Annotated[
+        bool, typer.Option("--bf16", help="Store bfloat16 embeddings ({uid}.pth.gz).")
+    ] = False,
+    image_size: Annotated[
+        int | None, typer.Option(help="Augmentation size (default: the largest teacher's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentations and captions.")] = 0,
+    random_init: Annotated[
+        bool, typer.Option("--random-init", help="Allow architectures without weights.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Samples per model batch.")] = 16,
+    workers: Annotated[int, typer.Option(help="Dask workers (0 runs in-process).")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of an existing Dask scheduler.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Store K augmentations, teacher-ensemble embeddings and synthetic captions per sample."""
+    from curate.reinforce.captioner import SamplingConfig
+    from curate.reinforce.stage import ReinforceConfig, reinforce
+
+    try:
+        config = ReinforceConfig(
+            shards=shards,
+            out=out,
+            teachers=_specs(teachers, "--teachers", random_init),
+            augmentations=augmentations,
+            captioner=_specs(captioner, "--captioner", random_init)[0] if captioner else None,
+            sampling=SamplingConfig(num_captions=captions, top_p=top_p),
+            image_size=image_size,
+            bf16=bf16,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            executor=ExecutorConfig(workers=workers, scheduler=scheduler),
+            overwrite=overwrite,
+            progress=progress,
+        )
+        summary = reinforce(config)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    stats = summary.stats
+    lines = [
+        f"reinforced {stats.written} of {stats.samples} samples in {summary.shards_total} shards "
+        f"({summary.shards_skipped} already done) -> {summary.out}",
+        f"  {summary.written_now} written now in {summary.wall_seconds:.1f} s",
+    ]
+    lines += [f"  dropped {reason}: {count}" for reason, count in sorted(stats.dropped.items())]
+    lines += [f"  FAILED shard {shard}: {reason}"
+              for shard, reason in sorted(summary.failed_shards.items())]
+    emit(summary.to_dict(), as_json, "\n".join(lines))
+    if summary.failed_shards:
+        raise typer.Exit(code=1)
+
+
+@app.command("validate-reinforced")
+def validate_reinforced_command(
+    directory: Annotated[Path, typer.Argument(help="Output of `filter-pool reinforce`.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Check every reinforced sample against config.json; report per shard (exit 1 if bad)."""
+    from curate.reinforce.validate import validate_reinforced
+
+    try:
+        report = validate_reinforced(directory)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    lines = [f"config: {error}" for error in report.config_errors]
+    for shard in report.shards:
+        state = "ok" if shard.ok else f"{shard.error_count} violations"
+        lines.append(f"{shard.shard}: {shard.samples} samples, {state}")
+        lines += [f"  {error}" for error in shard.errors]
+    lines.append("valid" if report.ok else "INVALID")
+    emit(report.to_dict(), as_json, "\n".join(lines))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
 if __name__ == "__main__":
     app()

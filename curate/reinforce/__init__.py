@@ -1,0 +1,1 @@
+"""Dataset reinforcement (MobileCLIP): stored augmentations, teacher embeddings, captions."""

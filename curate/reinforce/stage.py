@@ -1,0 +1,324 @@
+"""The reinforce stage: plan the unfinished shards of an export, reinforce them on an executor.
+
+Output (DataCompDR layout): ``OUT/config.json`` (augmentation, teachers and their dims, the
+captioner and its sampling, the dtype), ``OUT/<shard>.tar`` per input shard, and per shard a
+completion record ``OUT/_done/<shard>.json`` written last. A rerun with the same configuration
+skips finished shards; a different configuration needs ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from tqdm.auto import tqdm
+
+import curate
+from curate.errors import UserError
+from curate.executor import ExecutorConfig, TaskFailure, current_worker_slot, make_executor
+from curate.models import ModelError, ModelSpec
+from curate.pool.shards import find_shards
+from curate.reinforce import records as rec
+from curate.reinforce.augment import AugmentConfig
+from curate.reinforce.captioner import Captioner, SamplingConfig
+from curate.reinforce.shard import ReinforceModels, ReinforceTask, reinforce_shard
+from curate.reinforce.teachers import Teacher, TeacherEnsemble
+from curate.scoring.scorer import resolve_device
+from curate.workspace import DONE_DIR, remove_stale_temporaries, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+FORMAT = "filter-pool-reinforced/1"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ReinforceError(UserError):
+    """A reinforce request that cannot start; nothing has been written."""
+
+
+@dataclass(frozen=True)
+class ReinforceConfig:
+    """One reinforce stage: which shards, which teachers and captioner, how many views."""
+
+    shards: Path
+    out: Path
+    teachers: tuple[ModelSpec, ...]
+    augmentations: int
+    captioner: ModelSpec | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    image_size: int | None = None  # augmentation resolution; default: the largest teacher's
+    bf16: bool = False
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "auto"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shards", Path(self.shards))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "teachers", tuple(self.teachers))
+        if not self.teachers:
+            raise ReinforceError("--teachers names no model")
+        ids = [t.id for t in self.teachers]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ReinforceError(f"--teachers lists {duplicates[0]} more than once")
+        if self.augmentations < 1:
+            raise ReinforceError(f"--augmentations must be at least 1, got {self.augmentations}")
+        if self.batch_size < 1:
+            raise ReinforceError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.device not in DEVICES:
+            raise ReinforceError(f"--device must be one of {', '.join(DEVICES)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ReinforceError(f"--image-size must be positive, got {self.image_size}")
+        if self.out.resolve() == self.shards.resolve():
+            raise ReinforceError("--out must differ from the input shard directory")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What a worker loads once: teachers, captioner, device, threads."""
+
+    teachers: tuple[ModelSpec, ...]
+    captioner: ModelSpec | None
+    sampling: SamplingConfig
+    device: str
+    threads: int | None
+    batch_size: int
+
+
+_CACHE: dict[tuple[EngineConfig, int], ReinforceModels] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_models(config: EngineConfig, slot: int = 0) -> ReinforceModels:
+    """The process's teachers and captioner for ``config``, loaded on first use and kept."""
+    with _CACHE_LOCK:
+        key = (config, slot)
+        if key not in _CACHE:
+            if config.threads:
+                torch.set_num_threads(config.threads)
+            device = resolve_device(config.device, slot)
+            ensemble = TeacherEnsemble.load(config.teachers, device, config.batch_size)
+            captioner = (
+                Captioner.load(config.captioner, config.sampling, device)
+                if config.captioner is not None
+                else None
+            )
+            _CACHE[key] = ReinforceModels(ensemble, captioner)
+            logger.info("reinforce models ready on %s", device)
+        return _CACHE[key]
+
+
+def run_reinforce_task(engine: EngineConfig, task: ReinforceTask, progress) -> rec.ReinforceStats:
+    """The per-shard task an executor runs: the worker's cached models, then the shard."""
+    return reinforce_shard(task, get_models(engine, slot=current_worker_slot()), progress)
+
+
+@dataclass
+class ReinforceSummary:
+    """What a reinforce stage did, over the shards it ran and those already done."""
+
+    out: Path
+    stats: rec.ReinforceStats
+    written_now: int
+    wall_seconds: float
+    shards_total: int
+    shards_skipped: int
+    task_failures: dict[str, str]
+
+    @property
+    def failed_shards(self) -> dict[str, str]:
+        return {**self.stats.failed_shards, **self.task_failures}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            **self.stats.to_dict(),
+            "failed_shards": self.failed_shards,
+            "written_now": self.written_now,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "samples_per_second": round(self.written_now / self.wall_seconds, 2)
+            if self.wall_seconds > 0
+            else 0.0,
+            "shards_total": self.shards_total,
+            "shards_skipped": self.shards_skipped,
+        }
+
+
+def _describe_models(config: ReinforceConfig) -> tuple[list[dict], dict | None]:
+    """Load each model once here (CPU, strictly) to check it and record its dims, image size and
+    normalisation before any worker starts or any output is written."""
+    teachers = []
+    for spec in config.teachers:
+        teacher = Teacher.load(spec, "cpu")
+        teachers.append(teacher.describe())
+        del teacher
+    captioner = None
+    if config.captioner is not None:
+        captioner = Captioner.load(config.captioner, config.sampling, "cpu").describe()
+    return teachers, captioner
+
+
+def build_record(config: ReinforceConfig) -> tuple[dict[str, Any], AugmentConfig]:
+    """config.json's content, and the augmentation config it fixes."""
+    try:
+        teachers, captioner = _describe_models(config)
+    except ModelError as exc:
+        raise ReinforceError(str(exc)) from exc
+    size = config.image_size or max(max(t["image_size"]) for t in teachers)
+    augment = AugmentConfig(image_size=size, seed=config.seed)
+    record = {
+        "format": FORMAT,
+        "augmentation": {**augment.to_dict(), "num_augmentations": config.augmentations},
+        "teachers": teachers,
+        "embed_dims": [t["embed_dim"] for t in teachers],
+        "captioner": captioner,
+        "sampling": config.sampling.to_dict() if captioner else None,
+        "num_gt_captions": 1,
+        "dtype": "bfloat16" if config.bf16 else "float32",
+        "embedding_file": rec.embedding_extension(config.bf16),
+        "seed": config.seed,
+        "versions": {
+            "filter_pool": curate.__version__,
+            "open_clip": open_clip.__version__,
+            "torch": torch.__version__.split("+")[0],
+        },
+    }
+    return record, augment
+
+
+def _prepare_out(config: ReinforceConfig, record: dict[str, Any]) -> None:
+    out = config.out
+    config_file = out / CONFIG_FILE
+    if out.exists() and not out.is_dir():
+        raise ReinforceError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if config.overwrite:
+            shutil.rmtree(out)
+        elif not config_file.is_file():
+            raise ReinforceError(
+                f"--out {out} exists and is not a reinforce output; pass --overwrite to replace it"
+            )
+        else:
+            previous = json.loads(config_file.read_text())
+            if previous != json.loads(json.dumps(record)):
+                raise ReinforceError(
+                    f"{config_file} was made with another configuration (teachers, "
+                    "augmentations, captioner or dtype); pass --overwrite to redo it"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    remove_stale_temporaries(out / DONE_DIR)
+    write_json_atomic(config_file, record)
+
+
+def _plan(
+    config: ReinforceConfig, augment: AugmentConfig
+) -> tuple[list[ReinforceTask], rec.ReinforceStats, int]:
+    shards = find_shards(config.shards)
+    tasks, done = [], rec.ReinforceStats()
+    for shard in shards:
+        done_record = config.out / DONE_DIR / f"{shard.tar.stem}.json"
+        out_tar = config.out / shard.tar.name
+        if done_record.is_file() and out_tar.is_file():
+            finished = rec.ReinforceStats.from_dict(json.loads(done_record.read_text()))
+            if not finished.failed_shards:
+                done = done + finished
+                continue
+        tasks.append(
+            ReinforceTask(
+                shard_name=shard.name,
+                tar=str(shard.tar),
+                out_tar=str(out_tar),
+                done_record=str(done_record),
+                augmentations=config.augmentations,
+                augment=augment,
+                bf16=config.bf16,
+                batch_size=config.batch_size,
+                seed=config.seed,
+            )
+        )
+    return tasks, done, len(shards)
+
+
+def reinforce(config: ReinforceConfig) -> ReinforceSummary:
+    """Reinforce every unfinished shard of ``config.shards`` into ``config.out``."""
+    started = time.perf_counter()
+    find_shards(config.shards)  # a clear error before any model is loaded
+    record, augment = build_record(config)
+    _prepare_out(config, record)
+    tasks, done, total = _plan(config, augment)
+    now, failures = rec.ReinforceStats(), {}
+    if tasks:
+        now, failures = _execute(config, tasks)
+    logger.info("reinforced %d shards, %d already done", len(tasks), total - len(tasks))
+    return ReinforceSummary(
+        out=config.out,
+        stats=done + now,
+        written_now=now.written,
+        wall_seconds=time.perf_counter() - started,
+        shards_total=total,
+        shards_skipped=total - len(tasks),
+        task_failures=failures,
+    )
+
+
+def _count_samples(tasks: list[ReinforceTask]) -> int | None:
+    """Input sample count from export's manifest.jsonl, when it is there."""
+    manifest = Path(tasks[0].tar).parent / "manifest.jsonl"
+    if not manifest.is_file():
+        return None
+    counts = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            counts[str(entry.get("shard"))] = int(entry.get("num_uids", 0))
+    return sum(counts.get(task.shard_name, 0) for task in tasks) or None
+
+
+def _execute(
+    config: ReinforceConfig, tasks: list[ReinforceTask]
+) -> tuple[rec.ReinforceStats, dict[str, str]]:
+    executor = make_executor(config.executor)
+    engine = EngineConfig(
+        teachers=config.teachers,
+        captioner=config.captioner,
+        sampling=config.sampling,
+        device=config.device,
+        threads=executor.threads_per_task,
+        batch_size=max(64, config.batch_size * config.augmentations),
+    )
+    stats, failures = rec.ReinforceStats(), {}
+    bar = tqdm(
+        total=_count_samples(tasks),
+        unit="sample",
+        desc="reinforce",
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for task, outcome in executor.map(
+            functools.partial(run_reinforce_task, engine), tasks, bar.update
+        ):
+            if isinstance(outcome, TaskFailure):
+                failures[task.shard_name] = outcome.error
+                logger.error("shard %s failed: %s", task.shard_name, outcome.error)
+            else:
+                stats = stats + outcome
+    finally:
+        bar.close()
+        executor.close()
+    return stats, failures
