@@ -64,8 +64,8 @@ SCALES = {
     # CI: every artifact, tiny budgets (the comparison is not meaningful at this size)
     "small": DemoScale(
         "small",
-        filter_samples=3_000,
-        student_samples=1_500,
+        filter_samples=2_000,
+        student_samples=640,
         seeds=(0, 1, 2),
         batch_size=64,
         filter_batch_size=64,
@@ -74,8 +74,8 @@ SCALES = {
     # the README's main job: within 15 minutes on a 2-core CPU
     "full": DemoScale(
         "full",
-        filter_samples=40_000,
-        student_samples=12_000,
+        filter_samples=20_000,
+        student_samples=8_000,
         seeds=(0, 1, 2),
         batch_size=128,
         filter_batch_size=128,
