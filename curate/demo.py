@@ -15,6 +15,7 @@ hidden labels, to report each subset's precision; no filter or scorer sees them.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
@@ -156,8 +157,6 @@ class _Clock:
 def _train_filter(data: Path, out: Path, config: DemoConfig, eval_set: Path) -> dict[str, Any]:
     """Train (or reuse) a filter network; return its train.json record."""
     if (out / TRAIN_FILE).is_file():
-        import json
-
         return json.loads((out / TRAIN_FILE).read_text())
     scale = config.settings
     result = train_clip(
