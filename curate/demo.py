@@ -75,8 +75,8 @@ SCALES = {
     # the README's main job: within 15 minutes on a 2-core CPU
     "full": DemoScale(
         "full",
-        filter_samples=20_000,
-        student_samples=8_000,
+        filter_samples=15_000,
+        student_samples=4_000,
         seeds=(0, 1, 2),
         batch_size=128,
         filter_batch_size=128,
