@@ -266,7 +266,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
             )
         )
     clock.lap("score pool")
-    sweep(SweepConfig(run=run, by="dfn", fractions=(0.1, 0.15, 0.2, 0.3, 0.5), overwrite=True))
+    sweep(SweepConfig(run=run, by="dfn", name="dfn", fractions=(0.1, 0.15, 0.2, 0.3, 0.5),
+                      overwrite=True))
     dfn30 = select_subset(_subset_requests(run, 0)["dfn_30"])
     requests = _subset_requests(run, dfn30.kept)
     selected = {name: select_subset(request) for name, request in requests.items()}
