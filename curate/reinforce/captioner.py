@@ -76,31 +76,6 @@ class Captioner:
         return {**self.loaded.describe(), "seq_len": self.seq_len}
 
     @torch.inference_mode()
-    def _generate(self, batch: torch.Tensor, seed: int) -> torch.Tensor:
-        s = self.sampling
-        devices = [self.loaded.device] if self.loaded.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return self.loaded.model.generate(
-                batch,
-                generation_type=s.generation_type,
-                top_p=s.top_p,
-                temperature=s.temperature,
-                seq_len=self.seq_len,
-                fixed_output_length=s.fixed_output_length,
-            )
-
-    def _generate_one(self, batch: torch.Tensor, seed: int, index: int,
-                      attempts: int = 3) -> torch.Tensor:
-        """One image's captions, retried under the next derived seed if sampling fails."""
-        for attempt in range(attempts):
-            try:
-                return self._generate(batch, seed + 1_000_003 * (index + 1) + attempt)
-            except RuntimeError:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
-
     def caption(self, images: list[Image.Image], seed: int) -> list[list[str]]:
         """S captions for each image, sampled under ``seed``."""
         if not images:
@@ -108,16 +83,17 @@ class Captioner:
         s = self.sampling
         batch = torch.stack([self.loaded.preprocess(im.convert("RGB")) for im in images])
         batch = batch.repeat_interleave(s.num_captions, dim=0).to(self.loaded.device)
-        try:
-            tokens = self._generate(batch, seed)
-        except RuntimeError as exc:
-            # open_clip's sampler can meet NaN probabilities (a fully masked attention row);
-            # redo image by image under derived seeds, so only a stuck image fails the chunk
-            logger.warning("caption batch failed (%s); generating image by image", exc)
-            tokens = torch.cat([
-                self._generate_one(batch[i * s.num_captions : (i + 1) * s.num_captions], seed, i)
-                for i in range(len(images))
-            ])
+        devices = [self.loaded.device] if self.loaded.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            tokens = self.loaded.model.generate(
+                batch,
+                generation_type=s.generation_type,
+                top_p=s.top_p,
+                temperature=s.temperature,
+                seq_len=self.seq_len,
+                fixed_output_length=s.fixed_output_length,
+            )
         texts = [clean_caption(open_clip.decode(row)) for row in tokens.cpu()]
         n = s.num_captions
         return [texts[i * n : (i + 1) * n] for i in range(len(images))]
