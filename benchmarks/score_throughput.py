@@ -47,7 +47,7 @@ from curate.pool.ingest import IngestConfig, ingest_pool
 from curate.pool.shards import TarReadResult, find_shards, iter_tar_samples
 from curate.pool.synthetic import write_synthetic_pool
 from curate.scoring.scorer import Scorer
-from curate.scoring.shard import TEXT_WINDOW_BATCHES, Batch, TextWindow
+from curate.scoring.shard import Batch, encode_in_windows
 from curate.workspace import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,26 +216,19 @@ def run_our_model(loaded: LoadedModel, data: Decoded, batch_size: int) -> ModelO
     """The scorer's encoders as score_shard drives them: images per batch, captions by window."""
     scorer = Scorer(loaded)
     scores = np.empty(len(data.uids), dtype=np.float32)
-    window = TextWindow()
-    window_size = TEXT_WINDOW_BATCHES * batch_size
     scorer.encode_images(data.images[:batch_size])  # warm-up, not timed
     scorer.encode_texts(data.tokens[:batch_size])
-
-    def finish_window() -> None:
-        rows, encoded = window.encode(scorer, batch_size)
-        scores[rows] = encoded.scores
-
-    started = time.perf_counter()
-    for start in range(0, len(data.uids), batch_size):
-        rows = list(range(start, min(start + batch_size, len(data.uids))))
-        batch = Batch(
-            rows, data.images[rows[0] : rows[-1] + 1], data.tokens[rows[0] : rows[-1] + 1]
+    batches = (
+        Batch(
+            list(range(start, min(start + batch_size, len(data.uids)))),
+            data.images[start : start + batch_size],
+            data.tokens[start : start + batch_size],
         )
-        window.add(batch, scorer.encode_images(batch.images))
-        if len(window) >= window_size:
-            finish_window()
-    if len(window):
-        finish_window()
+        for start in range(0, len(data.uids), batch_size)
+    )
+    started = time.perf_counter()
+    for rows, encoded in encode_in_windows(scorer, batches, batch_size):
+        scores[rows] = encoded.scores
     seconds = time.perf_counter() - started
     return ModelOnly(seconds, dict(zip(data.uids, scores.tolist(), strict=True)))
 

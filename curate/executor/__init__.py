@@ -11,6 +11,7 @@ from curate.executor.base import (
     TaskFn,
     TaskOutcome,
     current_worker_slot,
+    load_once,
     make_executor,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "TaskFn",
     "TaskOutcome",
     "current_worker_slot",
+    "load_once",
     "make_executor",
 ]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from curate.errors import UserError
 
@@ -15,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
 TaskFn = Callable[[Any, ProgressFn], Any]
+T = TypeVar("T")
 
 _worker_slot = 0
 
@@ -123,3 +125,16 @@ def make_executor(config: ExecutorConfig) -> Executor:
     from curate.executor.dask import DaskExecutor
 
     return DaskExecutor(config.workers, config.scheduler, config.retries)
+
+
+_LOADED: dict[Hashable, Any] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_once(key: Hashable, load: Callable[[], T]) -> T:
+    """This process's object for ``key``: ``load()`` on first use, then kept (one model load
+    per worker, whatever the number of tasks it runs)."""
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = load()
+        return _LOADED[key]

@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,13 @@ from tqdm.auto import tqdm
 
 import curate
 from curate.errors import UserError
-from curate.executor import ExecutorConfig, TaskFailure, current_worker_slot, make_executor
+from curate.executor import (
+    ExecutorConfig,
+    TaskFailure,
+    current_worker_slot,
+    load_once,
+    make_executor,
+)
 from curate.models import ModelError, ModelSpec
 from curate.pool.shards import find_shards
 from curate.reinforce import records as rec
@@ -99,27 +104,23 @@ class EngineConfig:
     batch_size: int
 
 
-_CACHE: dict[tuple[EngineConfig, int], ReinforceModels] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def get_models(config: EngineConfig, slot: int = 0) -> ReinforceModels:
     """The process's teachers and captioner for ``config``, loaded on first use and kept."""
-    with _CACHE_LOCK:
-        key = (config, slot)
-        if key not in _CACHE:
-            if config.threads:
-                torch.set_num_threads(config.threads)
-            device = resolve_device(config.device, slot)
-            ensemble = TeacherEnsemble.load(config.teachers, device, config.batch_size)
-            captioner = (
-                Captioner.load(config.captioner, config.sampling, device)
-                if config.captioner is not None
-                else None
-            )
-            _CACHE[key] = ReinforceModels(ensemble, captioner)
-            logger.info("reinforce models ready on %s", device)
-        return _CACHE[key]
+
+    def load() -> ReinforceModels:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = resolve_device(config.device, slot)
+        ensemble = TeacherEnsemble.load(config.teachers, device, config.batch_size)
+        captioner = (
+            Captioner.load(config.captioner, config.sampling, device)
+            if config.captioner is not None
+            else None
+        )
+        logger.info("reinforce models ready on %s", device)
+        return ReinforceModels(ensemble, captioner)
+
+    return load_once(("reinforce", config, slot), load)
 
 
 def run_reinforce_task(engine: EngineConfig, task: ReinforceTask, progress) -> rec.ReinforceStats:

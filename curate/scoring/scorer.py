@@ -10,13 +10,13 @@ used when requested.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from curate.executor import load_once
 from curate.models import LoadedModel, ModelSpec, load_model
 from curate.scoring.image_loader import ImageLoader, make_image_loader
 from curate.scoring.text_encoder import make_text_encoder
@@ -149,24 +149,18 @@ class Scorer:
         )
 
 
-_CACHE: dict[tuple[ScorerConfig, int], Scorer] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def get_scorer(config: ScorerConfig, slot: int = 0) -> Scorer:
     """The process's scorer for ``config``, loaded on first use and kept."""
-    with _CACHE_LOCK:
-        key = (config, slot)
-        if key not in _CACHE:
-            if config.threads:
-                torch.set_num_threads(config.threads)
-            device = resolve_device(config.device, slot)
-            loaded = load_model(config.spec, device=device)
-            _CACHE[key] = Scorer(loaded, config.precision, config.exact_short_text, config.decoder)
-            logger.info(
-                "scorer %s ready on %s (%d threads)",
-                config.spec.id,
-                device,
-                torch.get_num_threads(),
-            )
-        return _CACHE[key]
+
+    def load() -> Scorer:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = resolve_device(config.device, slot)
+        loaded = load_model(config.spec, device=device)
+        scorer = Scorer(loaded, config.precision, config.exact_short_text, config.decoder)
+        logger.info(
+            "scorer %s ready on %s (%d threads)", config.spec.id, device, torch.get_num_threads()
+        )
+        return scorer
+
+    return load_once(("scorer", config, slot), load)

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +230,20 @@ class TextWindow:
         return rows, EncodedRows(scores.numpy(), image.numpy(), text.numpy())
 
 
+def encode_in_windows(
+    scorer: Scorer, batches: Iterable[Batch], batch_size: int
+) -> Iterator[tuple[list[int], EncodedRows]]:
+    """Images batch by batch; captions a window of batches at a time, by length. Yields the
+    rows of each finished window with their scores and embeddings."""
+    window = TextWindow()
+    for batch in batches:
+        window.add(batch, scorer.encode_images(batch.images))
+        if len(window) >= TEXT_WINDOW_BATCHES * batch_size:
+            yield window.encode(scorer, batch_size)
+    if len(window):
+        yield window.encode(scorer, batch_size)
+
+
 def _write_outputs(task: ShardTask, rows: _ShardRows, stats: ShardStats) -> None:
     table = pa.table(
         {
@@ -260,24 +274,14 @@ def score_shard(task: ShardTask, scorer: Scorer, progress: ProgressFn | None = N
     stats = ShardStats(shards=1, samples=pool.num_rows)
     tar_result = TarReadResult()
     batches = _prepare_batches(task, scorer, rows, tar_result, stats)
-    window = TextWindow()
-    window_size = TEXT_WINDOW_BATCHES * task.batch_size
     reported = 0
-
-    def finish_window() -> None:
-        nonlocal reported
-        done, encoded = window.encode(scorer, task.batch_size)
-        rows.store(done, encoded, task.embeddings_prefix is not None)
+    keep_embeddings = task.embeddings_prefix is not None
+    prefetched = _prefetch(batches, PREFETCH_BATCHES)
+    for done, encoded in encode_in_windows(scorer, prefetched, task.batch_size):
+        rows.store(done, encoded, keep_embeddings)
         decided = rows.decided_count()
         progress(decided - reported)
         reported = decided
-
-    for batch in _prefetch(batches, PREFETCH_BATCHES):
-        window.add(batch, scorer.encode_images(batch.images))
-        if len(window) >= window_size:
-            finish_window()
-    if len(window):
-        finish_window()
     for row in rows.undecided():
         if tar_result.error:
             rows.mark(row, st.SHARD_TRUNCATED, tar_result.error)
