@@ -143,6 +143,7 @@ def _train_one(config: EvaluateConfig, seed: int) -> dict[str, Any]:
             lr=config.lr,
             holdout=config.holdout,
             eval_set=config.eval_set,
+            val_every=FINAL_VALIDATION_ONLY,
             workers=config.workers,
             device=config.device,
             seed=seed,

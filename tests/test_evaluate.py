@@ -54,6 +54,9 @@ def test_same_budget_whatever_the_subset_size(shapes_run: tuple[Path, Path]) -> 
         assert all(r["samples_seen"] == 64 for r in evaluation.runs)
         assert all(0.0 <= r["zero_shot_top1"] <= 1.0 for r in evaluation.runs)
     assert small.runs[0]["subset_pairs"] < big.runs[0]["subset_pairs"]
+    # a student is validated once, after its budget (8 steps), not along the way
+    record = json.loads((Path(big.runs[0]["train_dir"]) / "train.json").read_text())
+    assert [v["step"] for v in record["validations"]] == [8]
     assert small.runs[0]["epochs_seen"] > big.runs[0]["epochs_seen"]  # a small subset repeats
     assert big.runs[0]["zero_shot_top1"] != big.runs[1]["zero_shot_top1"] or (
         big.runs[0]["loss_last"] != big.runs[1]["loss_last"]
