@@ -35,10 +35,10 @@ import torch
 from PIL import Image
 
 from curate.models.spec import PACKAGED_CONFIG_DIR
-from curate.pool.toynoise import canvas_size
+from curate.pool.toynoise import SizeRanges, canvas_size
 from curate.pool.toyscene import CLASSES, encode_jpeg, render, sample_scene
 
-CLEAN_SIDES = (64, 160)  # the HQ split's canvas sides (curate.pool.toynoise)
+CLEAN_SIDES = SizeRanges().clean  # the HQ split's canvas sides
 
 
 def scenes(seed: int, count: int) -> tuple[list[bytes], np.ndarray]:
