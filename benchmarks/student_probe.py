@@ -35,19 +35,18 @@ import torch
 from PIL import Image
 
 from curate.models.spec import PACKAGED_CONFIG_DIR
-from curate.pool.toynoise import SizeRanges, canvas_size
-from curate.pool.toyscene import CLASSES, encode_jpeg, render, sample_scene
+from curate.pool.toynoise import SizeRanges, clean_base
+from curate.pool.toyscene import CLASSES, encode_jpeg, render
 
 CLEAN_SIDES = SizeRanges().clean  # the HQ split's canvas sides
+PROBE_SPLIT = 99  # a split id of the probe's own, apart from the world's splits
 
 
 def scenes(seed: int, count: int) -> tuple[list[bytes], np.ndarray]:
-    """``count`` labelled toy scenes as JPEG bytes, drawn like the HQ split's images."""
-    rng = np.random.default_rng(seed)
+    """``count`` labelled clean toy scenes as JPEG bytes, drawn as the HQ split draws them."""
     images, labels = [], []
-    for _ in range(count):
-        width, height = canvas_size(rng, CLEAN_SIDES)
-        scene = sample_scene(rng, width, height)
+    for index in range(count):
+        scene, _ = clean_base(seed, PROBE_SPLIT, index, CLEAN_SIDES)
         images.append(encode_jpeg(render(scene)))
         labels.append(scene.label)
     return images, np.asarray(labels)
