@@ -53,6 +53,7 @@ class ReinforcedDataset(Dataset):
         tokenizer: Callable[[list[str]], torch.Tensor],
         image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
         seed: int = 0,
+        synthetic: bool = True,
     ) -> None:
         self.root = Path(root)
         config_file = self.root / CONFIG_FILE
@@ -61,7 +62,8 @@ class ReinforcedDataset(Dataset):
         self.config = json.loads(config_file.read_text())
         self.augment = AugmentConfig.from_dict(self.config["augmentation"])
         self.extension = self.config["embedding_file"]
-        self.synthetic = self.config.get("captioner") is not None
+        # a synthetic caption per item when the data has them and the caller wants them
+        self.synthetic = synthetic and self.config.get("captioner") is not None
         self.tokenizer = tokenizer
         self.image_transform = image_transform or student_transform()
         self.seed = seed
@@ -104,15 +106,18 @@ class ReinforcedDataset(Dataset):
                 data[extension] = handle.read(size)
         return uid, data
 
-    def _rng(self, index: int) -> random.Random:
-        digest = hashlib.sha256(f"{self.seed}\t{self.epoch}\t{index}".encode()).digest()
+    def _rng(self, epoch: int, index: int) -> random.Random:
+        digest = hashlib.sha256(f"{self.seed}\t{epoch}\t{index}".encode()).digest()
         return random.Random(int.from_bytes(digest[:8], "little"))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """Sample ``index`` as the current epoch picks it, or as ``(epoch, index)`` names it
+        (what a resumable batch sampler asks for)."""
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         uid, data = self._read(index)
         params = json.loads(data[rec.PAUG])["param_aug"]
         emb = rec.decode_embeddings(data[self.extension], self.extension)
-        rng = self._rng(index)
+        rng = self._rng(epoch, index)
         aug = rng.randrange(len(params))
         image = Image.open(io.BytesIO(data["jpg"])).convert("RGB")
         view = apply_params(image, params[aug], self.augment)

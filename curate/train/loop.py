@@ -2,7 +2,8 @@
 
 The pieces are separate so other stages reuse them: the data source (:mod:`curate.train.data`),
 the model (:mod:`curate.train.model`), the loss (open_clip's ``ClipLoss`` unless a caller passes
-another ``loss_fn``) and the validation (:mod:`curate.train.validation`).
+another ``loss_fn``) and the validation (:mod:`curate.train.validation`). With ``reinforced``
+set, pairs, batches and loss come from :mod:`curate.train.reinforced` (distillation).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from curate.train.data import (
 )
 from curate.train.evalset import EvalSet, load_eval_set
 from curate.train.model import TrainableModel, build_model
+from curate.train.reinforced import DistillConfig, ReinforcedSource, distill_step
 from curate.train.report import TRAIN_FILE, write_loss_curve, write_train_record
 from curate.train.schedule import cosine_lr, set_lr
 from curate.train.validation import validate
@@ -67,7 +69,11 @@ def _positive(name: str, value: float | None) -> None:
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Exactly one of ``steps``, ``epochs``, ``samples`` sets its length
-    (one epoch when none is given); ``batch_size * accum`` pairs make one optimizer step."""
+    (one epoch when none is given); ``batch_size * accum`` pairs make one optimizer step.
+
+    ``reinforced``: train on these reinforced shards (a ``filter-pool reinforce`` output of
+    DATA's export) with the distillation loss ``distill`` instead of on DATA's pairs; DATA and
+    ``subset`` then only name where the shards came from."""
 
     data: Path
     out: Path
@@ -92,10 +98,19 @@ class TrainConfig:
     seed: int = 0
     overwrite: bool = False
     progress: bool = True
+    reinforced: Path | None = None
+    distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
+        if self.reinforced is not None:
+            object.__setattr__(self, "reinforced", Path(self.reinforced))
+            object.__setattr__(self, "distill", self.distill or DistillConfig())
+            if self.accum != 1:
+                raise UserError("training on --reinforced data takes --accum 1")
+        elif self.distill is not None:
+            raise UserError("distillation options need --reinforced DIR")
         if self.eval_set is not None:
             object.__setattr__(self, "eval_set", Path(self.eval_set))
         lengths = [x for x in (self.steps, self.epochs, self.samples) if x is not None]
@@ -125,7 +140,7 @@ class TrainConfig:
 
     def identity(self, resolved: dict[str, Any]) -> dict[str, Any]:
         """What a resumed run must share with the checkpoint: data, model and optimisation."""
-        return {
+        identity = {
             "data": str(self.data.resolve()),
             "subset": self.subset,
             "model": self.model,
@@ -136,6 +151,12 @@ class TrainConfig:
             "seed": self.seed,
             **{k: resolved[k] for k in ("total_steps", "lr", "warmup", "holdout", "precision")},
         }
+        if self.reinforced is not None and self.distill is not None:
+            identity["reinforced"] = {
+                "path": str(self.reinforced.resolve()),
+                **self.distill.to_dict(),
+            }
+        return identity
 
 
 @dataclass
@@ -426,7 +447,12 @@ def train_clip(
     started = time.time()
     _check_out(config)
     eval_set = load_eval_set(config.eval_set) if config.eval_set is not None else None
-    index = index_data(config.data, config.subset, progress=config.progress)
+    source = ReinforcedSource(config.reinforced) if config.reinforced is not None else None
+    distill = config.distill or DistillConfig()
+    if source is not None:
+        index = source.index(progress=config.progress)
+    else:
+        index = index_data(config.data, config.subset, progress=config.progress)
     if index.skipped:
         logger.warning(
             "skipped %d samples of %s: %s",
@@ -444,6 +470,8 @@ def train_clip(
     train_index, holdout = split_holdout(index, resolved["holdout"], config.seed)
     optimizer = _optimizer(trainable.model, resolved["lr"], config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    if source is not None:
+        loss_fn = loss_fn or source.loss(distill).to(device)
     loss_fn = loss_fn or open_clip.ClipLoss()
 
     state = _State()
@@ -473,9 +501,16 @@ def train_clip(
     workers = config.workers if config.workers is not None else min(2, os.cpu_count() or 1)
     checkpoint_every = config.checkpoint_every or min(1000, max(50, total // 10))
     val_every = config.val_every or max(1, total // 5)
-    loader = _loader(
-        train_index, trainable, config, workers, state.step * config.accum, total * config.accum
-    )
+    start_micro, total_micro = state.step * config.accum, total * config.accum
+    if source is not None:
+        step_fn = distill_step
+        loader = source.loader(
+            train_index, trainable, distill, config.batch_size, config.seed, workers,
+            start_micro, total_micro,
+        )  # fmt: skip
+    else:
+        step_fn = contrastive_step
+        loader = _loader(train_index, trainable, config, workers, start_micro, total_micro)
     batches = iter(loader)
     bar = tqdm(
         total=total, initial=state.step, unit="step", desc="train", disable=not config.progress
@@ -496,11 +531,7 @@ def train_clip(
             lr = cosine_lr(state.step, resolved["lr"], resolved["warmup"], total)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
-            loss = (
-                contrastive_step(model, loss_fn, micro, device, dtype, scaler)
-                if micro
-                else math.nan
-            )
+            loss = step_fn(model, loss_fn, micro, device, dtype, scaler) if micro else math.nan
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -558,6 +589,7 @@ def train_clip(
         train_index,
         state,
         final,
+        source.describe(distill) if source is not None else None,
         {
             "resumed_from_step": resumed_from,
             "session_steps": session_steps,
@@ -590,6 +622,7 @@ def _record(
     train_index: PairIndex,
     state: _State,
     final: dict[str, Any],
+    reinforced: dict[str, Any] | None,
     run: dict[str, Any],
 ) -> dict[str, Any]:
     losses = [r["loss"] for r in state.history if not math.isnan(r["loss"])]
@@ -600,7 +633,10 @@ def _record(
         k: v
         for k, v in asdict(config).items()
         if k not in ("data", "out", "subset", "eval_set", "overwrite", "progress")
+        and k not in ("reinforced", "distill")  # recorded below, only when set
     }
+    if reinforced is not None:
+        hyper["reinforced"] = reinforced
     hyper.update({k: resolved[k] for k in ("lr", "warmup", "holdout", "total_steps")})
     hyper["effective_batch_size"] = resolved["per_step"]
     hyper["optimizer"] = {"name": "AdamW", "betas": [0.9, 0.98], "eps": 1e-6, "fused": True}
