@@ -568,6 +568,11 @@ def train_dfn(
 def _evaluation_text(evaluation: Any) -> str:
     lines = [f"subset {evaluation.subset}: {evaluation.settings['model']} trained on "
              f"{evaluation.settings['samples_seen']} samples seen per seed"]
+    reinforced = evaluation.settings.get("reinforced")
+    if reinforced:
+        lines[0] += (f", distilled from {reinforced['path']} (clip weight "
+                     f"{reinforced['clip_weight']:g}, distill weight "
+                     f"{reinforced['distill_weight']:g})")
     for run in evaluation.runs:
         lines.append(f"  seed {run['seed']}: zero-shot top-1 {run['zero_shot_top1']:.4f}, "
                      f"recall@1 i->t {run['image_to_text_r1']:.4f} t->i "
@@ -597,17 +602,41 @@ def evaluate_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Retrain finished seeds.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    reinforced: Annotated[Path | None, typer.Option(
+        help="Train on these reinforced shards (`filter-pool reinforce` of this subset's "
+             "export) with MobileCLIP's distillation loss.")] = None,
+    clip_weight: Annotated[float | None, typer.Option(
+        help="With --reinforced: weight of the CLIP loss (default 0.25).")] = None,
+    distill_weight: Annotated[float | None, typer.Option(
+        help="With --reinforced: weight of the distillation loss (default 0.75).")] = None,
+    teacher_logit_scale: Annotated[list[float] | None, typer.Option(
+        help="With --reinforced: teachers' logit scale, once for all or once per teacher "
+             "(default 100).")] = None,
+    synthetic_captions: Annotated[bool | None, typer.Option(
+        "--synthetic-captions/--no-synthetic-captions",
+        help="With --reinforced: also train on the stored synthetic captions (default on).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a fresh small CLIP on the subset (fixed samples seen) and report zero-shot top-1
     on EVAL and held-out recall@1; results go to RUN/subsets/NAME/evaluation.json."""
     from curate.evaluate import EvaluateConfig, evaluate_subset
+    from curate.train.reinforced import DistillConfig
 
+    options = {"clip_weight": clip_weight, "distill_weight": distill_weight,
+               "teacher_logit_scales": tuple(teacher_logit_scale or ()) or None,
+               "synthetic_captions": synthetic_captions}
+    given = {k: v for k, v in options.items() if v is not None}
+    if given and reinforced is None:
+        fail("--clip-weight, --distill-weight, --teacher-logit-scale and "
+             "--synthetic-captions need --reinforced DIR")
     try:
         evaluation = evaluate_subset(EvaluateConfig(
             run=run, subset=subset, eval_set=eval_set, samples_seen=samples_seen,
             seeds=tuple(seed or (0,)), model=model, batch_size=batch_size, lr=lr,
             workers=workers, device=device, overwrite=overwrite, progress=progress,
+            reinforced=reinforced,
+            distill=DistillConfig(**given) if reinforced is not None else None,
         ))
     except USER_ERRORS as exc:
         fail(str(exc))

@@ -5,10 +5,16 @@ size (a small subset is seen for more epochs), and the student is scored by zero
 on a fixed eval set plus retrieval recall@1 on pairs held out from the subset. Each seed is
 one ``train_clip`` run under ``RUN/subsets/NAME/evaluate/<tag>/`` (resumable; a finished
 run is reused), and ``RUN/subsets/NAME/evaluation.json`` collects the results.
+
+With ``reinforced`` (a ``filter-pool reinforce`` output of the subset's export) the students
+train on the reinforced shards with MobileCLIP's distillation loss instead; their runs sit
+beside the plain ones (``<tag>`` gains ``-dr<digest of the options>``) and their entry in
+evaluation.json names the reinforced directory and options (``"reinforced": null`` for plain).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -17,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from curate.errors import UserError
 from curate.train import TrainConfig, train_clip
+from curate.train.reinforced import DistillConfig, ReinforcedSource
 from curate.train.report import TRAIN_FILE
 from curate.workspace import write_json_atomic
 
@@ -47,10 +56,17 @@ class EvaluateConfig:
     device: str = "auto"
     overwrite: bool = False
     progress: bool = True
+    reinforced: Path | None = None
+    distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
         object.__setattr__(self, "eval_set", Path(self.eval_set))
+        if self.reinforced is not None:
+            object.__setattr__(self, "reinforced", Path(self.reinforced))
+            object.__setattr__(self, "distill", self.distill or DistillConfig())
+        elif self.distill is not None:
+            raise UserError("distillation options need --reinforced DIR")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if self.samples_seen < 1:
             raise UserError(f"--samples-seen must be positive, got {self.samples_seen}")
@@ -66,7 +82,16 @@ class EvaluateConfig:
     def tag(self, seed: int) -> str:
         """The folder of one seed's training run: student, budget and seed."""
         model = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model)
+        reinforced = self.reinforced_settings()
+        if reinforced is not None:
+            digest = hashlib.sha256(json.dumps(reinforced, sort_keys=True).encode()).hexdigest()
+            model = f"{model}-dr{digest[:8]}"
         return f"{model}-n{self.samples_seen}-b{self.batch_size}-seed{seed}"
+
+    def reinforced_settings(self) -> dict[str, Any] | None:
+        if self.reinforced is None or self.distill is None:
+            return None
+        return {"path": str(self.reinforced.resolve()), **self.distill.to_dict()}
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -75,6 +100,7 @@ class EvaluateConfig:
             "samples_seen": self.samples_seen,
             "batch_size": self.batch_size,
             "lr": self.lr,
+            "reinforced": self.reinforced_settings(),
         }
 
 
@@ -149,9 +175,29 @@ def _train_one(config: EvaluateConfig, seed: int) -> dict[str, Any]:
             seed=seed,
             overwrite=config.overwrite,
             progress=config.progress,
+            reinforced=config.reinforced,
+            distill=config.distill,
         )
     )
     return _seed_result(result.record, seed, out)
+
+
+def _check_reinforced(config: EvaluateConfig, reinforced: Path) -> None:
+    """The reinforced directory is sound and holds only samples of the subset (by uid)."""
+    source = ReinforcedSource(reinforced)
+    manifest = config.subset_dir / "manifest.parquet"
+    try:
+        subset_uids = set(pq.read_table(manifest, columns=["uid"]).column("uid").to_pylist())
+    except Exception as exc:  # pyarrow raises several kinds for bad files
+        raise UserError(f"{manifest}: cannot read the uid column ({exc})") from exc
+    uids = source.index().keys
+    outside = sum(uids[i] not in subset_uids for i in range(len(uids)))
+    if outside:
+        raise UserError(
+            f"--reinforced {reinforced}: {outside} of {len(uids)} samples are not in subset "
+            f"'{config.subset}' (reinforce this subset's export: filter-pool export, then "
+            "filter-pool reinforce)"
+        )
 
 
 def _store(path: Path, evaluation: Evaluation) -> None:
@@ -171,6 +217,8 @@ def evaluate_subset(config: EvaluateConfig) -> Evaluation:
             f"subset '{config.subset}' not found: {config.subset_dir} has no "
             "manifest.parquet (make it with `filter-pool select`)"
         )
+    if config.reinforced is not None:
+        _check_reinforced(config, config.reinforced)
     evaluation = Evaluation(config.subset, config.settings())
     for seed in config.seeds:
         evaluation.runs.append(_train_one(config, seed))

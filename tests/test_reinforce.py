@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 import tarfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as nnf
 import torchvision.transforms as T
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from curate.cli import app
 from curate.errors import UserError
@@ -579,3 +581,229 @@ def test_truncated_input_shard_is_reported_and_redone(
     summary = reinforce(make_config(shards, out, specs, captioner=None))
     assert summary.shards_skipped == 1 and not summary.failed_shards
     assert len(read_samples(out / "00000000.tar")) == PER_SHARD
+
+
+# --- training on reinforced data (train_clip hook, filter-pool evaluate --reinforced) ---------
+
+
+def test_train_clip_on_reinforced_data_minimises_the_distillation_loss(
+    reinforced: Path, tmp_path: Path
+) -> None:
+    """With clip weight 0 the first step's loss is the KD term of the untrained student on the
+    first batch, written out independently; the student's width (128) is no teacher's."""
+    from curate.train import TrainConfig, train_clip
+    from curate.train.data import index_shards, split_holdout
+    from curate.train.reinforced import DistillConfig
+
+    dims, scales = [64, 128], [70.0, 60.0]
+    distill = DistillConfig(clip_weight=0.0, distill_weight=1.0, teacher_logit_scales=scales)
+    n = SHARDS * PER_SHARD - 1
+    config = TrainConfig(
+        data=reinforced,
+        out=tmp_path / "student",
+        model="fp-tiny-rn",
+        steps=2,
+        batch_size=n - 2,  # one batch is every training pair: its KD does not depend on order
+        holdout=2,
+        workers=0,
+        progress=False,
+        reinforced=reinforced,
+        distill=distill,
+    )
+    result = train_clip(config)
+    record = result.record
+    assert record["data"]["kind"] == "reinforced" and record["data"]["heldout_pairs"] == 2
+    assert record["samples_seen"] == 2 * (n - 2)
+    assert record["hyperparameters"]["reinforced"] == {
+        **record["hyperparameters"]["reinforced"],
+        "path": str(reinforced.resolve()),
+        "teacher_dims": dims,
+        "teacher_logit_scales": scales,
+        "clip_weight": 0.0,
+        "synthetic_captions": True,
+    }
+    assert "distill" not in record["hyperparameters"]
+
+    # the first batch, built and scored without the training code
+    torch.manual_seed(config.seed)
+    student = load_model(ModelSpec("fp-tiny-rn", random_init=True))
+    assert student.embed_dim == 128 != sum(dims)
+    cfg = student.model.visual.preprocess_cfg
+    normalize = T.Normalize(cfg["mean"], cfg["std"])
+    train_index, _ = split_holdout(index_shards(reinforced), 2, config.seed)
+    wanted = {train_index.keys[i] for i in range(len(train_index))}
+    samples = {uid: m for tar in reinforced.glob("*.tar") for uid, m in read_samples(tar).items()}
+    dataset = ReinforcedDataset(reinforced, student.tokenizer, seed=config.seed)
+    aug = AugmentConfig.from_dict(
+        json.loads((reinforced / "config.json").read_text())["augmentation"]
+    )
+    images, texts, syns, t_img, t_txt, t_syn = [], [], [], [], [], []
+    for index, (_, uid, _) in enumerate(dataset.samples):
+        if uid not in wanted:
+            continue
+        choice = dataset[(0, index)]  # which augmentation and synthetic caption epoch 0 picks
+        members = samples[uid]
+        emb = rec.decode_embeddings(members["npz"], "npz")
+        params = json.loads(members["paug.json"])["param_aug"][choice["augmentation"]]
+        view = replay(Image.open(io.BytesIO(members["jpg"])), [params], aug)[0]
+        images.append(normalize(view.float() / 255))
+        texts.append(members["txt"].decode())
+        syns.append(json.loads(members["syn.json"])["syn_text"][choice["syn_index"]])
+        t_img.append(emb["image_emb"][choice["augmentation"]])
+        t_txt.append(emb["text_emb"][0])
+        t_syn.append(emb["syn_text_emb"][choice["syn_index"]])
+    model = student.model.train()
+    with torch.no_grad():
+        img = model.encode_image(torch.stack(images), normalize=True)
+        txt = model.encode_text(student.tokenizer(texts), normalize=True)
+        syn = model.encode_text(student.tokenizer(syns), normalize=True)
+        scale = model.logit_scale.exp()
+    kd = _direct_kd(img, txt, scale, torch.stack(t_img), torch.stack(t_txt), dims, scales)
+    kd += _direct_kd(img, syn, scale, torch.stack(t_img), torch.stack(t_syn), dims, scales)
+    first = record["final_metrics"]["loss_first"]
+    assert math.isfinite(first) and first == pytest.approx(float(kd), rel=1e-4)
+    labels = torch.arange(len(img))
+    clip = (
+        sum(
+            nnf.cross_entropy(scale * img @ t.T, labels)
+            + nnf.cross_entropy(scale * t @ img.T, labels)
+            for t in (txt, syn)
+        )
+        / 2
+    )
+    assert abs(float(clip) - first) > 0.01, (float(clip), first)  # not the plain CLIP loss
+
+    # a resume must share the reinforced data and every distillation option
+    changed = DistillConfig(clip_weight=0.0, distill_weight=0.5, teacher_logit_scales=scales)
+    for other in (
+        replace(config, distill=changed),
+        replace(config, distill=DistillConfig(0.0, 1.0, scales, synthetic_captions=False)),
+        replace(config, reinforced=None, distill=None),
+    ):
+        with pytest.raises(UserError, match="another configuration") as error:
+            train_clip(other)
+        assert "reinforced" in str(error.value)
+    with pytest.raises(UserError, match="finished run of this configuration"):
+        train_clip(config)
+    with pytest.raises(UserError, match="--accum 1"):
+        replace(config, accum=2)
+    with pytest.raises(UserError, match="need --reinforced"):
+        replace(config, reinforced=None)
+
+
+@pytest.fixture(scope="module")
+def reinforced_run(
+    tmp_path_factory: pytest.TempPathFactory, specs: dict[str, str]
+) -> tuple[Path, Path, Path]:
+    """A shapes run with subsets 'all' and 'red', the reinforced export of 'all' (one teacher,
+    no captioner) and a zero-shot eval set."""
+    from curate.export import ExportConfig, export_subset
+    from curate.pool.ingest import IngestConfig, ingest_pool
+    from curate.pool.shapes import write_shapes_eval_set, write_shapes_pool
+    from curate.select import SelectConfig, select_subset
+
+    root = tmp_path_factory.mktemp("reinforced-run")
+    pool = write_shapes_pool(root / "pool", num_shards=1, samples_per_shard=48)
+    run = root / "run"
+    ingest_pool(IngestConfig(pool=pool, run=run))
+    select_subset(SelectConfig(run=run, name="all", where="status = 'success'"))
+    select_subset(SelectConfig(run=run, name="red", where="text LIKE '%red%'"))
+    export_subset(ExportConfig(run=run, subset="all", out=root / "export", progress=False))
+    out = root / "dr"
+    reinforce(
+        make_config(
+            root / "export", out, specs, teachers=(parse_model_spec(specs["vit"]),), captioner=None
+        )
+    )
+    return run, out, write_shapes_eval_set(root / "eval", per_class=1)
+
+
+def _evaluate(run: Path, eval_set: Path, *args: str) -> Result:
+    return CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(run),
+            "--eval",
+            str(eval_set),
+            "--samples-seen",
+            "32",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--no-progress",
+            *args,
+        ],
+    )
+
+
+def test_evaluate_reinforced_sits_beside_plain(reinforced_run: tuple[Path, Path, Path]) -> None:
+    run, dr, eval_set = reinforced_run
+    result = _evaluate(
+        run, eval_set, "--subset", "all", "--reinforced", str(dr), "--distill-weight", "1",
+        "--teacher-logit-scale", "50", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["reinforced"] == {
+        "path": str(dr.resolve()),
+        "clip_weight": 0.25,
+        "distill_weight": 1.0,
+        "teacher_logit_scales": [50.0],
+        "synthetic_captions": True,
+    }
+    (seed,) = payload["runs"]
+    assert seed["samples_seen"] == 32 and math.isfinite(seed["loss_last"])
+    assert 0.0 <= seed["zero_shot_top1"] <= 1.0
+    train_dir = Path(seed["train_dir"])
+    assert "-dr" in train_dir.name
+    record = json.loads((train_dir / "train.json").read_text())
+    assert record["hyperparameters"]["reinforced"]["synthetic_captions"] is False  # none stored
+    assert record["hyperparameters"]["reinforced"]["teacher_logit_scales"] == [50.0]
+
+    plain = _evaluate(run, eval_set, "--subset", "all", "--json")
+    assert plain.exit_code == 0, plain.output
+    plain_run = json.loads(plain.stdout)["runs"][0]
+    assert json.loads(plain.stdout)["reinforced"] is None and "-dr" not in plain_run["train_dir"]
+    plain_record = json.loads((Path(plain_run["train_dir"]) / "train.json").read_text())
+    assert "reinforced" not in plain_record["hyperparameters"]
+    assert plain_record["data"]["kind"] == "subset"
+    assert plain_run["loss_last"] != seed["loss_last"]
+    stored = json.loads((run / "subsets" / "all" / "evaluation.json").read_text())
+    assert [e["reinforced"] is None for e in stored["evaluations"]] == [False, True]
+
+
+def test_evaluate_reinforced_bad_input_is_one_line_exit_2(
+    reinforced_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    run, dr, eval_set = reinforced_run
+    uneven = tmp_path / "uneven"
+    shutil.copytree(dr, uneven)
+    config = json.loads((uneven / "config.json").read_text())
+    (uneven / "config.json").write_text(json.dumps({**config, "embed_dims": [32]}))
+    narrow = tmp_path / "narrow"
+    shutil.copytree(dr, narrow)
+    teachers = [{**config["teachers"][0], "embed_dim": 32}]
+    (narrow / "config.json").write_text(
+        json.dumps({**config, "embed_dims": [32], "teachers": teachers})
+    )
+    for args, message in [
+        (["--reinforced", str(tmp_path / "none")], "does not exist"),
+        (["--reinforced", str(run)], "not a reinforced directory (no config.json"),
+        (["--reinforced", str(uneven)], "teachers' dims are inconsistent"),
+        (["--reinforced", str(narrow)], "are 64 wide, but the teachers' dims [32]"),
+        (["--distill-weight", "0.5"], "need --reinforced DIR"),
+        (["--reinforced", str(dr), "--distill-weight", "0", "--clip-weight", "0"], "both 0"),
+        (["--reinforced", str(dr), "--teacher-logit-scale", "-1"], "must be positive"),
+        (
+            ["--reinforced", str(dr), "--teacher-logit-scale", "1", "--teacher-logit-scale", "2"],
+            "2 values for 1 teachers",
+        ),
+    ]:
+        result = _evaluate(run, eval_set, "--subset", "all", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    result = _evaluate(run, eval_set, "--subset", "red", "--reinforced", str(dr))
+    assert result.exit_code == 2 and "are not in subset 'red'" in result.stderr, result.output
