@@ -15,7 +15,7 @@ projection to 128) at 32 px, e.g. ``timm:test_resnet``.
 
 Usage::
 
-    .venv/bin/python benchmarks/student_probe.py [--models fp-tiny-rn,fp-tiny-vit,timm:test_resnet]
+    .venv/bin/python benchmarks/student_probe.py [--models fp-tiny-rn,fp-tiny-vit,fp-tiny-cnn]
         [--steps 600] [--batch-size 64] [--lr 2e-3] [--config-dir DIR] [--json]
 """
 
@@ -122,7 +122,7 @@ def probe(name: str, args: argparse.Namespace, train, test) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="fp-tiny-rn,fp-tiny-vit,timm:test_resnet")
+    parser.add_argument("--models", default="fp-tiny-rn,fp-tiny-vit,fp-tiny-cnn")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -6,7 +6,8 @@ A spec names a model the way open_clip users do:
 - ``hf-hub:apple/DFN2B-CLIP-ViT-L-14`` (weights from the Hugging Face cache or hub);
 - a directory holding ``open_clip_config.json`` and weights (a ``train-dfn`` output,
   the same layout as an hf-hub repository);
-- a packaged tiny config (``fp-tiny-vit``, ``fp-tiny-rn``, ``fp-small-vit``) for tests and demos.
+- a packaged tiny config (``fp-tiny-vit``, ``fp-tiny-rn``, ``fp-tiny-cnn``, ``fp-small-vit``)
+  for tests and demos.
 
 QuickGELU is pinned, never left to open_clip's mismatch warning: it comes from the
 pretrained tag's record, the directory or hub config, or the architecture's config,
