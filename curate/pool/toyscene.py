@@ -73,17 +73,20 @@ SIZES: tuple[tuple[str, float, tuple[str, ...]], ...] = (
 )
 NOUNS: tuple[str, ...] = ("photo", "picture", "image", "drawing", "illustration", "graphic")
 
+#: Object-first, as alt text is: every template names the shape (the class); colour comes up in
+#: about 40% of them, size in 30%, position and background in fewer. Captions that name every
+#: attribute let a contrastive student separate a batch by colour alone and never learn shape.
 SINGLE_TEMPLATES: tuple[str, ...] = (
     "a {noun} of a {size} {color} {shape}",
-    "a {color} {shape} on a {texture} {bg} background",
-    "{size} {color} {shape} {where}",
-    "{noun} of a {color} {shape}, {texture} {bg} backdrop",
+    "a {noun} of a {shape}",
+    "{shape} {where}",
     "{color} {shape} icon",
-    "a {shape} in {color} {where}",
-    "simple {noun} of a {size} {shape}, colored {color}",
-    "an illustration showing a {color} {shape} on {bg}",
+    "a {shape} on a {texture} {bg} background",
+    "simple {noun} of a {size} {shape}",
+    "an illustration showing a {color} {shape}",
+    "{shape} clip art",
     "the {shape} is {color} and {size}",
-    "{color} {shape} against a {bg} {texture} wall",
+    "a {size} {shape}",
 )
 SECOND_TEMPLATES: tuple[str, ...] = (
     " next to a {color2} {shape2}",
