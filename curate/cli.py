@@ -541,6 +541,9 @@ def train_dfn(
     seed: Annotated[int, typer.Option(help="Seed of init, data order and augmentation.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    decoded_cache: Annotated[bool, typer.Option(
+        help="Decode every pair once into memory at the model's input size and augment with "
+             "random crops (fast for small runs of tiny models).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a filter network (CLIP, contrastive) on high-quality pairs, from scratch or
@@ -554,7 +557,7 @@ def train_dfn(
             warmup=warmup, weight_decay=weight_decay, holdout=holdout, eval_set=eval_set,
             val_every=val_every, checkpoint_every=checkpoint_every, workers=workers,
             device=device, precision=precision, seed=seed, overwrite=overwrite,
-            progress=progress,
+            progress=progress, decoded_cache=decoded_cache,
         ))
     except USER_ERRORS as exc:
         fail(str(exc))
@@ -595,7 +598,7 @@ def evaluate_command(
         help="Training budget in samples seen, the same whatever the subset size.")] = 20_000,
     seed: Annotated[list[int] | None, typer.Option(
         help="Seed of one training run; repeat for several (default 0).")] = None,
-    model: Annotated[str, typer.Option(help="Student open_clip config.")] = "fp-tiny-rn",
+    model: Annotated[str, typer.Option(help="Student open_clip config.")] = "fp-tiny-cnn",
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 64,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loading processes.")] = None,
@@ -616,6 +619,9 @@ def evaluate_command(
         "--synthetic-captions/--no-synthetic-captions",
         help="With --reinforced: also train on the stored synthetic captions (default on).")
     ] = None,
+    decoded_cache: Annotated[bool, typer.Option(
+        help="Decode every pair once into memory at the model's input size and augment with "
+             "random crops (fast for small runs of tiny models).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a fresh small CLIP on the subset (fixed samples seen) and report zero-shot top-1
@@ -637,6 +643,7 @@ def evaluate_command(
             workers=workers, device=device, overwrite=overwrite, progress=progress,
             reinforced=reinforced,
             distill=DistillConfig(**given) if reinforced is not None else None,
+            decoded_cache=decoded_cache,
         ))
     except USER_ERRORS as exc:
         fail(str(exc))

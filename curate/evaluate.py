@@ -34,7 +34,7 @@ from curate.workspace import write_json_atomic
 logger = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
-DEFAULT_STUDENT = "fp-tiny-rn"
+DEFAULT_STUDENT = "fp-tiny-cnn"
 METRICS = ("zero_shot_top1", "image_to_text_r1", "text_to_image_r1")
 FINAL_VALIDATION_ONLY = 10**9  # a student is measured once, after its budget is spent
 
@@ -58,6 +58,7 @@ class EvaluateConfig:
     progress: bool = True
     reinforced: Path | None = None
     distill: DistillConfig | None = None
+    decoded_cache: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
@@ -67,6 +68,8 @@ class EvaluateConfig:
             object.__setattr__(self, "distill", self.distill or DistillConfig())
         elif self.distill is not None:
             raise UserError("distillation options need --reinforced DIR")
+        if self.reinforced is not None and self.decoded_cache:
+            raise UserError("--decoded-cache does not apply to --reinforced data")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if self.samples_seen < 1:
             raise UserError(f"--samples-seen must be positive, got {self.samples_seen}")
@@ -80,13 +83,16 @@ class EvaluateConfig:
         return self.run / "subsets" / self.subset
 
     def tag(self, seed: int) -> str:
-        """The folder of one seed's training run: student, budget and seed."""
+        """The folder of one seed's training run: student, data path, budget, lr and seed."""
         model = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model)
         reinforced = self.reinforced_settings()
         if reinforced is not None:
             digest = hashlib.sha256(json.dumps(reinforced, sort_keys=True).encode()).hexdigest()
             model = f"{model}-dr{digest[:8]}"
-        return f"{model}-n{self.samples_seen}-b{self.batch_size}-seed{seed}"
+        if self.decoded_cache:
+            model = f"{model}-dc"
+        lr = f"-lr{self.lr:g}" if self.lr is not None else ""
+        return f"{model}-n{self.samples_seen}-b{self.batch_size}{lr}-seed{seed}"
 
     def reinforced_settings(self) -> dict[str, Any] | None:
         if self.reinforced is None or self.distill is None:
@@ -101,6 +107,7 @@ class EvaluateConfig:
             "batch_size": self.batch_size,
             "lr": self.lr,
             "reinforced": self.reinforced_settings(),
+            "decoded_cache": self.decoded_cache,
         }
 
 
@@ -177,6 +184,7 @@ def _train_one(config: EvaluateConfig, seed: int) -> dict[str, Any]:
             progress=config.progress,
             reinforced=config.reinforced,
             distill=config.distill,
+            decoded_cache=config.decoded_cache,
         )
     )
     return _seed_result(result.record, seed, out)

@@ -240,11 +240,15 @@ def index_data(data: Path, subset: str | None = None, progress: bool = False) ->
     return index
 
 
+def holdout_positions(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions of a seeded random split of ``n`` pairs into (train, held-out)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
 def split_holdout(index: PairIndex, count: int, seed: int) -> tuple[PairIndex, PairIndex]:
     """A seeded random split into (train, held-out) with ``count`` held-out pairs."""
-    order = np.random.default_rng(seed).permutation(len(index))
-    held = np.sort(order[:count])
-    train = np.sort(order[count:])
+    train, held = holdout_positions(len(index), count, seed)
     return index.take(train), index.take(held)
 
 

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 from torch.utils.data import DataLoader
@@ -41,9 +42,10 @@ from curate.train.data import (
     PairDataset,
     PairIndex,
     collate_pairs,
+    holdout_positions,
     index_data,
-    split_holdout,
 )
+from curate.train.decoded import DecodedBatches, cached_decode
 from curate.train.evalset import EvalSet, load_eval_set
 from curate.train.model import TrainableModel, build_model
 from curate.train.reinforced import DistillConfig, ReinforcedSource, distill_step
@@ -73,7 +75,11 @@ class TrainConfig:
 
     ``reinforced``: train on these reinforced shards (a ``filter-pool reinforce`` output of
     DATA's export) with the distillation loss ``distill`` instead of on DATA's pairs; DATA and
-    ``subset`` then only name where the shards came from."""
+    ``subset`` then only name where the shards came from.
+
+    ``decoded_cache``: decode every pair once into memory at the model's input size and augment
+    with random crops on tensors (:mod:`curate.train.decoded`) instead of decoding and
+    RandomResizedCrop per draw: for small runs of tiny models, ~2.5x the samples/s on CPU."""
 
     data: Path
     out: Path
@@ -100,6 +106,7 @@ class TrainConfig:
     progress: bool = True
     reinforced: Path | None = None
     distill: DistillConfig | None = None
+    decoded_cache: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -109,6 +116,8 @@ class TrainConfig:
             object.__setattr__(self, "distill", self.distill or DistillConfig())
             if self.accum != 1:
                 raise UserError("training on --reinforced data takes --accum 1")
+            if self.decoded_cache:
+                raise UserError("--decoded-cache does not apply to --reinforced data")
         elif self.distill is not None:
             raise UserError("distillation options need --reinforced DIR")
         if self.eval_set is not None:
@@ -156,6 +165,8 @@ class TrainConfig:
                 "path": str(self.reinforced.resolve()),
                 **self.distill.to_dict(),
             }
+        if self.decoded_cache:
+            identity["decoded_cache"] = True
         return identity
 
 
@@ -358,6 +369,32 @@ def _loader(
     )
 
 
+def _decoded_loader(
+    index: PairIndex,
+    train_positions: np.ndarray,
+    trainable: TrainableModel,
+    config: TrainConfig,
+    start_micro: int,
+    total_micro: int,
+) -> DecodedBatches:
+    """Batches from the in-memory decoded cache of all of ``index`` (shared across seeds)."""
+    preprocess = trainable.loaded.model.visual.preprocess_cfg
+    size = preprocess["size"]
+    size = size if isinstance(size, int) else max(size)
+    pairs = cached_decode(index, size, trainable.loaded.tokenizer, config.progress)
+    sampler = EpochBatchSampler(
+        len(train_positions), config.batch_size, config.seed, start_micro, total_micro
+    )
+    return DecodedBatches(
+        pairs.take(train_positions),
+        size,
+        tuple(preprocess["mean"]),
+        tuple(preprocess["std"]),
+        sampler,
+        config.seed,
+    )
+
+
 def _checkpoint_state(
     state: _State,
     trainable: TrainableModel,
@@ -467,7 +504,10 @@ def train_clip(
     dtype = _autocast_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     trainable = build_model(config.model, config.init, device)
-    train_index, holdout = split_holdout(index, resolved["holdout"], config.seed)
+    train_positions, held_positions = holdout_positions(
+        len(index), resolved["holdout"], config.seed
+    )
+    train_index, holdout = index.take(train_positions), index.take(held_positions)
     optimizer = _optimizer(trainable.model, resolved["lr"], config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     if source is not None:
@@ -508,6 +548,11 @@ def train_clip(
             train_index, trainable, distill, config.batch_size, config.seed, workers,
             start_micro, total_micro,
         )  # fmt: skip
+    elif config.decoded_cache:
+        step_fn = contrastive_step
+        loader = _decoded_loader(
+            index, train_positions, trainable, config, start_micro, total_micro
+        )
     else:
         step_fn = contrastive_step
         loader = _loader(train_index, trainable, config, workers, start_micro, total_micro)
