@@ -44,7 +44,7 @@ from curate.workspace import write_json_atomic
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "demo_results.json"
-FILTER_MODEL = "fp-tiny-rn"
+FILTER_MODEL = "fp-tiny-cnn"  # a timm test_resnet tower: it learns the shapes (student_probe)
 BASIC_MIN_SIDE = 64  # the toy world's clean images are 64-160 px; DataComp's rule says 200
 
 
@@ -58,7 +58,6 @@ class DemoScale:
     seeds: tuple[int, ...]
     batch_size: int
     filter_batch_size: int
-    loader_workers: int
 
 
 SCALES = {
@@ -70,17 +69,15 @@ SCALES = {
         seeds=(0, 1, 2),
         batch_size=64,
         filter_batch_size=64,
-        loader_workers=0,
     ),
     # the README's main job: within 15 minutes on a 2-core CPU
     "full": DemoScale(
         "full",
-        filter_samples=15_000,
-        student_samples=4_000,
+        filter_samples=64_000,
+        student_samples=32_000,
         seeds=(0, 1, 2),
-        batch_size=128,
-        filter_batch_size=128,
-        loader_workers=1,
+        batch_size=64,
+        filter_batch_size=64,
     ),
 }
 
@@ -168,7 +165,7 @@ def _train_filter(data: Path, out: Path, config: DemoConfig, eval_set: Path) -> 
             batch_size=scale.filter_batch_size,
             lr=2e-3,
             eval_set=eval_set,
-            workers=scale.loader_workers,
+            decoded_cache=True,
             seed=config.seed,
             progress=config.progress,
         )
@@ -222,7 +219,7 @@ def _evaluate_all(
                 model=FILTER_MODEL,
                 batch_size=scale.batch_size,
                 lr=2e-3,
-                workers=scale.loader_workers,
+                decoded_cache=True,
                 progress=config.progress,
             )
         )
