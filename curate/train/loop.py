@@ -79,7 +79,7 @@ class TrainConfig:
 
     ``decoded_cache``: decode every pair once into memory at the model's input size and augment
     with random crops on tensors (:mod:`curate.train.decoded`) instead of decoding and
-    RandomResizedCrop per draw: for small runs of tiny models, ~2.5x the samples/s on CPU."""
+    RandomResizedCrop per draw: fp-tiny-cnn on 10k toy pairs trains ~3x faster on 2 cores."""
 
     data: Path
     out: Path
