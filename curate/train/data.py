@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from curate.errors import UserError
@@ -301,6 +301,25 @@ def collate_pairs(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
     images = torch.stack([g[0] for g in good])
     tokens = torch.stack([g[1] for g in good])
     return images, tokens, len(items) - len(good)
+
+
+def epoch_loader(
+    dataset: Dataset,
+    sampler: EpochBatchSampler,
+    workers: int,
+    collate_fn: Callable[[list[Any]], Any],
+) -> DataLoader:
+    """A DataLoader over ``sampler``'s (epoch, position) batches; with workers, each prefetches
+    four batches (pinned when CUDA is present)."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
 
 
 class EpochBatchSampler:

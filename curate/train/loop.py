@@ -42,6 +42,7 @@ from curate.train.data import (
     PairDataset,
     PairIndex,
     collate_pairs,
+    epoch_loader,
     holdout_positions,
     index_data,
 )
@@ -358,15 +359,7 @@ def _loader(
     sampler = EpochBatchSampler(
         len(index), config.batch_size, config.seed, start_micro, total_micro
     )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate_pairs,
-        pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+    return epoch_loader(dataset, sampler, workers, collate_pairs)
 
 
 def _decoded_loader(

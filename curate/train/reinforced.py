@@ -27,7 +27,7 @@ from curate.pool.shards import split_member_name
 from curate.reinforce import records as rec
 from curate.reinforce.loss import DistillClipLoss
 from curate.reinforce.reader import CONFIG_FILE, ReinforcedDataset, student_transform
-from curate.train.data import EpochBatchSampler, PairIndex, index_shards
+from curate.train.data import EpochBatchSampler, PairIndex, epoch_loader, index_shards
 from curate.train.model import TrainableModel
 
 # MobileCLIP's published recipe: --distill-loss-weights 0.25 0.75, --distill-logit-scale 100
@@ -180,15 +180,7 @@ class ReinforcedSource:
         where = {uid: i for i, (_, uid, _) in enumerate(dataset.samples)}
         positions = [where[train_index.keys[i]] for i in range(len(train_index))]
         sampler = EpochBatchSampler(len(positions), batch_size, seed, start_micro, total_micro)
-        return DataLoader(
-            _Positions(dataset, positions),
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate_reinforced,
-            pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if workers else None,
-            persistent_workers=False,
-        )
+        return epoch_loader(_Positions(dataset, positions), sampler, workers, collate_reinforced)
 
 
 class _Positions(Dataset):
