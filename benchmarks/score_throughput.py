@@ -8,15 +8,16 @@ model, then measures for each model, with the same batch size and threads:
   + the row-wise dot product on pre-decoded, pre-tokenised tensors, in this process;
 * our model path (info): the scorer's image encoder and its exact short-text encoder over
   length-sorted caption windows, on the same pre-decoded tensors;
-* end-to-end: ``filter-pool score --workers 1`` as a subprocess with the same weights, timed
-  from outside (process wall) and by the command itself (score stage);
+* end-to-end: ``filter-pool score`` as a subprocess with the same weights and its default
+  workers (on 2 cores: 2 workers of 1 torch thread; ``--workers N`` to choose), timed from
+  outside (process wall) and by the command itself (score stage);
 
 and checks that all three give the same scores (within 1e-4). With ``--lossy`` it also runs
 the CLI with ``--precision bf16`` and reports its speed, largest score difference and
 Spearman rank correlation against fp32. Usage::
 
     .venv/bin/python benchmarks/score_throughput.py [--models ViT-S-32,ViT-B-32]
-        [--samples 2000] [--batch-size 64] [--lossy] [--work DIR] [--json]
+        [--samples 2000] [--batch-size 64] [--workers N] [--lossy] [--work DIR] [--json]
 
 Targets: end-to-end >= 1.5x the plain model (issue 8) and >= 0.85x (issue 2).
 Progress goes to stderr; the figures go to stdout.
@@ -94,6 +95,7 @@ class Figures:
     samples: int
     batch_size: int
     threads: int
+    cli_workers: str
     mean_caption_tokens: float
     preprocess_samples_per_second: float
     plain_model_samples_per_second: float
@@ -234,7 +236,7 @@ def run_our_model(loaded: LoadedModel, data: Decoded, batch_size: int) -> ModelO
 
 
 def run_cli(
-    run: Path, model: str, checkpoint: Path, batch_size: int, *extra: str
+    run: Path, model: str, checkpoint: Path, batch_size: int, workers: int | None, *extra: str
 ) -> tuple[float, dict]:
     """Run ``filter-pool score`` as a subprocess; return its wall time and its JSON summary."""
     command = [
@@ -247,8 +249,7 @@ def run_cli(
         str(checkpoint),
         "--name",
         SCORER_NAME,
-        "--workers",
-        "1",
+        *([] if workers is None else ["--workers", str(workers)]),
         "--batch-size",
         str(batch_size),
         "--overwrite",
@@ -313,14 +314,20 @@ def check_cli_summary(summary: dict, n: int) -> None:
 
 
 def measure(
-    model: str, samples: list[Sample], run: Path, batch_size: int, work: Path, lossy: bool
+    model: str,
+    samples: list[Sample],
+    run: Path,
+    batch_size: int,
+    workers: int | None,
+    work: Path,
+    lossy: bool,
 ) -> Figures:
     """Run the three measurements for ``model`` and check the scores; return the figures."""
     load = os.getloadavg()[0]
     if load > 0.5:
         log(f"warning: load average {load:.2f} before starting; other work may skew the figures")
     checkpoint = prepare_weights(work, model)
-    threads = len(os.sched_getaffinity(0))  # what the single Dask worker gets
+    threads = len(os.sched_getaffinity(0))  # torch threads of the model-only paths: every core
     torch.set_num_threads(threads)
     loaded = load_model(ModelSpec(model, pretrained=str(checkpoint)))
     data = decode_all(loaded, samples)
@@ -333,7 +340,7 @@ def measure(
     decode_seconds = data.seconds
     del loaded, data
 
-    wall, summary = run_cli(run, model, checkpoint, batch_size)
+    wall, summary = run_cli(run, model, checkpoint, batch_size, workers)
     check_cli_summary(summary, n)
     fp32_values = cli_values(plain.scores, cli_scores(run))
     plain_rate = n / plain.seconds
@@ -343,6 +350,7 @@ def measure(
         samples=n,
         batch_size=batch_size,
         threads=threads,
+        cli_workers="default" if workers is None else str(workers),
         mean_caption_tokens=token_lengths,
         preprocess_samples_per_second=n / decode_seconds,
         plain_model_samples_per_second=plain_rate,
@@ -359,7 +367,7 @@ def measure(
         load_average_before=load,
     )
     if lossy:
-        _, bf16 = run_cli(run, model, checkpoint, batch_size, "--precision", "bf16")
+        _, bf16 = run_cli(run, model, checkpoint, batch_size, workers, "--precision", "bf16")
         check_cli_summary(bf16, n)
         bf16_values = cli_values(plain.scores, cli_scores(run))
         figures.bf16_stage_samples_per_second = float(bf16["samples_per_second"])
@@ -380,6 +388,7 @@ def render(figures: list[Figures]) -> str:
     rows = [
         ("samples", [str(f.samples) for f in figures]),
         ("batch size / torch threads", [f"{f.batch_size} / {f.threads}" for f in figures]),
+        ("filter-pool score --workers", [f.cli_workers for f in figures]),
         ("mean caption tokens (with sot/eot)", [f"{f.mean_caption_tokens:.1f}" for f in figures]),
         ("decode+preprocess, 1 process", [rate(f.preprocess_samples_per_second) for f in figures]),
         ("plain open_clip model", [rate(f.plain_model_samples_per_second) for f in figures]),
@@ -420,6 +429,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--samples", type=int, default=2000, help="pool size (at least)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="filter-pool score --workers (default: its own)"
+    )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="pool, run and weights")
     parser.add_argument("--lossy", action="store_true", help="also measure --precision bf16")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -434,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     run = prepare_run(args.work, pool)
     samples = read_samples(run, pool)
     figures = [
-        measure(model, samples, run, args.batch_size, args.work, args.lossy)
+        measure(model, samples, run, args.batch_size, args.workers, args.work, args.lossy)
         for model in args.models.split(",")
     ]
     if args.json:

@@ -205,7 +205,13 @@ def score(
         typer.Option("--quick-gelu/--no-quick-gelu", help="Force the activation (default: "
                      "from the tag, hub or directory config, else the architecture)."),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Dask workers (0 runs in-process).")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Dask workers (0 runs in-process; default one per GPU, or on CPU workers of "
+            "at most 4 torch threads, at least 2)."
+        ),
+    ] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Address of an existing Dask scheduler.")
     ] = None,
@@ -222,12 +228,13 @@ def score(
         str,
         typer.Option(help="auto (fp32 on CPU, fp16 autocast on CUDA), fp32, bf16 (lossy), fp16."),
     ] = "auto",
-    padded_text: Annotated[
+    plain_encoders: Annotated[
         bool,
         typer.Option(
-            "--padded-text",
-            help="Encode captions padded to the full context as open_clip does (slower; the "
-            "default cuts them exactly at the batch's longest caption).",
+            "--plain-encoders",
+            help="Run open_clip's encode_image and encode_text unchanged (slower; by default "
+            "captions stop at the batch's longest one and the last block runs only where the "
+            "tower pools, both exact).",
         ),
     ] = False,
     decode: Annotated[
@@ -250,7 +257,7 @@ def score(
             overwrite=overwrite,
             max_image_pixels=max_image_pixels,
             precision=precision,
-            padded_text=padded_text,
+            plain_encoders=plain_encoders,
             decoder=decode,
             progress=progress,
         )

@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 from curate.errors import UserError
-from curate.executor import ExecutorConfig
+from curate.executor import ExecutorConfig, auto_workers
+from curate.executor import base as executor_base
 from curate.models import ModelSpec, load_model
 from curate.pool.ingest import IngestConfig, ingest_pool
 from curate.pool.synthetic import SyntheticPool, truncate_file
 from curate.scoring.scorer import Scorer
 from curate.scoring.shard import ShardTask, score_shard
-from curate.scoring.stage import ScoreConfig, ScoreError, score_run
+from curate.scoring.stage import ScoreConfig, ScoreError, _executor_config, score_run
 from curate.workspace import RunPaths
 
 TINY = "fp-tiny-vit"
@@ -279,3 +280,22 @@ def test_existing_cluster_by_scheduler_address(
     assert summary.stats.samples == len(pool.keys)
     np.testing.assert_allclose(_table(other)["dfn_score"].to_numpy(),
                                _table(run_dir)["dfn_score"].to_numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cores", "expected"), [(1, 1), (2, 2), (3, 2), (4, 2), (8, 2), (16, 4), (64, 16)]
+)
+def test_default_workers_follow_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
+) -> None:
+    monkeypatch.setattr(executor_base, "available_cores", lambda: cores)
+    assert auto_workers() == expected
+    assert auto_workers(gpus=3) == 3
+
+
+def test_score_without_workers_uses_the_default(tmp_path: Path) -> None:
+    spec = ModelSpec("fp-tiny-vit", random_init=True)
+    chosen = ScoreConfig(run=tmp_path, model=spec, executor=ExecutorConfig(workers=None))
+    assert _executor_config(chosen).workers == auto_workers()
+    explicit = ScoreConfig(run=tmp_path, model=spec, executor=ExecutorConfig(workers=0))
+    assert _executor_config(explicit).workers == 0

@@ -1,10 +1,11 @@
 """The scorer: a loaded filter network that turns decoded batches into cosine similarities.
 
 A process loads each scorer once (``get_scorer``), whatever the number of shards it scores.
-Text goes through the exact short-text encoder when the tower allows it (see
-``text_encoder``); convolutional image towers run channels-last on CPU. Precision is fp32
-on CPU and fp16 autocast on CUDA unless asked otherwise: ``bf16`` on CPU is lossy and only
-used when requested.
+Text goes through the exact short-text encoder and ViT images through the exact class-token
+encoder when the towers allow it (see ``text_encoder`` and ``image_encoder``);
+convolutional image towers run channels-last on CPU. Precision is fp32 on CPU and fp16
+autocast on CUDA unless asked otherwise: ``bf16`` on CPU is lossy and only used when
+requested.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 
 from curate.executor import load_once
 from curate.models import LoadedModel, ModelSpec, load_model
+from curate.scoring.image_encoder import make_image_encoder
 from curate.scoring.image_loader import ImageLoader, make_image_loader
 from curate.scoring.text_encoder import make_text_encoder
 
@@ -64,7 +66,7 @@ class ScorerConfig:
     device: str = "auto"
     threads: int | None = None
     precision: str = "auto"
-    exact_short_text: bool = True
+    exact_shortcuts: bool = True
     decoder: str = "auto"
 
 
@@ -84,7 +86,7 @@ class Scorer:
         self,
         loaded: LoadedModel,
         precision: str = "auto",
-        exact_short_text: bool = True,
+        exact_shortcuts: bool = True,
         decoder: str = "auto",
     ) -> None:
         self.loaded = loaded
@@ -92,7 +94,8 @@ class Scorer:
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
         self.autocast_dtype = resolve_precision(precision, self.device)
-        self.text_encoder = make_text_encoder(loaded.model, exact_short_text)
+        self.text_encoder = make_text_encoder(loaded.model, exact_shortcuts)
+        self.image_encoder = make_image_encoder(loaded.model, exact_shortcuts)
         visual = getattr(loaded.model, "visual", None)
         # channels-last speeds up real convolutions on CPU; a ViT's patchify conv gains nothing
         self.channels_last = visual is not None and _has_convolutions(visual)
@@ -127,7 +130,7 @@ class Scorer:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            features = self.loaded.model.encode_image(images, normalize=True)
+            features = self.image_encoder(images)
         return features.float().cpu()
 
     @torch.inference_mode()
@@ -157,7 +160,7 @@ def get_scorer(config: ScorerConfig, slot: int = 0) -> Scorer:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device, slot)
         loaded = load_model(config.spec, device=device)
-        scorer = Scorer(loaded, config.precision, config.exact_short_text, config.decoder)
+        scorer = Scorer(loaded, config.precision, config.exact_shortcuts, config.decoder)
         logger.info(
             "scorer %s ready on %s (%d threads)", config.spec.id, device, torch.get_num_threads()
         )

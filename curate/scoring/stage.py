@@ -14,15 +14,22 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import torch
 from tqdm.auto import tqdm
 
 from curate.errors import UserError
-from curate.executor import ExecutorConfig, TaskFailure, current_worker_slot, make_executor
+from curate.executor import (
+    ExecutorConfig,
+    TaskFailure,
+    auto_workers,
+    current_worker_slot,
+    make_executor,
+)
 from curate.models import ModelError, ModelSpec
 from curate.models.spec import check_weights, resolve_model_spec
 from curate.scoring.decode import DEFAULT_MAX_PIXELS
@@ -63,7 +70,7 @@ class ScoreConfig:
     overwrite: bool = False
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     precision: str = "auto"
-    padded_text: bool = False
+    plain_encoders: bool = False
     decoder: str = "auto"
     progress: bool = True
 
@@ -247,14 +254,24 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
     )
 
 
+def _executor_config(config: ScoreConfig) -> ExecutorConfig:
+    """The executor asked for; without ``--workers``, one worker per GPU scoring on CUDA."""
+    executor = config.executor
+    if executor.workers is not None or executor.scheduler is not None:
+        return executor
+    on_gpu = config.device != "cpu" and torch.cuda.is_available()
+    gpus = torch.cuda.device_count() if on_gpu else 0
+    return replace(executor, workers=auto_workers(gpus))
+
+
 def _execute(config: ScoreConfig, tasks: list[ShardTask]) -> tuple[ShardStats, dict[str, str]]:
-    executor = make_executor(config.executor)
+    executor = make_executor(_executor_config(config))
     scorer_config = ScorerConfig(
         spec=config.model,
         device=config.device,
         threads=executor.threads_per_task,
         precision=config.precision,
-        exact_short_text=not config.padded_text,
+        exact_shortcuts=not config.plain_encoders,
         decoder=config.decoder,
     )
     task_fn = functools.partial(run_score_task, scorer_config)

@@ -4,7 +4,8 @@ open_clip pads every caption to the context length (77 tokens). In a causal text
 the hidden state at position ``i`` depends only on tokens ``0..i``, and the embedding is read
 at the end-of-text token, so everything after the longest caption's end-of-text token is
 wasted work. ``ExactShortTextEncoder`` cuts the token embedding, positional embedding and
-causal mask to that length and pools where open_clip pools; the embeddings equal
+causal mask to that length and pools where open_clip pools, and its last block runs only at
+the pooled position (``pooled_block``); the embeddings equal
 ``model.encode_text`` up to float rounding. Towers where this is not exact (bidirectional
 attention, an appended class token, ``last`` pooling, Hugging Face towers) use
 ``PaddedTextEncoder``, which is ``encode_text`` itself.
@@ -19,6 +20,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from curate.scoring.pooled_block import last_block_at, pooled_block_supported
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,11 @@ class ExactShortTextEncoder:
 
     def __init__(self, tower: _CausalTower) -> None:
         self.tower = tower
+        transformer = tower.transformer
+        self.pooled_last_block = (
+            getattr(transformer, "batch_first", False)
+            and pooled_block_supported(transformer.resblocks[-1])[0]
+        )
 
     def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
         """The position open_clip pools each caption at (as ``text_global_pool`` does)."""
@@ -128,9 +136,15 @@ class ExactShortTextEncoder:
         cast_dtype = tower.transformer.get_cast_dtype()
         x = tower.token_embedding(tokens).to(cast_dtype)
         x = x + tower.positional_embedding[:length].to(cast_dtype)
-        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
-        x = tower.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), pool_index]
+        mask = tower.attn_mask[:length, :length]
+        if self.pooled_last_block:
+            blocks = tower.transformer.resblocks
+            for block in blocks[:-1]:
+                x = block(x, attn_mask=mask)
+            x = tower.ln_final(last_block_at(blocks[-1], x, pool_index, causal=True))
+        else:
+            x = tower.ln_final(tower.transformer(x, attn_mask=mask))
+            x = x[torch.arange(x.shape[0], device=x.device), pool_index]
         projection = tower.text_projection
         if isinstance(projection, nn.Linear):
             x = projection(x)
