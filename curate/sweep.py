@@ -3,12 +3,13 @@
 DuckDB scans the candidates once for their scores and caption lengths (a few bytes per row in
 NumPy, never the captions themselves) and, in the same scan, the captions of a seeded uniform
 sample. A fraction F maps to DataComp's threshold (the score at index ``int(N * F)`` of the
-descending order, ties kept), from one DuckDB ``quantile_disc``. Kept counts and mean caption
-length are exact, computed in one pass: each row is bucketed by how many thresholds it
-reaches. English share and class-name match share come from the ``language`` and
+descending order, ties kept), read from one ``np.partition`` of the scores at every wanted
+index (0.5 s for 100 fractions of 12.8M rows; DuckDB's ``quantile_disc`` took 1.5 s). Kept
+counts and mean caption length are exact, computed in one pass: each row is bucketed by how
+many thresholds it reaches. English share and class-name match share come from the ``language`` and
 ``text_match`` filters run on the sample (``stats_sample`` rows: a Bernoulli draw on a hash of
 sample_id and seed, cut to that size uniformly at random), since language ID costs far more
-than SQL.
+than SQL; the two filters load while DuckDB scans, and run on the sample while NumPy counts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
-from curate.filters import FilterSpec, evaluate_filters
+from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
 from curate.select import NAME_PATTERN, resolve_score_column
 from curate.tables import connect
 from curate.workspace import RunPaths, staged_directory
@@ -165,27 +166,18 @@ def _load_candidates(con: duckdb.DuckDBPyConnection, query: str, sample_size: in
                        chars.is_valid().to_numpy(zero_copy_only=False), sample)
 
 
-def fraction_thresholds(
-    con: duckdb.DuckDBPyConnection, scores: np.ndarray, fractions: tuple[float, ...]
-) -> dict[float, float]:
+def fraction_thresholds(scores: np.ndarray, fractions: tuple[float, ...]) -> dict[float, float]:
     """DataComp's threshold per fraction: descending scores at index int(N * F) (clamped).
 
-    One DuckDB ``quantile_disc`` over the scanned scores gives every order statistic; asking
-    for q = (j + 0.5) / N lands exactly on ascending index j.
+    Descending index i is ascending index N - 1 - i; one ``np.partition`` at every wanted
+    ascending index puts the exact order statistic there.
     """
     total = len(scores)
     if not fractions or total == 0:
         return {}
     ascending = {f: total - 1 - min(int(total * f), total - 1) for f in fractions}
-    wanted = sorted(set(ascending.values()))
-    cursor = con.cursor()
-    cursor.register("sweep_scores", pa.table({"score": scores}))
-    quantiles = ", ".join(repr((j + 0.5) / total) for j in wanted)
-    values = cursor.execute(
-        f"SELECT quantile_disc(score, [{quantiles}]) FROM sweep_scores"
-    ).fetchall()[0][0]
-    at = dict(zip(wanted, values, strict=True))
-    return {f: float(at[ascending[f]]) for f in fractions}
+    ordered = np.partition(scores, sorted(set(ascending.values())))
+    return {f: float(ordered[ascending[f]]) for f in fractions}
 
 
 def _exact_stats(candidates: _Candidates, thresholds: list[float]) -> list[tuple]:
@@ -228,15 +220,22 @@ def _float32_at_least(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _share_filters(con: duckdb.DuckDBPyConnection) -> tuple[ResolvedFilter, ResolvedFilter]:
+    """The filters behind the sampled shares, resolved (language ID loads its model)."""
+    return (
+        FilterSpec("language", {"lang": "en"}).resolve(con),
+        FilterSpec("text_match").resolve(con),
+    )
+
+
 def _sampled_shares(
-    con: duckdb.DuckDBPyConnection, sample: pa.Table | None, thresholds: list[float]
+    filters: tuple[ResolvedFilter, ResolvedFilter], sample: pa.Table | None, thresholds: list[float]
 ) -> list[tuple[float | None, float | None]]:
     """English share and class-name match share among kept rows of a uniform sample."""
     if sample is None or sample.num_rows == 0:
         return [(None, None)] * len(thresholds)
     scores = sample.column("score").to_numpy()
-    english = FilterSpec("language", {"lang": "en"}).resolve(con).mask(sample)
-    matched = FilterSpec("text_match").resolve(con).mask(sample)
+    english, matched = (f.mask(sample) for f in filters)
     shares = []
     for t in thresholds:
         kept = scores >= t
@@ -298,21 +297,30 @@ def sweep(config: SweepConfig) -> SweepResult:
         raise UserError(f"sweep {target} exists; pass --overwrite or another --name")
     query, tables = _candidate_query(con, config, column)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        if config.plot:  # import matplotlib (~1 s of Python) while DuckDB scans
+        # Python-heavy set-up (matplotlib's import, the language model) while DuckDB scans,
+        # then language ID on the sample while NumPy counts
+        if config.plot:
             pool.submit(_import_pyplot)
+        share_filters = pool.submit(_share_filters, con.cursor()) if config.stats_sample else None
         candidates = _load_candidates(_cursor(con, tables), query, config.stats_sample,
                                       config.seed)
-    total = len(candidates.scores)
-    if total == 0:
-        raise UserError(f"no sample has a {column} value after the filters; nothing to sweep")
-    by_fraction = fraction_thresholds(con, candidates.scores, config.fractions)
-    rows = [(f, t) for f, t in by_fraction.items()] + [(None, t) for t in config.thresholds]
-    thresholds = [t for _, t in rows]
-    exact = _exact_stats(candidates, thresholds)
-    edges, counts = _histogram(candidates.scores)
-    sample = candidates.sample
-    del candidates
-    shares = _sampled_shares(con, sample, thresholds)
+        total = len(candidates.scores)
+        if total == 0:
+            raise UserError(f"no sample has a {column} value after the filters; nothing to sweep")
+        by_fraction = fraction_thresholds(candidates.scores, config.fractions)
+        rows = [(f, t) for f, t in by_fraction.items()] + [(None, t) for t in config.thresholds]
+        thresholds = [t for _, t in rows]
+        shares_future = (
+            pool.submit(_sampled_shares, share_filters.result(), candidates.sample, thresholds)
+            if share_filters is not None
+            else None
+        )
+        exact = _exact_stats(candidates, thresholds)
+        edges, counts = _histogram(candidates.scores)
+        del candidates
+        shares = (
+            shares_future.result() if shares_future else [(None, None)] * len(thresholds)
+        )
     table = pa.table({
         "fraction": pa.array([f for f, _ in rows], pa.float64()),
         "threshold": pa.array(thresholds, pa.float64()),

@@ -341,3 +341,17 @@ def test_failure_groups_name_each_rows_failing_filters(
     everything_kept = [np.ones(5, dtype=bool)]
     group, failing = select_module._failure_groups(everything_kept, ["a"], 5)
     assert not group.any() and failing == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_fraction_thresholds_follow_datacomp_with_ties(dtype: type) -> None:
+    from curate.sweep import fraction_thresholds
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 50, size=1001).astype(dtype)  # many ties
+    fractions = (0.001, 0.1, 0.15, 0.3, 0.5, 0.999, 1.0)
+    got = fraction_thresholds(scores, fractions)
+    descending = -np.sort(-scores)
+    for f in fractions:
+        assert got[f] == float(descending[min(int(len(scores) * f), len(scores) - 1)]), f
+    assert fraction_thresholds(scores[:0], fractions) == {}
