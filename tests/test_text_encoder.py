@@ -70,6 +70,7 @@ def test_standard_text_towers_encode_exactly(arch: str) -> None:
     model = _model_with_text_tower(cfg["text_cfg"], cfg["embed_dim"], cfg.get("quick_gelu", False))
     encoder = make_text_encoder(model)
     assert isinstance(encoder, ExactShortTextEncoder)
+    assert encoder.pooled_last_block  # the last block runs at the end-of-text token only
     tokens = open_clip.get_tokenizer(arch)(_captions(seed=1))
     assert _max_difference(model, encoder, tokens) <= 1e-5
 
