@@ -671,7 +671,9 @@ def test_train_clip_on_reinforced_data_minimises_the_distillation_loss(
         )
         / 2
     )
-    assert abs(float(clip) - first) > 0.01, (float(clip), first)  # not the plain CLIP loss
+    # not the plain CLIP loss: the two are 10x the equality check's tolerance apart (how far
+    # depends on the sampled synthetic captions, which vary with torch's thread count)
+    assert abs(float(clip) - first) > 10 * 1e-4 * abs(first), (float(clip), first)
 
     # a resume must share the reinforced data and every distillation option
     changed = DistillConfig(clip_weight=0.0, distill_weight=0.5, teacher_logit_scales=scales)
