@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
 
 from curate.models import ModelSpec, load_model  # noqa: E402
 from curate.pool.ingest import IngestConfig, ingest_pool  # noqa: E402
+from curate.pool.shapes import write_shapes_pool  # noqa: E402
 from curate.pool.synthetic import SyntheticPool, write_synthetic_pool  # noqa: E402
+from curate.select import SelectConfig, select_subset  # noqa: E402
 
 TINY_ARCH = "fp-tiny-vit"
 
@@ -41,3 +44,21 @@ def run_dir(tmp_path: Path, pool: SyntheticPool) -> Path:
     run = tmp_path / "run"
     ingest_pool(IngestConfig(pool=pool.root, run=run))
     return run
+
+
+def _shapes_run(root: Path, num_shards: int, samples_per_shard: int) -> Path:
+    """A shapes pool ingested into ``root/run`` with subsets 'all' (downloaded) and 'red'."""
+    pool = write_shapes_pool(
+        root / "pool", num_shards=num_shards, samples_per_shard=samples_per_shard
+    )
+    run = root / "run"
+    ingest_pool(IngestConfig(pool=pool, run=run))
+    select_subset(SelectConfig(run=run, name="all", where="status = 'success'"))
+    select_subset(SelectConfig(run=run, name="red", where="text LIKE '%red%'"))
+    return run
+
+
+@pytest.fixture(scope="session")
+def make_shapes_run() -> Callable[[Path, int, int], Path]:
+    """Builds a shapes run with subsets 'all' and 'red' under a given folder."""
+    return _shapes_run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,21 +12,17 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.errors import UserError
 from curate.evaluate import EvaluateConfig, evaluate_subset
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.shapes import write_shapes_eval_set, write_shapes_pool
-from curate.select import SelectConfig, select_subset
+from curate.pool.shapes import write_shapes_eval_set
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def shapes_run(
+    tmp_path_factory: pytest.TempPathFactory, make_shapes_run: Callable[[Path, int, int], Path]
+) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("evaluate")
-    pool = write_shapes_pool(root / "pool", num_shards=2, samples_per_shard=100)
-    run = root / "run"
-    ingest_pool(IngestConfig(pool=pool, run=run))
-    select_subset(SelectConfig(run=run, name="all", where="status = 'success'"))
-    select_subset(SelectConfig(run=run, name="red", where="text LIKE '%red%'"))
+    run = make_shapes_run(root, 2, 100)
     return run, write_shapes_eval_set(root / "eval", per_class=2)
 
 

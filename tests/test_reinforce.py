@@ -695,21 +695,17 @@ def test_train_clip_on_reinforced_data_minimises_the_distillation_loss(
 
 @pytest.fixture(scope="module")
 def reinforced_run(
-    tmp_path_factory: pytest.TempPathFactory, specs: dict[str, str]
+    tmp_path_factory: pytest.TempPathFactory,
+    specs: dict[str, str],
+    make_shapes_run: Callable[[Path, int, int], Path],
 ) -> tuple[Path, Path, Path]:
     """A shapes run with subsets 'all' and 'red', the reinforced export of 'all' (one teacher,
     no captioner) and a zero-shot eval set."""
     from curate.export import ExportConfig, export_subset
-    from curate.pool.ingest import IngestConfig, ingest_pool
-    from curate.pool.shapes import write_shapes_eval_set, write_shapes_pool
-    from curate.select import SelectConfig, select_subset
+    from curate.pool.shapes import write_shapes_eval_set
 
     root = tmp_path_factory.mktemp("reinforced-run")
-    pool = write_shapes_pool(root / "pool", num_shards=1, samples_per_shard=48)
-    run = root / "run"
-    ingest_pool(IngestConfig(pool=pool, run=run))
-    select_subset(SelectConfig(run=run, name="all", where="status = 'success'"))
-    select_subset(SelectConfig(run=run, name="red", where="text LIKE '%red%'"))
+    run = make_shapes_run(root, 1, 48)
     export_subset(ExportConfig(run=run, subset="all", out=root / "export", progress=False))
     out = root / "dr"
     reinforce(
