@@ -49,6 +49,7 @@ from curate.scoring.status import (
     UNSUPPORTED_FORMAT,
     SampleError,
 )
+from curate.tables import connect
 from curate.workspace import RunPaths, staged_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -247,6 +248,33 @@ def _read_manifest(path: Path) -> pa.Table:
     return table
 
 
+def _with_pool_metadata(run: Path, table: pa.Table) -> pa.Table:
+    """The manifest with the METADATA_COLUMNS it lacks (select writes no sizes or sha256)
+    taken from the run's pool table, matched on (shard, key); null where the pool has none."""
+    lacking = [c for c in METADATA_COLUMNS if c not in table.column_names]
+    if not lacking or table.num_rows == 0:
+        return table
+    con = connect(run)
+    in_pool = {row[0] for row in con.execute("DESCRIBE pool").fetchall()}
+    lacking = [c for c in lacking if c in in_pool]
+    if not lacking:
+        return table
+    con.register("wanted", pa.table({
+        "_row": pa.array(np.arange(table.num_rows, dtype=np.int64)),
+        "shard": table.column("shard"),
+        "key": table.column("key"),
+    }))
+    values = ", ".join(f'any_value(p."{c}") AS "{c}"' for c in lacking)
+    found = con.sql(
+        f"SELECT w._row, {values} FROM wanted w LEFT JOIN pool p "
+        "ON CAST(p.shard AS VARCHAR) = w.shard AND CAST(p.key AS VARCHAR) = w.key "
+        "GROUP BY w._row ORDER BY w._row"
+    ).to_arrow_table()
+    for name in lacking:
+        table = table.append_column(name, found.column(name))
+    return table
+
+
 def _missing_row(row: dict[str, Any], reason: str, detail: str | None = None) -> dict[str, Any]:
     return {"uid": row["uid"], "shard": row["shard"], "key": row["key"], "reason": reason,
             "detail": detail}
@@ -353,6 +381,7 @@ def export_subset(config: ExportConfig) -> ExportSummary:
         raise UserError(f"subset {config.subset!r} not found: {subset_dir} does not exist")
     table = _read_manifest(subset_dir / "manifest.parquet")
     _prepare_out(config)
+    table = _with_pool_metadata(config.run, table)
     score_columns = [c for c in table.column_names if c.endswith(SCORE_SUFFIX)]
     tars = {s["name"]: Path(s["tar"]) if s.get("tar") else None for s in run_record["shards"]}
     if not any(tars.values()):

@@ -3,7 +3,7 @@
 Writes ``RUN/subsets/NAME/``:
 
 - ``uids.npy``: DataComp subset file (``u8,u8``, sorted ascending);
-- ``manifest.parquet``: the kept samples (uid, shard, key, url, text, sizes, sha256, scores);
+- ``manifest.parquet``: the kept samples (uid, shard, key, url, text, every score);
 - ``dropped.parquet``: every dropped sample with its first failing filter and all of them;
 - ``selection.json``: the command, filters and resolved thresholds, counts, scorers and their
   models, fingerprints of the inputs and the sha256 of ``uids.npy``.
@@ -155,14 +155,15 @@ def _failure_groups(passed: list[np.ndarray], labels: list[str],
     group; a handful of filters a few dozen at most."""
     if len(labels) > MAX_FILTERS:
         raise UserError(f"at most {MAX_FILTERS} filters in one selection, got {len(labels)}")
-    code = np.zeros(rows, dtype=np.uint64)
+    width = next(t for t in (np.uint8, np.uint16, np.uint64) if np.iinfo(t).bits >= len(labels))
+    code = np.zeros(rows, dtype=width)
     for j, kept in enumerate(passed):
-        code |= (~kept).astype(np.uint64) << np.uint64(j)
+        code |= (~kept).view(np.uint8).astype(width) << width(j)
     if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
-        present = np.flatnonzero(np.bincount(code.astype(np.intp), minlength=1))
-        lookup = np.zeros(2 ** len(labels), dtype=np.intp)
+        present = np.flatnonzero(np.bincount(code, minlength=1))
+        lookup = np.zeros(2 ** len(labels), dtype=np.uint16)  # < 2**16 groups
         lookup[present] = np.arange(len(present))
-        values, group = present.astype(np.uint64), lookup[code.astype(np.intp)]
+        values, group = present.astype(np.uint64), lookup[code]
     else:
         values, group = np.unique(code, return_inverse=True)
     if len(values) and values[0] != 0:  # no kept row: shift so that 0 still means kept

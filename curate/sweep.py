@@ -3,19 +3,19 @@
 DuckDB scans the candidates once for their scores and caption lengths (a few bytes per row in
 NumPy, never the captions themselves) and, in the same scan, the captions of a seeded uniform
 sample. A fraction F maps to DataComp's threshold (the score at index ``int(N * F)`` of the
-descending order, ties kept), read from one ``np.partition`` of the scores at every wanted
-index (0.5 s for 100 fractions of 12.8M rows; DuckDB's ``quantile_disc`` took 1.5 s). Kept
-counts and mean caption length are exact, computed in one pass: each row is bucketed by how
-many thresholds it reaches. English share and class-name match share come from the ``language`` and
-``text_match`` filters run on the sample (``stats_sample`` rows: a Bernoulli draw on a hash of
-sample_id and seed, cut to that size uniformly at random), since language ID costs far more
-than SQL; the two filters load while DuckDB scans, and run on the sample while NumPy counts.
+descending order, ties kept). Thresholds, kept counts, mean caption length and the plot's
+histogram all come from one binning pass over the scores (``curate.score_bins``), exact: only
+the bins holding a threshold are sorted. English share and class-name match share come from
+the ``language`` and ``text_match`` filters run on the sample (``stats_sample`` rows: a
+Bernoulli draw on a hash of sample_id and seed, cut to that size uniformly at random), since
+language ID costs far more than SQL; the two filters load while DuckDB scans, and run on the
+sample while NumPy counts.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.chunks import ordered_map, part_chunks
 from curate.errors import UserError
 from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
+from curate.score_bins import ScoreBins
 from curate.select import NAME_PATTERN, resolve_score_column
-from curate.tables import connect
+from curate.tables import connect, samples_layout, samples_sql
 from curate.workspace import RunPaths, staged_directory
 
 logger = logging.getLogger(__name__)
@@ -91,22 +93,32 @@ class SweepResult:
         }
 
 
-def _candidate_query(con: duckdb.DuckDBPyConnection, config: SweepConfig,
-                     column: str) -> tuple[str, dict[str, pa.Table]]:
-    """SQL for the candidates ``(score, text)``: rows passing filters and where, score not null;
-    and the Arrow tables that the SQL reads (to register on each cursor)."""
+SCAN_CHUNKS = 8  # pool parts per unfiltered scan, read two at a time (see curate.chunks)
+
+
+def _candidate_queries(con: duckdb.DuckDBPyConnection, config: SweepConfig,
+                       column: str) -> tuple[list[str], dict[str, pa.Table]]:
+    """SQL for the candidates ``(score, text, sample_id)``: rows passing filters and where,
+    score not null nor NaN, as queries whose results concatenate in ``samples`` order; and the
+    Arrow tables that the SQL reads (to register on each cursor). Without filters, one query
+    per chunk of pool parts when ``samples`` joins by position (a positional join runs on one
+    thread; chunks run side by side); else one query."""
+    sources = ["samples"]
     if config.filters or config.where:
         decisions = evaluate_filters(con, list(config.filters), where=config.where)
         labels = [c for c in decisions.column_names if c not in ("uid", "sample_id")]
         passed = " AND ".join(f'coalesce(d."{label}", false)' for label in labels)
-        source = f"samples s JOIN sweep_decisions d USING (sample_id) WHERE {passed} AND"
+        join = f"JOIN sweep_decisions d USING (sample_id) WHERE {passed} AND"
         tables = {"sweep_decisions": decisions}
     else:
-        source, tables = "samples s WHERE", {}
-    query = (f'SELECT s."{column}" AS score, s.text, s.sample_id FROM {source} '
-             f's."{column}" IS NOT NULL '
-             f'AND NOT isnan(s."{column}")')
-    return query, tables
+        join, tables = "WHERE", {}
+        paths = RunPaths(config.run)
+        layout = samples_layout(con, paths)
+        if layout.positional and len(layout.pool_files) > 1:
+            sources = [f"({samples_sql(paths, layout, chunk)})"
+                       for chunk in part_chunks(layout, SCAN_CHUNKS)]
+    return [f'SELECT s."{column}" AS score, s.text, s.sample_id FROM {source} s {join} '
+            f's."{column}" IS NOT NULL AND NOT isnan(s."{column}")' for source in sources], tables
 
 
 def _cursor(con: duckdb.DuckDBPyConnection,
@@ -139,18 +151,23 @@ def _sample_rate(con: duckdb.DuckDBPyConnection, size: int) -> float:
     return min(1.0, SAMPLE_MARGIN * size / rows) if rows else 1.0
 
 
-def _load_candidates(con: duckdb.DuckDBPyConnection, query: str, sample_size: int,
-                     seed: int) -> _Candidates:
-    """One scan: scores and caption lengths as NumPy arrays (a few bytes per row), and the
-    captions of a seeded Bernoulli draw (a hash of sample_id and seed), cut to exactly
-    ``sample_size`` uniformly at random when it drew more."""
+def _load_candidates(con: duckdb.DuckDBPyConnection, queries: list[str], sample_size: int,
+                     seed: int, tables: dict[str, pa.Table] | None = None) -> _Candidates:
+    """One scan (``queries`` side by side, results in order): scores and caption lengths as
+    NumPy arrays (a few bytes per row), and the captions of a seeded Bernoulli draw (a hash of
+    sample_id and seed), cut to exactly ``sample_size`` uniformly at random when it drew more."""
     drawn = "false"
     if sample_size:
         cut = min(int(_sample_rate(con, sample_size) * 2.0**64), 2**64 - 1)
         drawn = f"hash(sample_id, {int(seed)}) <= {cut}::UBIGINT"
-    table = con.sql(f"SELECT score, length(text) AS chars, _drawn, CASE WHEN _drawn THEN text "
-                    f"END AS drawn_text FROM (SELECT *, {drawn} AS _drawn FROM ({query}))"
-                    ).to_arrow_table()
+
+    def scan(query: str) -> pa.Table:
+        return _cursor(con, tables or {}).sql(
+            f"SELECT score, length(text) AS chars, _drawn, CASE WHEN _drawn THEN text "
+            f"END AS drawn_text FROM (SELECT *, {drawn} AS _drawn FROM ({query}))"
+        ).to_arrow_table()
+
+    table = pa.concat_tables(ordered_map(scan, queries))
     scores = table.column("score").to_numpy()
     if scores.dtype.kind not in "fiu":
         scores = scores.astype(np.float64)
@@ -166,58 +183,30 @@ def _load_candidates(con: duckdb.DuckDBPyConnection, query: str, sample_size: in
                        chars.is_valid().to_numpy(zero_copy_only=False), sample)
 
 
-def fraction_thresholds(scores: np.ndarray, fractions: tuple[float, ...]) -> dict[float, float]:
+def fraction_thresholds(scores: np.ndarray, fractions: tuple[float, ...],
+                        bins: ScoreBins | None = None) -> dict[float, float]:
     """DataComp's threshold per fraction: descending scores at index int(N * F) (clamped).
 
-    Descending index i is ascending index N - 1 - i; one ``np.partition`` at every wanted
-    ascending index puts the exact order statistic there.
+    Descending index i is ascending index N - 1 - i, an order statistic of ``bins`` (built
+    from ``scores`` when not given).
     """
     total = len(scores)
     if not fractions or total == 0:
         return {}
-    ascending = {f: total - 1 - min(int(total * f), total - 1) for f in fractions}
-    ordered = np.partition(scores, sorted(set(ascending.values())))
-    return {f: float(ordered[ascending[f]]) for f in fractions}
+    bins = bins if bins is not None else ScoreBins.build(scores)
+    ascending = [total - 1 - min(int(total * f), total - 1) for f in fractions]
+    values = bins.order_statistics(ascending)
+    return {f: float(v) for f, v in zip(fractions, values, strict=True)}
 
 
-def _exact_stats(candidates: _Candidates, thresholds: list[float]) -> list[tuple]:
-    """Kept count (``score >= t``) and mean caption length per threshold, in one pass.
-
-    Each row falls in the bucket of how many (sorted) thresholds it reaches; suffix sums of the
-    bucket counts give every threshold's kept rows.
-    """
+def _exact_stats(candidates: _Candidates, bins: ScoreBins,
+                 thresholds: list[float]) -> list[tuple]:
+    """Kept count (``score >= t``) and mean caption length per threshold, exact."""
     if not thresholds:
         return []
-    values = np.asarray(thresholds, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    edges = values[order]
-    if candidates.scores.dtype == np.float32:  # search in float32: no float64 copy of scores
-        edges = _float32_at_least(edges)
-    bucket = np.searchsorted(edges, candidates.scores, side="right")
-    size = len(values) + 1
-
-    def reached(weights: np.ndarray | None) -> np.ndarray:
-        counts = np.bincount(bucket, weights=weights, minlength=size)
-        return np.cumsum(counts[::-1])[::-1][1:]  # [j]: rows in buckets > j
-
-    kept = reached(None)
-    chars = reached(candidates.chars.astype(np.float64))
-    texts = reached(candidates.has_text.astype(np.float64))
-    out: list[tuple] = [()] * len(values)
-    for rank, i in enumerate(order):
-        mean = float(chars[rank] / texts[rank]) if texts[rank] else None
-        out[i] = (int(kept[rank]), mean)
-    return out
-
-
-def _float32_at_least(values: np.ndarray) -> np.ndarray:
-    """Per float64 threshold t, the least float32 >= t (NaN stays NaN): for a float32 score x,
-    ``x >= t`` exactly when ``x >= _float32_at_least(t)``; the order of ``values`` is kept."""
-    with np.errstate(over="ignore"):
-        out = values.astype(np.float32)
-    below = out.astype(np.float64) < values
-    out[below] = np.nextafter(out[below], np.float32(np.inf))
-    return out
+    kept, (chars, texts) = bins.reached(thresholds, [candidates.chars, candidates.has_text])
+    return [(int(k), float(c / n) if n else None)
+            for k, c, n in zip(kept, chars, texts, strict=True)]
 
 
 def _share_filters(con: duckdb.DuckDBPyConnection) -> tuple[ResolvedFilter, ResolvedFilter]:
@@ -228,14 +217,24 @@ def _share_filters(con: duckdb.DuckDBPyConnection) -> tuple[ResolvedFilter, Reso
     )
 
 
+def _sample_masks(
+    filters: Future[tuple[ResolvedFilter, ResolvedFilter]], sample: pa.Table | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per sampled row, English or not and a class name or not (None without a sample)."""
+    if sample is None or sample.num_rows == 0:
+        return None
+    english, matched = (f.mask(sample) for f in filters.result())
+    return english, matched
+
+
 def _sampled_shares(
-    filters: tuple[ResolvedFilter, ResolvedFilter], sample: pa.Table | None, thresholds: list[float]
+    sample: pa.Table | None, masks: tuple[np.ndarray, np.ndarray] | None, thresholds: list[float]
 ) -> list[tuple[float | None, float | None]]:
     """English share and class-name match share among kept rows of a uniform sample."""
-    if sample is None or sample.num_rows == 0:
+    if sample is None or masks is None:
         return [(None, None)] * len(thresholds)
     scores = sample.column("score").to_numpy()
-    english, matched = (f.mask(sample) for f in filters)
+    english, matched = masks
     shares = []
     for t in thresholds:
         kept = scores >= t
@@ -243,18 +242,6 @@ def _sampled_shares(
         shares.append((float(english[kept].mean()) if count else None,
                        float(matched[kept].mean()) if count else None))
     return shares
-
-
-def _histogram(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HISTOGRAM_BINS equal-width bins over the finite scores (for the plot)."""
-    finite = scores[np.isfinite(scores)] if scores.dtype.kind == "f" else scores
-    if len(finite) == 0:
-        return np.zeros(0), np.zeros(0)
-    low, high = float(finite.min()), float(finite.max())
-    width = (high - low) / HISTOGRAM_BINS or 1.0
-    bins = np.minimum(np.floor((finite - low) / width).astype(np.int64), HISTOGRAM_BINS - 1)
-    counts = np.bincount(bins, minlength=HISTOGRAM_BINS).astype(np.float64)
-    return low + width * np.arange(HISTOGRAM_BINS + 1), counts
 
 
 def _import_pyplot() -> None:
@@ -295,32 +282,27 @@ def sweep(config: SweepConfig) -> SweepResult:
     target = RunPaths(config.run).root / "sweeps" / name
     if target.exists() and not config.overwrite:
         raise UserError(f"sweep {target} exists; pass --overwrite or another --name")
-    query, tables = _candidate_query(con, config, column)
+    queries, tables = _candidate_queries(con, config, column)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Python-heavy set-up (matplotlib's import, the language model) while DuckDB scans,
-        # then language ID on the sample while NumPy counts
+        # then language ID on the sample while NumPy bins and counts
         if config.plot:
             pool.submit(_import_pyplot)
         share_filters = pool.submit(_share_filters, con.cursor()) if config.stats_sample else None
-        candidates = _load_candidates(_cursor(con, tables), query, config.stats_sample,
-                                      config.seed)
+        candidates = _load_candidates(con, queries, config.stats_sample, config.seed, tables)
         total = len(candidates.scores)
         if total == 0:
             raise UserError(f"no sample has a {column} value after the filters; nothing to sweep")
-        by_fraction = fraction_thresholds(candidates.scores, config.fractions)
+        sample = candidates.sample
+        masks = pool.submit(_sample_masks, share_filters, sample) if share_filters else None
+        bins = ScoreBins.build(candidates.scores)
+        by_fraction = fraction_thresholds(candidates.scores, config.fractions, bins)
         rows = [(f, t) for f, t in by_fraction.items()] + [(None, t) for t in config.thresholds]
         thresholds = [t for _, t in rows]
-        shares_future = (
-            pool.submit(_sampled_shares, share_filters.result(), candidates.sample, thresholds)
-            if share_filters is not None
-            else None
-        )
-        exact = _exact_stats(candidates, thresholds)
-        edges, counts = _histogram(candidates.scores)
-        del candidates
-        shares = (
-            shares_future.result() if shares_future else [(None, None)] * len(thresholds)
-        )
+        exact = _exact_stats(candidates, bins, thresholds)
+        edges, counts = bins.histogram(HISTOGRAM_BINS)
+        del candidates, bins
+        shares = _sampled_shares(sample, masks.result() if masks else None, thresholds)
     table = pa.table({
         "fraction": pa.array([f for f, _ in rows], pa.float64()),
         "threshold": pa.array(thresholds, pa.float64()),

@@ -91,8 +91,11 @@ def array_to_uids(pairs: np.ndarray) -> list[str]:
 
 
 def sort_uid_array(pairs: np.ndarray) -> np.ndarray:
-    """Sort ascending by (high, low), the order DataComp's resharder binary-searches."""
-    by_high = pairs[np.argsort(pairs["f0"])]
+    """Sort ascending by (high, low), the order DataComp's resharder binary-searches.
+
+    A stable (merging) sort: sorted runs, such as chunks sorted on their own and concatenated,
+    merge in a fraction of a full sort's time."""
+    by_high = pairs[np.argsort(pairs["f0"], kind="stable")]
     high = by_high["f0"]
     if (high[1:] == high[:-1]).any():  # a shared high half (rare): order the full pair
         return pairs[np.lexsort((pairs["f1"], pairs["f0"]))]

@@ -113,6 +113,24 @@ def test_exports_exactly_the_selected_samples(run_dir: Path, pool: SyntheticPool
     assert sorted(p.name for p in tmp_path.iterdir()) == ["handoff", "run"]  # no staging left
 
 
+def test_sizes_and_sha256_come_from_the_pool_when_the_manifest_lacks_them(
+        run_dir: Path, pool: SyntheticPool, tmp_path: Path):
+    table = good_rows(run_dir, pool)
+    write_subset(run_dir, table.select(["uid", "shard", "key", "url", "text"]))  # as select does
+    out = tmp_path / "out"
+
+    summary = export(run_dir, out, shard_size=1000)
+
+    assert summary.exported == table.num_rows
+    rows = {r["uid"]: r for r in table.to_pylist()}
+    for sample in read_export(out):
+        meta, row = json.loads(sample["json"]), rows[sample["uid"]]
+        assert meta["sha256"] == row["sha256"] == hashlib.sha256(sample["jpg"]).hexdigest()
+        assert (meta["original_width"], meta["original_height"]) == (
+            row["original_width"], row["original_height"])
+        assert meta["original_width"] is not None
+
+
 @pytest.mark.parametrize("shard_size", [1, 5, 7, 1000])
 def test_shard_size_splits_output(run_dir: Path, pool: SyntheticPool, tmp_path: Path,
                                   shard_size: int):

@@ -273,23 +273,30 @@ def test_sweep_thresholds_are_datacomp_thresholds(datacomp_run: tuple[Path, pa.T
 
 def test_sweep_sample_is_seeded_uniform_and_paired(datacomp_run: tuple[Path, pa.Table]) -> None:
     from curate.sweep import SweepConfig as Config
-    from curate.sweep import _candidate_query, _load_candidates
+    from curate.sweep import _candidate_queries, _load_candidates
 
     run, table = datacomp_run
     con = connect(run)
-    query, _ = _candidate_query(con, Config(run=run, by="clip_l14"), "clip_l14_score")
-    first = _load_candidates(con, query, 300, seed=1)
-    again = _load_candidates(con, query, 300, seed=1)
-    other = _load_candidates(con, query, 300, seed=2)
+    queries, _ = _candidate_queries(con, Config(run=run, by="clip_l14"), "clip_l14_score")
+    assert len(queries) > 1  # chunks of pool parts, side by side
+    first = _load_candidates(con, queries, 300, seed=1)
+    again = _load_candidates(con, queries, 300, seed=1)
+    other = _load_candidates(con, queries, 300, seed=2)
     assert first.sample.num_rows == 300 and first.sample.equals(again.sample)
+    whole, tables = _candidate_queries(con, Config(run=run, by="clip_l14", where="true"),
+                                       "clip_l14_score")
+    assert len(whole) == 1
+    single = _load_candidates(con, whole, 300, 1, tables)  # one scan of samples: the same
+    assert np.array_equal(single.scores, first.scores) and single.sample.equals(first.sample)
+    assert np.array_equal(single.chars, first.chars)
     assert not first.sample.equals(other.sample)
     scores = table.column("clip_l14_similarity_score").to_numpy().astype(np.float32)
     pairs = set(zip(table.column("text").to_pylist(), scores.tolist(), strict=True))
     sampled = zip(first.sample.column("text").to_pylist(),
                   first.sample.column("score").to_numpy().astype(np.float32).tolist(), strict=True)
     assert all(pair in pairs for pair in sampled)  # each sampled caption with its own score
-    assert _load_candidates(con, query, 0, seed=1).sample is None
-    everything = _load_candidates(con, query, 10**6, seed=1).sample
+    assert _load_candidates(con, queries, 0, seed=1).sample is None
+    everything = _load_candidates(con, queries, 10**6, seed=1).sample
     assert everything.num_rows == len(first.scores)  # a sample larger than the pool: all rows
 
 
