@@ -14,6 +14,7 @@ from curate.executor.base import (
     current_worker_slot,
     load_once,
     make_executor,
+    start_workers_early,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "current_worker_slot",
     "load_once",
     "make_executor",
+    "start_workers_early",
 ]

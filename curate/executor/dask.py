@@ -13,6 +13,7 @@ from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed.utils import get_mp_context
 
 from curate.executor.base import (
     ProgressFn,
@@ -23,8 +24,15 @@ from curate.executor.base import (
     describe_exception,
     set_worker_slot,
 )
+from curate.executor.forkserver import set_worker_preload
 
 logger = logging.getLogger(__name__)
+
+def _use_forkserver() -> None:
+    """Start local workers from the forkserver (``curate.executor.forkserver``)."""
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    get_mp_context()  # Dask sets its own preload list once per process: then ours replaces it
+    set_worker_preload()
 
 
 def _quiet_distributed_logs() -> None:
@@ -82,6 +90,7 @@ class DaskExecutor:
                 for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
             }})
             _quiet_distributed_logs()
+            _use_forkserver()
             self.cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,

@@ -29,6 +29,7 @@ from curate.executor import (
     auto_workers,
     current_worker_slot,
     make_executor,
+    start_workers_early,
 )
 from curate.models import ModelError, ModelSpec
 from curate.models.spec import check_weights, resolve_model_spec
@@ -212,6 +213,8 @@ def _pool_rows(tasks: list[ShardTask]) -> int:
 def score_run(config: ScoreConfig) -> ScoreSummary:
     """Score every unfinished shard of ``config.run``; return the summary of the whole table."""
     started = time.perf_counter()
+    executor_config = _executor_config(config)
+    start_workers_early(executor_config)  # overlaps the checks below
     paths = RunPaths(config.run)
     run = paths.read_run()
     imageless = [s["name"] for s in run["shards"] if not s.get("tar")]
@@ -236,7 +239,7 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
     failures: dict[str, str] = {}
     if tasks:
         write_json_atomic(scores_dir / SCORER_FILE, record)
-        scored_now, failures = _execute(config, tasks)
+        scored_now, failures = _execute(config, executor_config, tasks)
     logger.info(
         "scored %s: %d shards run, %d already done",
         config.name,
@@ -264,8 +267,9 @@ def _executor_config(config: ScoreConfig) -> ExecutorConfig:
     return replace(executor, workers=auto_workers(gpus))
 
 
-def _execute(config: ScoreConfig, tasks: list[ShardTask]) -> tuple[ShardStats, dict[str, str]]:
-    executor = make_executor(_executor_config(config))
+def _execute(config: ScoreConfig, executor_config: ExecutorConfig,
+             tasks: list[ShardTask]) -> tuple[ShardStats, dict[str, str]]:
+    executor = make_executor(executor_config)
     scorer_config = ScorerConfig(
         spec=config.model,
         device=config.device,
