@@ -28,6 +28,7 @@ from curate.executor.forkserver import set_worker_preload
 
 logger = logging.getLogger(__name__)
 
+
 def _use_forkserver() -> None:
     """Start local workers from the forkserver (``curate.executor.forkserver``)."""
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
