@@ -6,16 +6,17 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from curate.errors import UserError
 from curate.executor import ExecutorConfig
-from curate.models import ModelSpec, list_packaged_configs
 from curate.pool.ingest import IngestConfig, ingest_pool
 from curate.scoring.decode import DEFAULT_MAX_PIXELS
-from curate.scoring.stage import ScoreConfig, ScoreSummary, score_run
+
+if TYPE_CHECKING:  # torch and open_clip load only in the commands that need them (~5 s)
+    from curate.scoring.stage import ScoreSummary
 
 app = typer.Typer(
     name="filter-pool",
@@ -245,6 +246,9 @@ def score(
     as_json: JsonOption = False,
 ) -> None:
     """Score every sample with a filter network: image-text cosine similarity."""
+    from curate.models import ModelSpec
+    from curate.scoring.stage import ScoreConfig, score_run
+
     try:
         config = ScoreConfig(
             run=run,
@@ -662,6 +666,7 @@ def models(as_json: JsonOption = False) -> None:
     """List the packaged tiny configs and open_clip's architectures and pretrained tags."""
     import open_clip
 
+    from curate.models import list_packaged_configs
     from curate.models.spec import _register_packaged_configs
 
     _register_packaged_configs()
