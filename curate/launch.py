@@ -8,8 +8,9 @@ workers are ready when the command needs them instead of 5-7 s later.
 
 from __future__ import annotations
 
-import os
 import sys
+
+from curate.executor.base import available_cores  # light: no Dask, no torch
 
 LOCAL_CLUSTER_COMMANDS = frozenset({"score", "demo"})
 
@@ -33,7 +34,7 @@ def starts_local_cluster(args: list[str], cores: int | None = None) -> bool:
         return False
     if _option_value(args, "--scheduler") is not None or _option_value(args, "--workers") == "0":
         return False
-    return (cores if cores is not None else os.cpu_count() or 1) > 1
+    return (cores if cores is not None else available_cores()) > 1
 
 
 def main() -> None:
