@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BINS = 64_000  # a multiple of the sweep plot's 100 bins: its histogram is whole bins
+BLOCK = 1 << 20  # rows per block of float64 work (fresh 100 MB arrays cost page faults)
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,30 @@ class ScoreBins:
 
     @staticmethod
     def _map(values: np.ndarray, low: float, scale: float, size: int) -> np.ndarray:
+        """Each value's bin, a block at a time (the float64 work stays in one small buffer)."""
+        out = np.zeros(len(values), dtype=np.int32)
         if scale == 0:  # one distinct finite score: a single bin (constant, so monotone)
-            return np.zeros(len(values), dtype=np.int32)
-        position = values.astype(np.float64)
-        position -= low
-        position *= scale
-        np.floor(position, out=position)
-        np.clip(position, 0, size - 1, out=position)
-        return position.astype(np.int32)
+            return out
+        buffer = np.empty(min(BLOCK, len(values)), dtype=np.float64)
+        for start in range(0, len(values), BLOCK):
+            position = buffer[: len(values[start : start + BLOCK])]
+            position[:] = values[start : start + BLOCK]
+            position -= low
+            position *= scale
+            np.floor(position, out=position)
+            np.clip(position, 0, size - 1, out=position)
+            out[start : start + len(position)] = position
+        return out
+
+    def _per_bin(self, weight: np.ndarray | None) -> np.ndarray:
+        """Rows (or the sum of ``weight``) per bin; weights are summed a block at a time."""
+        if weight is None:
+            return self.counts
+        total = np.zeros(self.size, dtype=np.float64)
+        for start in range(0, len(weight), BLOCK):
+            total += np.bincount(self.bins[start : start + BLOCK],
+                                 weights=weight[start : start + BLOCK], minlength=self.size)
+        return total
 
     @property
     def size(self) -> int:
@@ -103,9 +120,8 @@ class ScoreBins:
         def totals(row_weight: np.ndarray | None) -> np.ndarray:
             """Rows (or weight) at or above each threshold: whole bins above the threshold's
             bin that are not in the compared subset, plus the subset at or above it."""
-            per_bin = (self.counts if row_weight is None
-                       else np.bincount(self.bins, weights=row_weight, minlength=self.size))
-            subset = row_weight[rows] if row_weight is not None else None
+            per_bin = self._per_bin(row_weight)
+            subset = row_weight[rows].astype(np.float64) if row_weight is not None else None
             per_bin = per_bin - np.bincount(self.bins[rows], weights=subset, minlength=self.size)
             above = np.concatenate([np.cumsum(per_bin[::-1])[::-1], [0]])  # [b]: bins >= b
             tail = np.concatenate([[0], np.cumsum(subset if subset is not None
@@ -114,7 +130,7 @@ class ScoreBins:
             return np.where(valid, out, 0)
 
         kept = np.rint(totals(None)).astype(np.int64)
-        return kept, [totals(np.asarray(w, dtype=np.float64)) for w in weights]
+        return kept, [totals(np.asarray(w)) for w in weights]
 
     def histogram(self, plot_bins: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """``plot_bins`` equal-width bins over the finite range (infinite scores counted in the

@@ -23,7 +23,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.chunks import ordered_map, part_chunks
@@ -163,15 +162,15 @@ def _load_candidates(con: duckdb.DuckDBPyConnection, queries: list[str], sample_
 
     def scan(query: str) -> pa.Table:
         return _cursor(con, tables or {}).sql(
-            f"SELECT score, length(text) AS chars, _drawn, CASE WHEN _drawn THEN text "
-            f"END AS drawn_text FROM (SELECT *, {drawn} AS _drawn FROM ({query}))"
+            f"SELECT score, coalesce(length(text), 0)::INTEGER AS chars, text IS NOT NULL AS "
+            f"has_text, _drawn, CASE WHEN _drawn THEN text END AS drawn_text "
+            f"FROM (SELECT *, {drawn} AS _drawn FROM ({query}))"
         ).to_arrow_table()
 
     table = pa.concat_tables(ordered_map(scan, queries))
     scores = table.column("score").to_numpy()
     if scores.dtype.kind not in "fiu":
         scores = scores.astype(np.float64)
-    chars = table.column("chars")
     sample = None
     if sample_size:
         rows = np.flatnonzero(table.column("_drawn").to_numpy(zero_copy_only=False))
@@ -179,8 +178,8 @@ def _load_candidates(con: duckdb.DuckDBPyConnection, queries: list[str], sample_
             rows = np.sort(np.random.default_rng(seed).choice(rows, sample_size, replace=False))
         sample = pa.table({"score": pa.array(scores[rows]),
                            "text": table.column("drawn_text").take(pa.array(rows))})
-    return _Candidates(scores, pc.fill_null(chars, 0).to_numpy().astype(np.int64),
-                       chars.is_valid().to_numpy(zero_copy_only=False), sample)
+    return _Candidates(scores, table.column("chars").to_numpy(),
+                       table.column("has_text").to_numpy(zero_copy_only=False), sample)
 
 
 def fraction_thresholds(scores: np.ndarray, fractions: tuple[float, ...],
