@@ -52,8 +52,8 @@ class ScoreBins:
             return out
         buffer = np.empty(min(BLOCK, len(values)), dtype=np.float64)
         for start in range(0, len(values), BLOCK):
-            position = buffer[: len(values[start : start + BLOCK])]
-            position[:] = values[start : start + BLOCK]
+            position = buffer[: min(BLOCK, len(values) - start)]
+            position[:] = values[start : start + len(position)]
             position -= low
             position *= scale
             np.floor(position, out=position)

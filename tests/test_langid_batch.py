@@ -78,6 +78,7 @@ def test_one_caption_or_none(
 ) -> None:
     reference, batched = identifiers
     assert batched.classify([]) == []
+    assert batched.scores([]).shape == (0, len(batched.labels))
     for text in ("", "Der Hund ist braun", "x" * 3000):
         assert batched.classify([text]) == [reference.classify(text)[0]]
 

@@ -135,6 +135,9 @@ class BatchLanguageIdentifier:
     def _feature_counts(self, encoded: list[bytes]) -> scipy.sparse.csr_matrix:
         """[captions, features] feature counts: all captions step through the DFA together,
         longest first, so the captions still walking are always a prefix."""
+        shape = (len(encoded), len(self.log_likelihood))
+        if not encoded:
+            return scipy.sparse.csr_matrix(shape, dtype=np.float32)
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         order = np.argsort(-lengths, kind="stable")
         longest_first = lengths[order]
@@ -153,7 +156,6 @@ class BatchLanguageIdentifier:
             if hit.size:
                 rows.append(order[hit])
                 features.append(emitted[hit])
-        shape = (len(encoded), len(self.log_likelihood))
         if not rows:
             return scipy.sparse.csr_matrix(shape, dtype=np.float32)
         rows, features = np.concatenate(rows), np.concatenate(features)
