@@ -122,15 +122,16 @@ class BatchLanguageIdentifier:
 
     @classmethod
     def from_py3langid(cls, identifier: Any) -> BatchLanguageIdentifier:
-        """From a ``py3langid.langid.LanguageIdentifier`` (its public model attributes)."""
-        return cls(
-            next_state=np.asarray(identifier.tk_nextmove, dtype=np.int32),
-            row_offset=np.asarray(identifier.tk_row, dtype=np.int64) << 8,
-            feature=np.asarray(identifier.tk_output, dtype=np.int64),
-            log_likelihood=np.asarray(identifier.nb_ptc, dtype=np.float32),
-            log_prior=np.asarray(identifier.nb_pc, dtype=np.float32),
-            labels=tuple(identifier.nb_classes),
-        )
+        """From a ``py3langid.langid.LanguageIdentifier`` (its public model attributes, which
+        are the model file's arrays under other names)."""
+        return cls.from_arrays({
+            "nextmove": np.asarray(identifier.tk_nextmove),
+            "nextmove_row": np.asarray(identifier.tk_row),
+            "out_feat": np.asarray(identifier.tk_output),
+            "ptc": identifier.nb_ptc,
+            "pc": identifier.nb_pc,
+            "classes": np.asarray(identifier.nb_classes),
+        })
 
     def _feature_counts(self, encoded: list[bytes]) -> scipy.sparse.csr_matrix:
         """[captions, features] feature counts: all captions step through the DFA together,
