@@ -77,6 +77,28 @@ def test_what_the_tensor_path_cannot_decode_goes_through_pillow(preprocess) -> N
     assert failure.value.status == "too_large"
 
 
+def test_only_complete_jpegs_reach_the_tensor_decoder(preprocess) -> None:
+    """nvJPEG decodes a cut file without an error, so a cut file must never reach it."""
+    transform = EvalTransform.from_compose(preprocess)
+    pil = PilImageLoader(preprocess, DEFAULT_MAX_PIXELS)
+    sent_to_pillow: list[int] = []
+
+    def fallback(data: bytes) -> torch.Tensor:
+        sent_to_pillow.append(len(data))
+        return pil(data)
+
+    loader = TensorJpegLoader(transform, torch.device("cpu"), fallback, DEFAULT_MAX_PIXELS)
+    jpeg = _encoded((120, 90))
+    loader(jpeg)
+    loader(jpeg + b"\x00\x00\r\n")  # padding after the end-of-image marker is harmless
+    assert sent_to_pillow == []
+    for cut in (len(jpeg) - 2, len(jpeg) * 3 // 4):
+        with pytest.raises(SampleError) as failure:
+            loader(jpeg[:cut])
+        assert failure.value.status == "corrupt_image"
+    assert sent_to_pillow == [len(jpeg) - 2, len(jpeg) * 3 // 4]
+
+
 def test_loader_choice(preprocess) -> None:
     cpu = torch.device("cpu")
     assert isinstance(make_image_loader(preprocess, cpu, "auto", 10), PilImageLoader)
@@ -93,3 +115,12 @@ def test_cuda_jpeg_decode_matches_the_cpu_tensor_path(preprocess) -> None:
     on_gpu = cuda(data)
     assert on_gpu.is_cuda
     assert (on_gpu.cpu() - _tensor_loader(preprocess)(data)).abs().max() < 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_decoder_gives_a_cut_jpeg_its_status(preprocess) -> None:
+    jpeg = _encoded((512, 384))
+    cuda = make_image_loader(preprocess, torch.device("cuda"), "cuda", DEFAULT_MAX_PIXELS)
+    with pytest.raises(SampleError) as failure:
+        cuda(jpeg[: len(jpeg) * 3 // 4])
+    assert failure.value.status == "corrupt_image"

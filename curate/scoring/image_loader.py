@@ -36,6 +36,8 @@ warnings.filterwarnings(
 )
 
 DECODERS = ("auto", "cpu", "cuda")
+_END_OF_IMAGE = b"\xff\xd9"
+_TRAILING_PADDING = b"\x00\r\n "  # bytes some writers append after the marker
 
 
 class ImageLoader(Protocol):
@@ -102,7 +104,14 @@ class TensorJpegLoader:
         self.std = torch.tensor(transform.std, device=device).view(3, 1, 1)
 
     def _decodable(self, data: bytes) -> bool:
-        """A baseline/progressive RGB or greyscale JPEG within the pixel limit (header only)."""
+        """A complete baseline/progressive RGB or greyscale JPEG within the pixel limit.
+
+        nvJPEG decodes a truncated JPEG without an error (the missing rows come out grey), so
+        only bytes that end in the end-of-image marker go to the GPU; the rest go to Pillow,
+        which decodes them fully and gives a cut file its ``corrupt_image`` status.
+        """
+        if not data.rstrip(_TRAILING_PADDING).endswith(_END_OF_IMAGE):
+            return False
         try:
             with Image.open(io.BytesIO(data)) as header:
                 width, height = header.size
