@@ -137,3 +137,17 @@ def test_hf_hub_model_loads_from_the_local_cache(
     reference = load_model(ModelSpec(TINY, pretrained=str(tiny_checkpoint)))
     assert loaded.quick_gelu is True
     assert _same_weights(loaded.model, reference.model)
+
+
+def test_random_coca_decoder_projection_is_initialised() -> None:
+    """open_clip leaves a CoCa decoder's text_projection as torch.empty; random init fills it
+    (seeded, std width**-0.5), so two loads under one seed are equal and the logits finite."""
+    def decoder_projection() -> torch.Tensor:
+        torch.manual_seed(5)
+        model = load_model(ModelSpec("fp-tiny-coca", random_init=True)).model
+        return model.text_decoder.text_projection.detach().clone()
+
+    first, second = decoder_projection(), decoder_projection()
+    assert torch.equal(first, second)
+    assert torch.isfinite(first).all()
+    assert first.std().item() == pytest.approx(64**-0.5, rel=0.1)

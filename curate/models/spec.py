@@ -30,6 +30,7 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.transformer import MultimodalTransformer
 
 from curate.errors import UserError
 
@@ -318,6 +319,20 @@ def _quiet_missing_weights(quiet: bool) -> Iterator[None]:
         root.removeFilter(quiet_filter)
 
 
+def init_multimodal_decoders(model: torch.nn.Module) -> None:
+    """Give a CoCa text decoder's output projection its initial weights.
+
+    open_clip (3.3) creates ``MultimodalTransformer.text_projection`` with ``torch.empty`` and
+    never runs that class's ``init_parameters``, so a randomly initialised CoCa decodes through
+    whatever the allocator returned: zeros on a fresh CPU page, NaN on a GPU machine (seen on
+    an H100 host, where every generated caption failed). This sets the normal init that
+    ``init_parameters`` meant (std width ** -0.5), drawn from torch's generator like the rest.
+    """
+    for module in model.modules():
+        if isinstance(module, MultimodalTransformer) and module.text_projection is not None:
+            torch.nn.init.normal_(module.text_projection, std=module.width**-0.5)
+
+
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedModel:
     """Resolve and load a model for inference (eval mode, on ``device``)."""
     resolved = resolve_model_spec(spec)
@@ -338,6 +353,8 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
         raise
     except (RuntimeError, AssertionError, OSError) as exc:
         raise ModelError(f"cannot load {spec.id}: {_first_line(exc)}") from exc
+    if spec.random_init:
+        init_multimodal_decoders(model)
     if resolved.checkpoint is not None:
         _load_checkpoint_strict(model, resolved.checkpoint, resolved.open_clip_name)
     model = model.to(device).eval()
