@@ -201,6 +201,9 @@ def test_stored_embeddings_equal_direct_teacher_computation(
     views = replay(
         Image.open(io.BytesIO(members["jpg"])), json.loads(members["paug.json"])["param_aug"], aug
     )
+    # the stage ran on the GPU where there is one; its fp32 kernels differ from the CPU's in
+    # the last digits (an H100 gave 1.9e-5 here), so the bound there is 1e-4
+    atol = 1e-4 if torch.cuda.is_available() else 1e-5
     start = 0
     for teacher, record in zip(teachers, config["teachers"], strict=True):
         dim = record["embed_dim"]
@@ -214,9 +217,9 @@ def test_stored_embeddings_equal_direct_teacher_computation(
             )
             synthetic = nnf.normalize(teacher.model.encode_text(teacher.tokenizer(syn)), dim=-1)
         cols = slice(start, start + dim)
-        torch.testing.assert_close(emb["image_emb"][:, cols], image, atol=1e-5, rtol=0)
-        torch.testing.assert_close(emb["text_emb"][:, cols], gt, atol=1e-5, rtol=0)
-        torch.testing.assert_close(emb["syn_text_emb"][:, cols], synthetic, atol=1e-5, rtol=0)
+        torch.testing.assert_close(emb["image_emb"][:, cols], image, atol=atol, rtol=0)
+        torch.testing.assert_close(emb["text_emb"][:, cols], gt, atol=atol, rtol=0)
+        torch.testing.assert_close(emb["syn_text_emb"][:, cols], synthetic, atol=atol, rtol=0)
         start += dim
     assert emb["image_emb"].shape == (K, 192)
 
@@ -602,6 +605,7 @@ def test_train_clip_on_reinforced_data_minimises_the_distillation_loss(
         data=reinforced,
         out=tmp_path / "student",
         model="fp-tiny-rn",
+        device="cpu",  # compared below with an fp32 computation on the CPU
         steps=2,
         batch_size=n - 2,  # one batch is every training pair: its KD does not depend on order
         holdout=2,

@@ -100,7 +100,8 @@ def test_scores_equal_a_direct_open_clip_computation(
     run_dir: Path, pool: SyntheticPool, tiny_checkpoint: Path, batch_size: int
 ) -> None:
     # batch 3: several caption windows per shard, each encoded in length order, then restored
-    score_run(_config(run_dir, tiny_checkpoint, batch_size=batch_size))
+    # on the CPU: the direct computation is Pillow + fp32 there (a GPU scores in fp16 by default)
+    score_run(_config(run_dir, tiny_checkpoint, batch_size=batch_size, device="cpu"))
     table = _table(run_dir).filter(pl.col("status") == "ok")
     direct = _direct_scores(pool, tiny_checkpoint, table["key"].to_list())
     ours = dict(zip(table["key"], table["dfn_score"], strict=True))
@@ -296,6 +297,11 @@ def test_default_workers_follow_the_cores(
 def test_score_without_workers_uses_the_default(tmp_path: Path) -> None:
     spec = ModelSpec("fp-tiny-vit", random_init=True)
     chosen = ScoreConfig(run=tmp_path, model=spec, executor=ExecutorConfig(workers=None))
-    assert _executor_config(chosen).workers == auto_workers()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert _executor_config(chosen).workers == auto_workers(gpus)
+    on_cpu = ScoreConfig(
+        run=tmp_path, model=spec, executor=ExecutorConfig(workers=None), device="cpu"
+    )
+    assert _executor_config(on_cpu).workers == auto_workers(0)
     explicit = ScoreConfig(run=tmp_path, model=spec, executor=ExecutorConfig(workers=0))
     assert _executor_config(explicit).workers == 0
