@@ -13,11 +13,17 @@ model, then measures for each model, with the same batch size and threads:
   outside (process wall) and by the command itself (score stage);
 
 and checks that all three give the same scores (within 1e-4). With ``--lossy`` it also runs
-the CLI with ``--precision bf16`` and reports its speed, largest score difference and
-Spearman rank correlation against fp32. Usage::
+the CLI with reduced precision (bf16 on CPU, fp16 on CUDA) and reports its speed, largest
+score difference and Spearman rank correlation against fp32.
+
+With ``--device cuda`` every path runs on the GPU: the model-only paths take the pre-decoded
+tensors batch by batch, the exact CLI run decodes JPEGs on the CPU (``--decode cpu``,
+``--precision fp32``), and a second fp32 run decodes them on the GPU (``--decode cuda``),
+reported with its speed and its largest difference from the plain model. Usage::
 
     .venv/bin/python benchmarks/score_throughput.py [--models ViT-S-32,ViT-B-32]
-        [--samples 2000] [--batch-size 64] [--workers N] [--lossy] [--work DIR] [--json]
+        [--samples 2000] [--batch-size 64] [--workers N] [--device cpu|cuda] [--lossy]
+        [--work DIR] [--json]
 
 Targets: end-to-end >= 1.5x the plain model (issue 8) and >= 0.85x (issue 2).
 Progress goes to stderr; the figures go to stdout.
@@ -26,6 +32,7 @@ Progress goes to stderr; the figures go to stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -96,6 +103,7 @@ class Figures:
     batch_size: int
     threads: int
     cli_workers: str
+    device: str
     mean_caption_tokens: float
     preprocess_samples_per_second: float
     plain_model_samples_per_second: float
@@ -110,9 +118,12 @@ class Figures:
     max_abs_diff_ours_vs_plain: float
     max_abs_diff_cli_vs_plain: float
     load_average_before: float
-    bf16_stage_samples_per_second: float | None = None
-    bf16_max_abs_diff: float | None = None
-    bf16_spearman: float | None = None
+    cuda_decode_stage_samples_per_second: float | None = None
+    cuda_decode_max_abs_diff: float | None = None
+    lossy_precision: str | None = None
+    lossy_stage_samples_per_second: float | None = None
+    lossy_max_abs_diff: float | None = None
+    lossy_spearman: float | None = None
 
 
 def log(message: str) -> None:
@@ -196,21 +207,29 @@ def decode_all(loaded: LoadedModel, samples: list[Sample]) -> Decoded:
     return Decoded(images, tokens, [sample.uid for sample in samples], seconds)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a timer reads the work done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_plain_model(loaded: LoadedModel, data: Decoded, batch_size: int) -> ModelOnly:
     """open_clip as people call it: encode_image + encode_text (77 tokens) per batch."""
-    model = loaded.model
+    model, device = loaded.model, loaded.device
     scores = []
     with torch.inference_mode():
-        model.encode_image(data.images[:batch_size], normalize=True)  # warm-up, not timed
-        model.encode_text(data.tokens[:batch_size], normalize=True)
+        model.encode_image(data.images[:batch_size].to(device), normalize=True)  # warm-up
+        model.encode_text(data.tokens[:batch_size].to(device), normalize=True)
+        synchronize(device)
         started = time.perf_counter()
         for start in range(0, len(data.uids), batch_size):
             stop = start + batch_size
-            image_features = model.encode_image(data.images[start:stop], normalize=True)
-            text_features = model.encode_text(data.tokens[start:stop], normalize=True)
+            images = data.images[start:stop].to(device)
+            image_features = model.encode_image(images, normalize=True)
+            text_features = model.encode_text(data.tokens[start:stop].to(device), normalize=True)
             scores.append((image_features * text_features).sum(dim=-1))
+        values = torch.cat(scores).float().cpu().numpy()
         seconds = time.perf_counter() - started
-    values = torch.cat(scores).float().numpy()
     return ModelOnly(seconds, dict(zip(data.uids, values.tolist(), strict=True)))
 
 
@@ -236,7 +255,13 @@ def run_our_model(loaded: LoadedModel, data: Decoded, batch_size: int) -> ModelO
 
 
 def run_cli(
-    run: Path, model: str, checkpoint: Path, batch_size: int, workers: int | None, *extra: str
+    run: Path,
+    model: str,
+    checkpoint: Path,
+    batch_size: int,
+    workers: int | None,
+    device: str,
+    *extra: str,
 ) -> tuple[float, dict]:
     """Run ``filter-pool score`` as a subprocess; return its wall time and its JSON summary."""
     command = [
@@ -252,6 +277,8 @@ def run_cli(
         *([] if workers is None else ["--workers", str(workers)]),
         "--batch-size",
         str(batch_size),
+        "--device",
+        device,
         "--overwrite",
         "--no-progress",
         "--json",
@@ -320,6 +347,7 @@ def measure(
     batch_size: int,
     workers: int | None,
     work: Path,
+    device: str,
     lossy: bool,
 ) -> Figures:
     """Run the three measurements for ``model`` and check the scores; return the figures."""
@@ -329,10 +357,10 @@ def measure(
     checkpoint = prepare_weights(work, model)
     threads = len(os.sched_getaffinity(0))  # torch threads of the model-only paths: every core
     torch.set_num_threads(threads)
-    loaded = load_model(ModelSpec(model, pretrained=str(checkpoint)))
+    loaded = load_model(ModelSpec(model, pretrained=str(checkpoint)), device=device)
     data = decode_all(loaded, samples)
     n = len(samples)
-    log(f"{model}: plain model, {n} samples, batch {batch_size}, {threads} threads")
+    log(f"{model}: plain model on {device}, {n} samples, batch {batch_size}, {threads} threads")
     plain = run_plain_model(loaded, data, batch_size)
     log(f"{model}: our model path")
     ours = run_our_model(loaded, data, batch_size)
@@ -340,7 +368,10 @@ def measure(
     decode_seconds = data.seconds
     del loaded, data
 
-    wall, summary = run_cli(run, model, checkpoint, batch_size, workers)
+    cli = functools.partial(run_cli, run, model, checkpoint, batch_size, workers, device)
+    on_gpu = device == "cuda"
+    exact = ("--precision", "fp32", "--decode", "cpu") if on_gpu else ()
+    wall, summary = cli(*exact)
     check_cli_summary(summary, n)
     fp32_values = cli_values(plain.scores, cli_scores(run))
     plain_rate = n / plain.seconds
@@ -351,6 +382,7 @@ def measure(
         batch_size=batch_size,
         threads=threads,
         cli_workers="default" if workers is None else str(workers),
+        device=device,
         mean_caption_tokens=token_lengths,
         preprocess_samples_per_second=n / decode_seconds,
         plain_model_samples_per_second=plain_rate,
@@ -366,13 +398,21 @@ def measure(
         max_abs_diff_cli_vs_plain=max_abs_diff(plain.scores, fp32_values),
         load_average_before=load,
     )
+    if on_gpu:
+        _, gpu_decoded = cli("--precision", "fp32", "--decode", "cuda")
+        check_cli_summary(gpu_decoded, n)
+        values = cli_values(plain.scores, cli_scores(run))
+        figures.cuda_decode_stage_samples_per_second = float(gpu_decoded["samples_per_second"])
+        figures.cuda_decode_max_abs_diff = max_abs_diff(plain.scores, values)
     if lossy:
-        _, bf16 = run_cli(run, model, checkpoint, batch_size, workers, "--precision", "bf16")
-        check_cli_summary(bf16, n)
-        bf16_values = cli_values(plain.scores, cli_scores(run))
-        figures.bf16_stage_samples_per_second = float(bf16["samples_per_second"])
-        figures.bf16_max_abs_diff = float(np.abs(bf16_values - fp32_values).max())
-        figures.bf16_spearman = spearman(bf16_values, fp32_values)
+        precision = "fp16" if on_gpu else "bf16"
+        _, reduced = cli("--precision", precision, *(("--decode", "cpu") if on_gpu else ()))
+        check_cli_summary(reduced, n)
+        values = cli_values(plain.scores, cli_scores(run))
+        figures.lossy_precision = precision
+        figures.lossy_stage_samples_per_second = float(reduced["samples_per_second"])
+        figures.lossy_max_abs_diff = float(np.abs(values - fp32_values).max())
+        figures.lossy_spearman = spearman(values, fp32_values)
     return figures
 
 
@@ -389,6 +429,7 @@ def render(figures: list[Figures]) -> str:
         ("samples", [str(f.samples) for f in figures]),
         ("batch size / torch threads", [f"{f.batch_size} / {f.threads}" for f in figures]),
         ("filter-pool score --workers", [f.cli_workers for f in figures]),
+        ("device", [f.device for f in figures]),
         ("mean caption tokens (with sot/eot)", [f"{f.mean_caption_tokens:.1f}" for f in figures]),
         ("decode+preprocess, 1 process", [rate(f.preprocess_samples_per_second) for f in figures]),
         ("plain open_clip model", [rate(f.plain_model_samples_per_second) for f in figures]),
@@ -403,9 +444,18 @@ def render(figures: list[Figures]) -> str:
         ("ratio stage / our model path", [f"{f.ratio_stage_vs_our_model:.2f}x" for f in figures]),
         ("max |diff| ours vs plain", [f"{f.max_abs_diff_ours_vs_plain:.2g}" for f in figures]),
         ("max |diff| CLI vs plain", [f"{f.max_abs_diff_cli_vs_plain:.2g}" for f in figures]),
-        ("bf16 end-to-end (lossy)", [rate(f.bf16_stage_samples_per_second) for f in figures]),
-        ("bf16 max |diff| vs fp32", [number(f.bf16_max_abs_diff, ".2g") for f in figures]),
-        ("bf16 Spearman vs fp32", [number(f.bf16_spearman, ".5f") for f in figures]),
+        (
+            "end-to-end, JPEG decode on the GPU",
+            [rate(f.cuda_decode_stage_samples_per_second) for f in figures],
+        ),
+        (
+            "GPU decode max |diff| vs plain",
+            [number(f.cuda_decode_max_abs_diff, ".2g") for f in figures],
+        ),
+        ("lossy precision", [f.lossy_precision or "-" for f in figures]),
+        ("lossy end-to-end", [rate(f.lossy_stage_samples_per_second) for f in figures]),
+        ("lossy max |diff| vs fp32", [number(f.lossy_max_abs_diff, ".2g") for f in figures]),
+        ("lossy Spearman vs fp32", [number(f.lossy_spearman, ".5f") for f in figures]),
         ("load average before (1 min)", [f"{f.load_average_before:.2f}" for f in figures]),
     ]
     width = max(len(label) for label, _ in rows)
@@ -433,7 +483,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, default=None, help="filter-pool score --workers (default: its own)"
     )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="pool, run and weights")
-    parser.add_argument("--lossy", action="store_true", help="also measure --precision bf16")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--lossy", action="store_true", help="also measure bf16 (CPU) or fp16 (CUDA)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser.parse_args(argv)
 
@@ -446,7 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     run = prepare_run(args.work, pool)
     samples = read_samples(run, pool)
     figures = [
-        measure(model, samples, run, args.batch_size, args.workers, args.work, args.lossy)
+        measure(
+            model, samples, run, args.batch_size, args.workers, args.work, args.device, args.lossy
+        )
         for model in args.models.split(",")
     ]
     if args.json:
