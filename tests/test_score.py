@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -242,6 +243,28 @@ def test_score_shard_is_a_plain_function(run_dir: Path, tiny_checkpoint: Path) -
     )
     assert sum(seen) == stats.samples == 12
     assert (out / "done.json").is_file()
+
+
+def test_threaded_decoding_gives_the_serial_table(run_dir: Path, tiny_checkpoint: Path) -> None:
+    """Decode threads (what a CUDA worker uses) keep tar order, statuses and scores."""
+    scorer = Scorer(load_model(ModelSpec(TINY, pretrained=str(tiny_checkpoint))))
+    out = run_dir.parent / "decode-threads"
+    tables = []
+    for shard in range(3):  # every shard: the planted failures are spread over them
+        for threads in (1, 3):
+            part = out / f"{shard}-{threads}.parquet"
+            score_shard(
+                ShardTask(scorer="x", shard_name=f"{shard:05d}", tar=str(_tar_of(run_dir, shard)),
+                          pool_part=str(RunPaths(run_dir).pool_parts()[shard]),
+                          scores_part=str(part), done_record=str(out / f"{part.stem}.json"),
+                          batch_size=4, decode_threads=threads),
+                scorer,
+            )
+            tables.append(pq.read_table(part))
+    for serial, threaded in zip(tables[::2], tables[1::2], strict=True):
+        assert serial.equals(threaded)
+    statuses = {s for table in tables for s in table.column("status").to_pylist()}
+    assert {"ok", "corrupt_image", "missing_image", "missing_caption"} <= statuses
 
 
 def _tar_of(run: Path, index: int) -> Path:

@@ -15,7 +15,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,7 @@ class ShardTask:
     embeddings_prefix: str | None = None
     batch_size: int = 64
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    decode_threads: int = 0  # 0: the worker's torch threads when scoring on CUDA, else 1
 
 
 @dataclass
@@ -110,6 +113,75 @@ class _ShardRows:
         return [row for row, value in enumerate(self.status) if value is None]
 
 
+@dataclass(frozen=True)
+class _Readable:
+    """A sample with a caption and image bytes, waiting to be decoded."""
+
+    row: int
+    caption: str
+    image: bytes
+
+
+def decode_threads(task: ShardTask, scorer: Scorer) -> int:
+    """Threads decoding images: on CUDA the CPU's only work, so every thread of the worker.
+
+    On an H100 host one worker per GPU decoding on one thread scored 91 samples/s (ViT-B-32,
+    512 px JPEGs), where the model alone ran 2,000/s. On CPU the model shares the cores, and
+    decoding stays on the one prefetch thread.
+    """
+    if task.decode_threads > 0:
+        return task.decode_threads
+    return torch.get_num_threads() if scorer.device.type == "cuda" else 1
+
+
+def _decode_in_order(
+    readable: Iterator[_Readable], load_image: Callable[[bytes], torch.Tensor], threads: int
+) -> Iterator[tuple[_Readable, torch.Tensor | st.SampleError]]:
+    """Each sample with its decoded tensor or its failure, in tar order, on ``threads``."""
+
+    def decode(item: _Readable) -> torch.Tensor | st.SampleError:
+        try:
+            return load_image(item.image)
+        except st.SampleError as failure:
+            return failure
+
+    if threads <= 1:
+        for item in readable:
+            yield item, decode(item)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        in_flight: deque[tuple[_Readable, Future]] = deque()
+        for item in readable:
+            in_flight.append((item, pool.submit(decode, item)))
+            if len(in_flight) >= 4 * threads:
+                first, future = in_flight.popleft()
+                yield first, future.result()
+        while in_flight:
+            first, future = in_flight.popleft()
+            yield first, future.result()
+
+
+def _readable_samples(
+    task: ShardTask, rows: _ShardRows, tar_result: TarReadResult, stats: ShardStats
+) -> Iterator[_Readable]:
+    """The tar's samples that have an image and a caption; mark the ones that do not."""
+    for sample in iter_tar_samples(Path(task.tar), tar_result):
+        row = rows.row_of_key.get(sample.key)
+        if row is None:
+            stats.unlisted_samples += 1
+            continue
+        caption = sample.caption()
+        if caption is None:
+            caption = rows.texts[row]
+        image_member = sample.image()
+        if image_member is None:
+            rows.mark(row, st.MISSING_IMAGE, "no image member in the tar")
+        elif caption is None or not caption.strip():
+            rows.mark(row, st.MISSING_CAPTION, "no caption (.txt empty or absent)")
+        else:
+            yield _Readable(row, caption, image_member[1])
+
+
 def _prepare_batches(
     task: ShardTask,
     scorer: Scorer,
@@ -137,27 +209,15 @@ def _prepare_batches(
         pending_captions.clear()
         return batch
 
-    for sample in iter_tar_samples(Path(task.tar), tar_result):
-        row = rows.row_of_key.get(sample.key)
-        if row is None:
-            stats.unlisted_samples += 1
+    readable = _readable_samples(task, rows, tar_result, stats)
+    threads = decode_threads(task, scorer)
+    for item, decoded in _decode_in_order(readable, load_image, threads):
+        if isinstance(decoded, st.SampleError):
+            rows.mark(item.row, decoded.status, decoded.reason)
             continue
-        caption = sample.caption()
-        if caption is None:
-            caption = rows.texts[row]
-        image_member = sample.image()
-        try:
-            if image_member is None:
-                raise st.SampleError(st.MISSING_IMAGE, "no image member in the tar")
-            if caption is None or not caption.strip():
-                raise st.SampleError(st.MISSING_CAPTION, "no caption (.txt empty or absent)")
-            tensor = load_image(image_member[1])
-        except st.SampleError as failure:
-            rows.mark(row, failure.status, failure.reason)
-            continue
-        pending_rows.append(row)
-        pending_images.append(tensor)
-        pending_captions.append(caption)
+        pending_rows.append(item.row)
+        pending_images.append(decoded)
+        pending_captions.append(item.caption)
         if len(pending_rows) == task.batch_size:
             yield flush()
     if pending_rows:
