@@ -32,7 +32,6 @@ Progress goes to stderr; the figures go to stdout.
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
 import math
@@ -368,12 +367,16 @@ def measure(
     decode_seconds = data.seconds
     del loaded, data
 
-    cli = functools.partial(run_cli, run, model, checkpoint, batch_size, workers, device)
+    def scored_by_cli(*extra: str) -> tuple[float, dict, np.ndarray]:
+        """Run the CLI, check that it scored every sample, read its scores in plain's order."""
+        wall, summary = run_cli(run, model, checkpoint, batch_size, workers, device, *extra)
+        check_cli_summary(summary, n)
+        return wall, summary, cli_values(plain.scores, cli_scores(run))
+
     on_gpu = device == "cuda"
-    exact = ("--precision", "fp32", "--decode", "cpu") if on_gpu else ()
-    wall, summary = cli(*exact)
-    check_cli_summary(summary, n)
-    fp32_values = cli_values(plain.scores, cli_scores(run))
+    cpu_decode = ("--decode", "cpu") if on_gpu else ()
+    exact = ("--precision", "fp32", *cpu_decode) if on_gpu else ()
+    wall, summary, fp32_values = scored_by_cli(*exact)
     plain_rate = n / plain.seconds
     stage_rate = float(summary["samples_per_second"])
     figures = Figures(
@@ -399,16 +402,12 @@ def measure(
         load_average_before=load,
     )
     if on_gpu:
-        _, gpu_decoded = cli("--precision", "fp32", "--decode", "cuda")
-        check_cli_summary(gpu_decoded, n)
-        values = cli_values(plain.scores, cli_scores(run))
+        _, gpu_decoded, values = scored_by_cli("--precision", "fp32", "--decode", "cuda")
         figures.cuda_decode_stage_samples_per_second = float(gpu_decoded["samples_per_second"])
         figures.cuda_decode_max_abs_diff = max_abs_diff(plain.scores, values)
     if lossy:
         precision = "fp16" if on_gpu else "bf16"
-        _, reduced = cli("--precision", precision, *(("--decode", "cpu") if on_gpu else ()))
-        check_cli_summary(reduced, n)
-        values = cli_values(plain.scores, cli_scores(run))
+        _, reduced, values = scored_by_cli("--precision", precision, *cpu_decode)
         figures.lossy_precision = precision
         figures.lossy_stage_samples_per_second = float(reduced["samples_per_second"])
         figures.lossy_max_abs_diff = float(np.abs(values - fp32_values).max())
