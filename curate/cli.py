@@ -408,6 +408,9 @@ def select_command(
     filters: FilterOption = None,
     where: WhereOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing subset.")] = False,
+    uids_only: Annotated[bool, typer.Option(
+        "--uids-only", help="Write uids.npy and selection.json only (DataComp's output; no "
+        "manifest.parquet or dropped.parquet, so no export or per-sample drop reasons).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Select a subset: uids.npy (DataComp), manifest, dropped samples with reasons."""
@@ -417,7 +420,7 @@ def select_command(
         summary = select_subset(SelectConfig(
             run=run, name=out, by=by, fraction=fraction, threshold=threshold,
             filters=_filter_specs(filters), where=where, overwrite=overwrite,
-            command=" ".join(["filter-pool", *sys.argv[1:]]),
+            uids_only=uids_only, command=" ".join(["filter-pool", *sys.argv[1:]]),
         ))
     except USER_ERRORS as exc:
         fail(str(exc))

@@ -223,7 +223,7 @@ def evaluate_subset(config: EvaluateConfig) -> Evaluation:
     if not (config.subset_dir / "manifest.parquet").is_file():
         raise UserError(
             f"subset '{config.subset}' not found: {config.subset_dir} has no "
-            "manifest.parquet (make it with `filter-pool select`)"
+            "manifest.parquet (make it with `filter-pool select`, without --uids-only)"
         )
     if config.reinforced is not None:
         _check_reinforced(config, config.reinforced)

@@ -214,7 +214,8 @@ class _ShardWriter:
 def _read_manifest(path: Path) -> pa.Table:
     """The manifest's needed columns; uid, shard and key present and non-null, uids dot-free."""
     if not path.is_file():
-        raise UserError(f"{path} does not exist; the subset has no manifest")
+        raise UserError(f"{path} does not exist; the subset has no manifest (a subset "
+                        "selected with --uids-only has none: select it again without it)")
     try:
         schema = pq.read_schema(path)
         wanted = [

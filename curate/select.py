@@ -6,7 +6,11 @@ Writes ``RUN/subsets/NAME/``:
 - ``manifest.parquet``: the kept samples (uid, shard, key, url, text, every score);
 - ``dropped.parquet``: every dropped sample with its first failing filter and all of them;
 - ``selection.json``: the command, filters and resolved thresholds, counts, scorers and their
-  models, fingerprints of the inputs and the sha256 of ``uids.npy``.
+  models, fingerprints of the inputs, the files written and the sha256 of ``uids.npy``.
+
+``--uids-only`` writes ``uids.npy`` and ``selection.json`` alone (what DataComp's
+``baselines.py`` writes, plus the record): the manifest copies every kept caption and URL, and
+the dropped table every dropped uid, most of a select's time on a large pool.
 
 ``--fraction F`` follows DataComp's ``baselines.py`` exactly: over the non-null scores,
 threshold = scores sorted descending at index ``int(N * F)``; keep ``score >= threshold``.
@@ -59,6 +63,7 @@ class SelectConfig:
     filters: tuple[FilterSpec, ...] = ()
     where: str | None = None
     overwrite: bool = False
+    uids_only: bool = False  # no manifest.parquet, no dropped.parquet
     command: str | None = None
 
     def __post_init__(self) -> None:
@@ -255,7 +260,8 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     del decisions, ids
     layout = samples_layout(con, paths)
     _write_subset(paths, config, target, summary, scorers, lambda staging: write_outputs(
-        con, paths, layout, staging, groups, failing, scorers, in_order))
+        con, paths, layout, staging, groups, failing, scorers, in_order,
+        tables=not config.uids_only))
     logger.debug("select %s: written at %.2f s", config.name, time.perf_counter() - started)
     return summary
 
@@ -276,6 +282,7 @@ def _write_subset(
             "fraction": config.fraction,
             "threshold": config.threshold,
             "where": config.where,
+            "uids_only": config.uids_only,
             **summary.to_dict(),
             "path": str(target),
             "scorers": _scorer_records(paths, scorers),
@@ -283,5 +290,6 @@ def _write_subset(
             "created": datetime.now(timezone.utc).isoformat(),
             "filter_pool_version": curate.__version__,
         }
+        record["files"] = sorted([*(p.name for p in staging.iterdir()), "selection.json"])
         (staging / "selection.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     logger.info("subset %s: kept %d of %d", config.name, summary.kept, summary.total)

@@ -1,4 +1,5 @@
-"""A selection's tables: ``manifest.parquet``, ``dropped.parquet`` and the kept uids.
+"""A selection's tables: ``manifest.parquet``, ``dropped.parquet`` and the kept uids (or,
+for ``select --uids-only``, the kept uids alone).
 
 Input: the run's DuckDB connection and the selection's decisions, an Arrow table of
 ``sample_id`` and ``_group`` per sample of ``samples`` (0: kept; g > 0: dropped, failing the
@@ -151,9 +152,13 @@ def _whole_passes(
     failing: list[list[str]],
     scorers: list[str],
     positional: bool,
+    tables: bool = True,
 ) -> np.ndarray:
-    """Each output in one DuckDB pass over ``samples``, the three side by side."""
+    """Each output in one DuckDB pass over ``samples``, side by side (the kept uids alone
+    without ``tables``)."""
     queries = _queries(failing, scorers)
+    if not tables:
+        queries = {"uids": queries["uids"]}
     sinks = {
         MANIFEST: _copy_to(staging / MANIFEST),
         DROPPED: _copy_to(staging / DROPPED),
@@ -180,6 +185,36 @@ def _decision_rows(numbers: list[int], ids: np.ndarray, chunk: slice) -> slice:
     low = int(np.searchsorted(ids, np.int64(parts[0]) << 32))
     high = int(np.searchsorted(ids, (np.int64(parts[-1]) + 1) << 32))
     return slice(low, high)
+
+
+def _chunk_cursor(con: Any, decisions: pa.Table, numbers: list[int], ids: np.ndarray,
+                  chunk: slice) -> Any:
+    """A cursor with the chunk's rows of the decisions registered as ``decisions``."""
+    rows = _decision_rows(numbers, ids, chunk)
+    cursor = con.cursor()
+    cursor.register("decisions", decisions.slice(rows.start, rows.stop - rows.start))
+    return cursor
+
+
+def _chunked_uids(con: Any, paths: RunPaths, layout: SamplesLayout,
+                  decisions: pa.Table) -> np.ndarray:
+    """The kept uids alone, from chunks of pool parts read side by side, as DataComp pairs
+    (each chunk's sorted; the final sort merges them)."""
+    ids = decisions.column("sample_id").to_numpy()
+    numbers = _part_numbers(layout) or []
+    query = ("SELECT s.uid FROM ({samples}) s POSITIONAL JOIN decisions d "
+             f"WHERE {GUARD.format(keep='d._group = 0')}")
+
+    def read(chunk: slice) -> np.ndarray:
+        cursor = _chunk_cursor(con, decisions, numbers, ids, chunk)
+        try:
+            kept = cursor.sql(query.format(samples=samples_sql(paths, layout, chunk)))
+            return sort_uid_array(uids_to_array(kept.to_arrow_table().column("uid")))
+        except duckdb.InvalidInputException as exc:
+            raise OutOfOrder(str(exc)) from exc
+
+    pairs = list(ordered_map(read, part_chunks(layout, CHUNKS)))
+    return np.concatenate(pairs) if pairs else np.empty(0, dtype=UID_DTYPE)
 
 
 def _column_options(schema: pa.Schema) -> dict[str, Any]:
@@ -231,9 +266,7 @@ def _chunked_outputs(
 
     def read(chunk: slice) -> tuple[pa.Table, pa.Table, np.ndarray]:
         """A chunk's manifest rows, dropped rows and kept uids as sorted DataComp pairs."""
-        rows = _decision_rows(numbers, ids, chunk)
-        cursor = con.cursor()
-        cursor.register("decisions", decisions.slice(rows.start, rows.stop - rows.start))
+        cursor = _chunk_cursor(con, decisions, numbers, ids, chunk)
         samples = samples_sql(paths, layout, chunk)
         try:
             manifest = cursor.sql(manifest_sql.format(samples=samples)).to_arrow_table()
@@ -295,17 +328,20 @@ def write_outputs(
     failing: list[list[str]],
     scorers: list[str],
     in_order: bool,
+    tables: bool = True,
 ) -> np.ndarray:
-    """Write ``manifest.parquet`` and ``dropped.parquet`` into ``staging``; return the kept
-    uids as DataComp pairs (unsorted)."""
+    """Write ``manifest.parquet`` and ``dropped.parquet`` into ``staging`` (unless not
+    ``tables``); return the kept uids as DataComp pairs (unsorted)."""
     if in_order and layout.positional and layout.pool_files and _part_numbers(layout):
         try:
+            if not tables:
+                return _chunked_uids(con, paths, layout, decisions)
             return _chunked_outputs(con, paths, layout, staging, decisions, failing, scorers)
         except OutOfOrder as exc:
             logger.debug("positional passes refused (%s); joining on sample_id", exc)
     elif in_order:
         try:
-            return _whole_passes(con, staging, decisions, failing, scorers, positional=True)
+            return _whole_passes(con, staging, decisions, failing, scorers, True, tables)
         except OutOfOrder as exc:
             logger.debug("positional passes refused (%s); joining on sample_id", exc)
-    return _whole_passes(con, staging, decisions, failing, scorers, positional=False)
+    return _whole_passes(con, staging, decisions, failing, scorers, False, tables)

@@ -1,15 +1,14 @@
 """Threshold sweeps over a score column: what each cut keeps, and what the kept samples look like.
 
-DuckDB scans the candidates once for their scores and caption lengths (a few bytes per row in
-NumPy, never the captions themselves) and, in the same scan, the captions of a seeded uniform
-sample. A fraction F maps to DataComp's threshold (the score at index ``int(N * F)`` of the
-descending order, ties kept). Thresholds, kept counts, mean caption length and the plot's
-histogram all come from one binning pass over the scores (``curate.score_bins``), exact: only
-the bins holding a threshold are sorted. English share and class-name match share come from
-the ``language`` and ``text_match`` filters run on the sample (``stats_sample`` rows: a
-Bernoulli draw on a hash of sample_id and seed, cut to that size uniformly at random), since
-language ID costs far more than SQL; the two filters load while DuckDB scans, and run on the
-sample while NumPy counts.
+DuckDB scans the candidates once for their scores and caption lengths (the pool's
+``text_chars``: a few bytes per row in NumPy, never the captions themselves). A fraction F maps
+to DataComp's threshold (the score at index ``int(N * F)`` of the descending order, ties kept).
+Thresholds, kept counts, mean caption length and the plot's histogram all come from one binning
+pass over the scores (``curate.score_bins``), exact: only the bins holding a threshold are
+sorted. English share and class-name match share come from the ``language`` and ``text_match``
+filters run on a seeded uniform sample of the candidates (``stats_sample`` rows; only their
+captions are read), since language ID costs far more than SQL; the two filters load while DuckDB
+scans, and run on the sample while NumPy counts.
 """
 
 from __future__ import annotations
@@ -23,14 +22,16 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.chunks import ordered_map, part_chunks
 from curate.errors import UserError
 from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
+from curate.schema import TEXT_CHARS
 from curate.score_bins import ScoreBins
 from curate.select import NAME_PATTERN, resolve_score_column
-from curate.tables import connect, samples_layout, samples_sql
+from curate.tables import connect, pool_has_column, pool_rows_sql, samples_layout, samples_sql
 from curate.workspace import RunPaths, staged_directory
 
 logger = logging.getLogger(__name__)
@@ -95,13 +96,24 @@ class SweepResult:
 SCAN_CHUNKS = 8  # pool parts per unfiltered scan, read two at a time (see curate.chunks)
 
 
+def _caption_sql(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> str:
+    """``chars, has_text`` over ``samples s``: from the pool's ``text_chars`` (4 bytes a row)
+    when every part has it, else from ``length(text)`` (every caption decoded; pools ingested
+    before text_chars existed)."""
+    if pool_has_column(con, paths, TEXT_CHARS):
+        return (f"coalesce(s.{TEXT_CHARS}, 0)::INTEGER AS chars, "
+                f"s.{TEXT_CHARS} IS NOT NULL AS has_text")
+    return "coalesce(length(s.text), 0)::INTEGER AS chars, s.text IS NOT NULL AS has_text"
+
+
 def _candidate_queries(con: duckdb.DuckDBPyConnection, config: SweepConfig,
                        column: str) -> tuple[list[str], dict[str, pa.Table]]:
-    """SQL for the candidates ``(score, text, sample_id)``: rows passing filters and where,
-    score not null nor NaN, as queries whose results concatenate in ``samples`` order; and the
-    Arrow tables that the SQL reads (to register on each cursor). Without filters, one query
-    per chunk of pool parts when ``samples`` joins by position (a positional join runs on one
-    thread; chunks run side by side); else one query."""
+    """SQL for the candidates ``(score, chars, has_text, sample_id)``: rows passing filters and
+    where, score not null nor NaN, as queries whose results concatenate in ``samples`` order;
+    and the Arrow tables that the SQL reads (to register on each cursor). Without filters, one
+    query per chunk of pool parts when ``samples`` joins by position (a positional join runs on
+    one thread; chunks run side by side); else one query."""
+    paths = RunPaths(config.run)
     sources = ["samples"]
     if config.filters or config.where:
         decisions = evaluate_filters(con, list(config.filters), where=config.where)
@@ -111,12 +123,12 @@ def _candidate_queries(con: duckdb.DuckDBPyConnection, config: SweepConfig,
         tables = {"sweep_decisions": decisions}
     else:
         join, tables = "WHERE", {}
-        paths = RunPaths(config.run)
         layout = samples_layout(con, paths)
         if layout.positional and len(layout.pool_files) > 1:
             sources = [f"({samples_sql(paths, layout, chunk)})"
                        for chunk in part_chunks(layout, SCAN_CHUNKS)]
-    return [f'SELECT s."{column}" AS score, s.text, s.sample_id FROM {source} s {join} '
+    captions = _caption_sql(con, paths)
+    return [f'SELECT s."{column}" AS score, {captions}, s.sample_id FROM {source} s {join} '
             f's."{column}" IS NOT NULL AND NOT isnan(s."{column}")' for source in sources], tables
 
 
@@ -140,7 +152,7 @@ class _Candidates:
     sample: pa.Table | None
 
 
-SAMPLE_MARGIN = 1.25  # Bernoulli rate over stats_sample / rows, so the draw rarely falls short
+SAMPLE_MARGIN = 1.25  # draw rate over stats_sample / rows, so the draw rarely falls short
 
 
 def _sample_rate(con: duckdb.DuckDBPyConnection, size: int) -> float:
@@ -150,22 +162,45 @@ def _sample_rate(con: duckdb.DuckDBPyConnection, size: int) -> float:
     return min(1.0, SAMPLE_MARGIN * size / rows) if rows else 1.0
 
 
-def _load_candidates(con: duckdb.DuckDBPyConnection, queries: list[str], sample_size: int,
-                     seed: int, tables: dict[str, pa.Table] | None = None) -> _Candidates:
-    """One scan (``queries`` side by side, results in order): scores and caption lengths as
-    NumPy arrays (a few bytes per row), and the captions of a seeded Bernoulli draw (a hash of
-    sample_id and seed), cut to exactly ``sample_size`` uniformly at random when it drew more."""
-    drawn = "false"
-    if sample_size:
-        cut = min(int(_sample_rate(con, sample_size) * 2.0**64), 2**64 - 1)
-        drawn = f"hash(sample_id, {int(seed)}) <= {cut}::UBIGINT"
+def _drawn_captions(con: duckdb.DuckDBPyConnection, paths: RunPaths, size: int,
+                    seed: int) -> pa.Table:
+    """``sample_id`` and ``text`` of a seeded draw of pool rows, in sample_id order.
+
+    A row is drawn when a hash of its row number in its part and ``seed`` falls under the
+    rate: every row has the same chance, the same offsets are drawn in every part (a sample
+    stratified by part), and DuckDB tests the hash inside the Parquet scan, decoding only the
+    drawn captions."""
+    cut = min(int(_sample_rate(con, size) * 2.0**64), 2**64 - 1)
+    query = pool_rows_sql(paths, "text", f"hash(_row, {int(seed)}) <= {cut}::UBIGINT")
+    drawn = con.cursor().sql(query).to_arrow_table()
+    return drawn.take(pc.sort_indices(drawn.column("sample_id")))
+
+
+def _uniform_sample(ids: np.ndarray, scores: np.ndarray, drawn: pa.Table, size: int,
+                    seed: int) -> pa.Table:
+    """The drawn rows that are candidates, with their scores, cut to ``size`` uniformly at
+    random when more were drawn (seeded)."""
+    in_order = bool((ids[1:] > ids[:-1]).all())  # the usual case: no sort of every id
+    order = np.arange(len(ids)) if in_order else np.argsort(ids, kind="stable")
+    wanted = drawn.column("sample_id").to_numpy()
+    at = np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))
+    found = ids[order[at]] == wanted if len(ids) else np.zeros(len(wanted), dtype=bool)
+    rows, texts = order[at[found]], drawn.column("text").filter(pa.array(found))
+    if len(rows) > size:
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size, replace=False))
+        rows, texts = rows[keep], texts.take(pa.array(keep))
+    return pa.table({"score": pa.array(scores[rows]), "text": texts})
+
+
+def _load_candidates(con: duckdb.DuckDBPyConnection, paths: RunPaths, queries: list[str],
+                     sample_size: int, seed: int,
+                     tables: dict[str, pa.Table] | None = None) -> _Candidates:
+    """One scan (``queries`` side by side, results in order) for scores and caption lengths as
+    NumPy arrays (a few bytes per row, never the captions), then the captions of a seeded
+    uniform sample of the candidates (``_drawn_captions``) when ``sample_size``."""
 
     def scan(query: str) -> pa.Table:
-        return _cursor(con, tables or {}).sql(
-            f"SELECT score, coalesce(length(text), 0)::INTEGER AS chars, text IS NOT NULL AS "
-            f"has_text, _drawn, CASE WHEN _drawn THEN text END AS drawn_text "
-            f"FROM (SELECT *, {drawn} AS _drawn FROM ({query}))"
-        ).to_arrow_table()
+        return _cursor(con, tables or {}).sql(query).to_arrow_table()
 
     table = pa.concat_tables(ordered_map(scan, queries))
     scores = table.column("score").to_numpy()
@@ -173,11 +208,9 @@ def _load_candidates(con: duckdb.DuckDBPyConnection, queries: list[str], sample_
         scores = scores.astype(np.float64)
     sample = None
     if sample_size:
-        rows = np.flatnonzero(table.column("_drawn").to_numpy(zero_copy_only=False))
-        if len(rows) > sample_size:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, sample_size, replace=False))
-        sample = pa.table({"score": pa.array(scores[rows]),
-                           "text": table.column("drawn_text").take(pa.array(rows))})
+        drawn = _drawn_captions(con, paths, sample_size, seed)
+        sample = _uniform_sample(table.column("sample_id").to_numpy(), scores, drawn,
+                                 sample_size, seed)
     return _Candidates(scores, table.column("chars").to_numpy(),
                        table.column("has_text").to_numpy(zero_copy_only=False), sample)
 
@@ -289,7 +322,8 @@ def sweep(config: SweepConfig) -> SweepResult:
         if config.plot:
             pool.submit(_import_pyplot)
         share_filters = pool.submit(_share_filters, con.cursor()) if config.stats_sample else None
-        candidates = _load_candidates(con, queries, config.stats_sample, config.seed, tables)
+        candidates = _load_candidates(con, RunPaths(config.run), queries, config.stats_sample,
+                                      config.seed, tables)
         total = len(candidates.scores)
         if total == 0:
             raise UserError(f"no sample has a {column} value after the filters; nothing to sweep")

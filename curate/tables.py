@@ -127,6 +127,25 @@ def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = No
             f"FROM ({pool}) AS p {' '.join(positional + hashed)}")
 
 
+def pool_rows_sql(paths: RunPaths, columns: str, where: str) -> str:
+    """A SELECT of ``sample_id`` and ``columns`` straight from the pool parts, for the rows
+    matching ``where`` (over ``_row``, the row in its part, and the pool's columns). No join:
+    DuckDB tests a ``_row`` condition inside the Parquet scan and decodes the other columns of
+    matching rows only."""
+    return (f"SELECT (CAST(_part AS BIGINT) << 32) + _row AS sample_id, {columns} "
+            f"FROM ({_aligned(paths.pool_dir)}) WHERE {where}")
+
+
+def pool_has_column(con: duckdb.DuckDBPyConnection, paths: RunPaths, column: str) -> bool:
+    """True when every pool part has ``column`` (from the Parquet footers)."""
+    files = [str(f) for f in paths.pool_parts()]
+    if not files:
+        return False
+    found = con.execute("SELECT count(DISTINCT file_name) FROM parquet_schema(?) WHERE name = ?",
+                        [files, column]).fetchall()[0][0]
+    return int(found) == len(files)
+
+
 def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the run's views (pool, each scorer, samples)."""
     paths = RunPaths(Path(run))

@@ -82,6 +82,8 @@ def test_metadata_rows_become_pool_rows(tmp_path: Path, metadata: list[Path]) ->
         assert [r["key"] for r in pool] == [r["uid"] for r in given]
         for field in ("url", "text", "original_width", "original_height", "sha256", FACE_BBOXES):
             assert [r[field] for r in pool] == [r[field] for r in given]
+        assert [r["text_chars"] for r in pool] == [
+            len(r["text"]) if r["text"] is not None else None for r in given]
         assert {r["shard"] for r in pool} == {source.stem}
         assert {(r["status"], r["error_message"], r["width"]) for r in pool} == {
             ("success", None, None)

@@ -27,7 +27,12 @@ def _pool_rows(run: Path) -> list[dict]:
 def test_every_parquet_row_becomes_a_pool_row(run_dir: Path, pool: SyntheticPool) -> None:
     rows = _pool_rows(run_dir)
     assert [r["key"] for r in rows] == pool.keys
-    assert pq.read_schema(RunPaths(run_dir).pool_parts()[0]).names[:12] == POOL_SCHEMA.names
+    width = len(POOL_SCHEMA.names)
+    assert pq.read_schema(RunPaths(run_dir).pool_parts()[0]).names[:width] == POOL_SCHEMA.names
+    # text_chars is derived at ingest: the caption's len(), null with the caption
+    assert all(r["text_chars"] == (len(r["text"]) if r["text"] is not None else None)
+               for r in rows)
+    assert any(r["text"] is None for r in rows) and any(r["text_chars"] for r in rows)
     by_key = {r["key"]: r for r in rows}
     failed = next(k for k, kind in pool.planted.items() if kind == "failed_to_download")
     assert by_key[failed]["status"] == "failed_to_download"

@@ -20,6 +20,7 @@ from curate.select import SelectConfig, select_subset
 from curate.sweep import SweepConfig, sweep
 from curate.tables import QueryError, connect, run_query
 from curate.uids import read_uid_file, uids_to_array
+from curate.workspace import RunPaths
 
 runner = CliRunner()
 N_FILES, ROWS = 3, 400
@@ -276,17 +277,17 @@ def test_sweep_sample_is_seeded_uniform_and_paired(datacomp_run: tuple[Path, pa.
     from curate.sweep import _candidate_queries, _load_candidates
 
     run, table = datacomp_run
-    con = connect(run)
+    con, paths = connect(run), RunPaths(run)
     queries, _ = _candidate_queries(con, Config(run=run, by="clip_l14"), "clip_l14_score")
     assert len(queries) > 1  # chunks of pool parts, side by side
-    first = _load_candidates(con, queries, 300, seed=1)
-    again = _load_candidates(con, queries, 300, seed=1)
-    other = _load_candidates(con, queries, 300, seed=2)
+    first = _load_candidates(con, paths, queries, 300, seed=1)
+    again = _load_candidates(con, paths, queries, 300, seed=1)
+    other = _load_candidates(con, paths, queries, 300, seed=2)
     assert first.sample.num_rows == 300 and first.sample.equals(again.sample)
     whole, tables = _candidate_queries(con, Config(run=run, by="clip_l14", where="true"),
                                        "clip_l14_score")
     assert len(whole) == 1
-    single = _load_candidates(con, whole, 300, 1, tables)  # one scan of samples: the same
+    single = _load_candidates(con, paths, whole, 300, 1, tables)  # one scan of samples: the same
     assert np.array_equal(single.scores, first.scores) and single.sample.equals(first.sample)
     assert np.array_equal(single.chars, first.chars)
     assert not first.sample.equals(other.sample)
@@ -295,8 +296,8 @@ def test_sweep_sample_is_seeded_uniform_and_paired(datacomp_run: tuple[Path, pa.
     sampled = zip(first.sample.column("text").to_pylist(),
                   first.sample.column("score").to_numpy().astype(np.float32).tolist(), strict=True)
     assert all(pair in pairs for pair in sampled)  # each sampled caption with its own score
-    assert _load_candidates(con, queries, 0, seed=1).sample is None
-    everything = _load_candidates(con, queries, 10**6, seed=1).sample
+    assert _load_candidates(con, paths, queries, 0, seed=1).sample is None
+    everything = _load_candidates(con, paths, queries, 10**6, seed=1).sample
     assert everything.num_rows == len(first.scores)  # a sample larger than the pool: all rows
 
 
@@ -306,7 +307,6 @@ def test_select_on_a_partly_scored_run_joins_and_matches(
     import shutil
 
     from curate.tables import samples_layout
-    from curate.workspace import RunPaths
 
     source, table = datacomp_run
     run = tmp_path / "run"
@@ -362,3 +362,59 @@ def test_fraction_thresholds_follow_datacomp_with_ties(dtype: type) -> None:
     for f in fractions:
         assert got[f] == float(descending[min(int(len(scores) * f), len(scores) - 1)]), f
     assert fraction_thresholds(scores[:0], fractions) == {}
+
+
+def test_sweep_of_a_pool_without_text_chars_reads_the_captions(
+    tmp_path: Path, datacomp_run: tuple[Path, pa.Table],
+) -> None:
+    """Pools ingested before text_chars existed: caption lengths come from the captions, and
+    the sweep table is the same."""
+    import shutil
+
+    source, table = datacomp_run
+    run = tmp_path / "old"
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("sweeps", "subsets"))
+    for part in RunPaths(run).pool_parts():
+        pq.write_table(pq.read_table(part).drop_columns(["text_chars"]), part)
+    config = {"by": "clip_l14", "fractions": (0.1, 0.5, 1.0), "stats_sample": 50,
+              "plot": False, "name": "s"}
+    new = sweep(SweepConfig(run=source, overwrite=True, **config)).table
+    old = sweep(SweepConfig(run=run, **config)).table
+    assert old.equals(new)
+    scores = table.column("clip_l14_similarity_score").to_numpy(zero_copy_only=False)
+    texts = [t for t, s in zip(table.column("text").to_pylist(), scores, strict=True)
+             if t is not None and not np.isnan(s)]  # fraction 1.0: every scored sample
+    assert new.column("mean_caption_chars").to_pylist()[-1] == pytest.approx(
+        np.mean([len(t) for t in texts]))
+
+
+@pytest.mark.parametrize("positional", [True, False])
+def test_uids_only_selection_writes_the_same_uids_and_no_tables(
+    tmp_path: Path, datacomp_run: tuple[Path, pa.Table], positional: bool,
+) -> None:
+    import shutil
+
+    source, _ = datacomp_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("subsets", "sweeps"))
+    if not positional:
+        (run / "scores" / "clip_b32" / "part-00001.parquet").unlink()  # joins by hash
+    full = select_subset(SelectConfig(run=run, name="full", by="clip_l14", fraction=0.3,
+                                      filters=(FilterSpec("caption_length"),)))
+    result = CliRunner().invoke(app, ["select", str(run), "--out", "alone", "--by", "clip_l14",
+                                      "--fraction", "0.3", "--filter", "caption_length",
+                                      "--uids-only"])
+    assert result.exit_code == 0, result.output
+    alone, whole = run / "subsets" / "alone", run / "subsets" / "full"
+    assert (alone / "uids.npy").read_bytes() == (whole / "uids.npy").read_bytes()
+    assert sorted(p.name for p in alone.iterdir()) == ["selection.json", "uids.npy"]
+    record = json.loads((alone / "selection.json").read_text())
+    assert record["uids_only"] and record["files"] == ["selection.json", "uids.npy"]
+    assert json.loads((whole / "selection.json").read_text())["files"] == [
+        "dropped.parquet", "manifest.parquet", "selection.json", "uids.npy"]
+    counts = ("kept", "dropped_by_first_failing_filter", "failing_per_filter", "uids_sha256")
+    assert {k: record[k] for k in counts} == {k: full.to_dict()[k] for k in counts}
+    result = CliRunner().invoke(app, ["export", str(run), "--subset", "alone",
+                                      "--out", str(tmp_path / "shards")])
+    assert result.exit_code == 2 and "--uids-only" in result.output
+    assert not (tmp_path / "shards").exists()

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.pool.shards import PoolError
-from curate.schema import POOL_SCHEMA, score_column, score_schema
+from curate.schema import POOL_SCHEMA, TEXT_CHARS, score_column, score_schema, text_chars
 from curate.scoring.stats import ShardStats
 from curate.scoring.status import MISSING_SCORE, OK
 from curate.uids import UID_PATTERN
@@ -258,6 +258,8 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
     for field in POOL_SCHEMA:
         if field.name in fixed:
             columns[field.name] = fixed[field.name]
+        elif field.name == TEXT_CHARS:
+            columns[field.name] = text_chars(columns["text"])
         elif field.name in batch.column_names:
             columns[field.name] = _cast(batch.column(field.name), field.type, file.parquet,
                                         field.name)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import curate
 from curate.pool import datacomp
 from curate.pool.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
-from curate.schema import POOL_SCHEMA
+from curate.schema import POOL_SCHEMA, TEXT_CHARS, text_chars
 from curate.uids import is_valid_uid, uid_from_url_caption
 from curate.workspace import RunPaths, atomic_path, remove_stale_temporaries, write_json_atomic
 
@@ -105,6 +105,8 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
             columns[name] = pa.array(uids, pa.string())
         elif name == "shard":
             columns[name] = pa.array([shard.name] * table.num_rows, pa.string())
+        elif name == TEXT_CHARS:
+            columns[name] = text_chars(columns["text"])
         elif name in table.column_names:
             columns[name] = table.column(name).cast(target)
         else:
