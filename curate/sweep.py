@@ -180,12 +180,15 @@ def _uniform_sample(ids: np.ndarray, scores: np.ndarray, drawn: pa.Table, size: 
                     seed: int) -> pa.Table:
     """The drawn rows that are candidates, with their scores, cut to ``size`` uniformly at
     random when more were drawn (seeded)."""
-    in_order = bool((ids[1:] > ids[:-1]).all())  # the usual case: no sort of every id
-    order = np.arange(len(ids)) if in_order else np.argsort(ids, kind="stable")
     wanted = drawn.column("sample_id").to_numpy()
-    at = np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))
-    found = ids[order[at]] == wanted if len(ids) else np.zeros(len(wanted), dtype=bool)
-    rows, texts = order[at[found]], drawn.column("text").filter(pa.array(found))
+    if not len(ids):
+        return pa.table({"score": pa.array(scores[:0]), "text": drawn.column("text").slice(0, 0)})
+    in_order = bool((ids[1:] > ids[:-1]).all())  # the usual case: no sort of every id
+    sorter = None if in_order else np.argsort(ids, kind="stable")
+    at = np.minimum(np.searchsorted(ids, wanted, sorter=sorter), len(ids) - 1)
+    positions = at if sorter is None else sorter[at]
+    found = ids[positions] == wanted
+    rows, texts = positions[found], drawn.column("text").filter(pa.array(found))
     if len(rows) > size:
         keep = np.sort(np.random.default_rng(seed).choice(len(rows), size, replace=False))
         rows, texts = rows[keep], texts.take(pa.array(keep))
