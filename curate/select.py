@@ -271,10 +271,11 @@ def _write_subset(
     scorers: list[str], write_tables: Callable[[Path], np.ndarray],
 ) -> None:
     """``write_tables`` writes the Parquet outputs into the staging folder and returns the kept
-    uids; then ``uids.npy`` and ``selection.json``; then the folder is renamed into place."""
+    uids (sorted runs); then ``uids.npy`` and ``selection.json``; then the folder is renamed
+    into place."""
     with staged_directory(target) as staging:
         uids = write_tables(staging)
-        summary.uids_sha256 = save_uid_file(staging / "uids.npy", uids)
+        summary.uids_sha256 = save_uid_file(staging / "uids.npy", uids, runs=True)
         del uids
         record = {
             "command": config.command,

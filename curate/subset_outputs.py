@@ -8,9 +8,10 @@ filters ``failing[g - 1]``, in filter order). Output rows follow ``sample_id`` o
 When ``samples`` joins every scorer by position and the decisions are in ``sample_id`` order
 (the usual case), the pool parts are read in chunks, two chunks at a time (per chunk, one
 DuckDB query for the kept rows' manifest columns and one for the dropped rows' uids), and
-pyarrow writes both files in order; the manifest's uids become the DataComp pairs. A positional
-pass in DuckDB runs on one thread, so chunks are what lets the manifest, the largest output,
-use more than one core. Otherwise (a partly scored run, rows out of order) each output is one
+pyarrow writes both files in order. The kept uids come from the pool's ``uid_high, uid_low``
+(DataComp's pairs, derived at ingest; ``--uids-only`` reads those two columns alone), or, for
+pools ingested before they existed, from the uid strings. A positional pass in DuckDB runs on
+one thread, so chunks are what lets the manifest, the largest output, use more than one core. Otherwise (a partly scored run, rows out of order) each output is one
 DuckDB pass over ``samples`` joined with the decisions, the three passes side by side.
 """
 
@@ -30,7 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.chunks import ordered_map, part_chunks
-from curate.tables import SamplesLayout, samples_sql
+from curate.errors import UserError
+from curate.schema import UID_HIGH, UID_LOW
+from curate.tables import SamplesLayout, file_list_sql, pool_has_columns, samples_sql
 from curate.uids import UID_DTYPE, sort_uid_array, uids_to_array
 from curate.workspace import RunPaths
 
@@ -84,7 +87,26 @@ def _manifest_columns(scorers: list[str]) -> str:
     )
 
 
-def _queries(failing: list[list[str]], scorers: list[str]) -> dict[str, tuple[str, str]]:
+def _uid_sql(halves: bool) -> str:
+    """What the kept uids are read as: the pool's ``uid_high, uid_low`` when it has them (16
+    bytes a row), else the uid strings (parsed from hex)."""
+    return f"s.{UID_HIGH}, s.{UID_LOW}" if halves else "s.uid"
+
+
+def _pairs(table: pa.Table) -> np.ndarray:
+    """DataComp pairs from a result with ``uid_high, uid_low`` or with ``uid``, in row order."""
+    if UID_HIGH not in table.column_names:
+        return uids_to_array(table.column("uid"))
+    high, low = table.column(UID_HIGH), table.column(UID_LOW)
+    if high.null_count or low.null_count:
+        raise UserError(f"the pool's {UID_HIGH}/{UID_LOW} columns hold nulls; re-ingest the pool")
+    pairs = np.empty(table.num_rows, dtype=UID_DTYPE)
+    pairs["f0"], pairs["f1"] = high.to_numpy(), low.to_numpy()
+    return pairs
+
+
+def _queries(failing: list[list[str]], scorers: list[str],
+             halves: bool) -> dict[str, tuple[str, str]]:
     """Per output, a SELECT template over ``{source}`` with ``{keep}`` and its row condition."""
     first_sql, every_sql = _list_sql(failing)
     return {
@@ -97,7 +119,7 @@ def _queries(failing: list[list[str]], scorers: list[str]) -> dict[str, tuple[st
             f"{every_sql}[d._group] AS failed_filters FROM {{source}} WHERE {{keep}}",
             "d._group > 0",
         ),
-        "uids": ("SELECT s.uid FROM {source} WHERE {keep}", "d._group = 0"),
+        "uids": (f"SELECT {_uid_sql(halves)} FROM {{source}} WHERE {{keep}}", "d._group = 0"),
     }
 
 
@@ -142,7 +164,7 @@ def _copy_to(target: Path) -> Callable[[Any, str], None]:
 
 
 def _uid_pairs(cursor: Any, query: str) -> np.ndarray:
-    return uids_to_array(cursor.sql(query).to_arrow_table().column("uid"))
+    return sort_uid_array(_pairs(cursor.sql(query).to_arrow_table()))
 
 
 def _whole_passes(
@@ -152,11 +174,12 @@ def _whole_passes(
     failing: list[list[str]],
     scorers: list[str],
     positional: bool,
-    tables: bool = True,
+    tables: bool,
+    halves: bool,
 ) -> np.ndarray:
     """Each output in one DuckDB pass over ``samples``, side by side (the kept uids alone
     without ``tables``)."""
-    queries = _queries(failing, scorers)
+    queries = _queries(failing, scorers, halves)
     if not tables:
         queries = {"uids": queries["uids"]}
     sinks = {
@@ -196,20 +219,44 @@ def _chunk_cursor(con: Any, decisions: pa.Table, numbers: list[int], ids: np.nda
     return cursor
 
 
-def _chunked_uids(con: Any, paths: RunPaths, layout: SamplesLayout,
-                  decisions: pa.Table) -> np.ndarray:
-    """The kept uids alone, from chunks of pool parts read side by side, as DataComp pairs
-    (each chunk's sorted; the final sort merges them)."""
+def _covers_pool(layout: SamplesLayout, numbers: list[int], ids: np.ndarray) -> bool:
+    """True when the decisions' sample_ids (strictly increasing) are exactly the pool's rows in
+    part order: the count and each part's first and last id agree with the Parquet footers."""
+    counts = np.asarray(layout.pool_rows, dtype=np.int64)
+    if len(counts) != len(numbers) or len(ids) != int(counts.sum()):
+        return False
+    ends = np.cumsum(counts)
+    starts, base, full = ends - counts, np.asarray(numbers, dtype=np.int64) << 32, counts > 0
+    return bool((ids[starts[full]] == base[full]).all()
+                and (ids[ends[full] - 1] == base[full] + counts[full] - 1).all())
+
+
+def _chunked_uids(con: Any, paths: RunPaths, layout: SamplesLayout, decisions: pa.Table,
+                  halves: bool) -> np.ndarray:
+    """The kept uids alone as DataComp pairs, from chunks of pool parts read side by side.
+
+    With the pool's ``uid_high, uid_low`` and decisions covering every pool row in order, a
+    chunk is those two columns of its parts, masked in NumPy (no join); otherwise the uid
+    strings of the kept rows, from a positional join of ``samples`` with the decisions."""
     ids = decisions.column("sample_id").to_numpy()
     numbers = _part_numbers(layout) or []
-    query = ("SELECT s.uid FROM ({samples}) s POSITIONAL JOIN decisions d "
+    groups = decisions.column("_group").to_numpy()
+    direct = halves and _covers_pool(layout, numbers, ids)
+    query = (f"SELECT {_uid_sql(halves)} FROM ({{samples}}) s POSITIONAL JOIN decisions d "
              f"WHERE {GUARD.format(keep='d._group = 0')}")
 
     def read(chunk: slice) -> np.ndarray:
+        if direct:
+            rows = _decision_rows(numbers, ids, chunk)
+            pairs = _pairs(con.cursor().sql(
+                f"SELECT {UID_HIGH}, {UID_LOW} "
+                f"FROM read_parquet({file_list_sql(layout.pool_files[chunk])})").to_arrow_table())
+            return sort_uid_array(pairs[groups[rows] == 0])
         cursor = _chunk_cursor(con, decisions, numbers, ids, chunk)
         try:
-            kept = cursor.sql(query.format(samples=samples_sql(paths, layout, chunk)))
-            return sort_uid_array(uids_to_array(kept.to_arrow_table().column("uid")))
+            return sort_uid_array(_pairs(
+                cursor.sql(query.format(samples=samples_sql(paths, layout, chunk)))
+                .to_arrow_table()))
         except duckdb.InvalidInputException as exc:
             raise OutOfOrder(str(exc)) from exc
 
@@ -250,6 +297,7 @@ def _chunked_outputs(
     decisions: pa.Table,
     failing: list[list[str]],
     scorers: list[str],
+    halves: bool,
 ) -> np.ndarray:
     """``manifest.parquet`` and ``dropped.parquet`` from chunks of pool parts read side by
     side (per chunk, a DuckDB query for its kept rows and one for its dropped uids), written
@@ -258,8 +306,9 @@ def _chunked_outputs(
     ids = decisions.column("sample_id").to_numpy()
     numbers = _part_numbers(layout) or []
     source = "({samples}) s POSITIONAL JOIN decisions d"
+    extra = f", {_uid_sql(halves)}" if halves else ""  # read for uids.npy, not written
     manifest_sql = (
-        f"SELECT {_manifest_columns(scorers)} FROM {source} "
+        f"SELECT {_manifest_columns(scorers)}{extra} FROM {source} "
         f"WHERE {GUARD.format(keep='d._group = 0')}"
     )
     dropped_sql = f"SELECT s.uid, d._group FROM {source} WHERE {GUARD.format(keep='d._group > 0')}"
@@ -275,7 +324,10 @@ def _chunked_outputs(
             raise OutOfOrder(str(exc)) from exc
         dropped = _dropped_table(dropped.column("uid"), dropped.column("_group").to_numpy(),
                                  failing)
-        return manifest, dropped, sort_uid_array(uids_to_array(manifest.column("uid")))
+        kept_pairs = sort_uid_array(_pairs(manifest))
+        if halves:
+            manifest = manifest.drop_columns([UID_HIGH, UID_LOW])
+        return manifest, dropped, kept_pairs
 
     started = time.perf_counter()
     pairs: list[np.ndarray] = []
@@ -331,17 +383,20 @@ def write_outputs(
     tables: bool = True,
 ) -> np.ndarray:
     """Write ``manifest.parquet`` and ``dropped.parquet`` into ``staging`` (unless not
-    ``tables``); return the kept uids as DataComp pairs (unsorted)."""
+    ``tables``); return the kept uids as DataComp pairs, in sorted runs (each chunk's
+    sorted: a stable sort merges them)."""
+    halves = pool_has_columns(con, paths, [UID_HIGH, UID_LOW])
     if in_order and layout.positional and layout.pool_files and _part_numbers(layout):
         try:
             if not tables:
-                return _chunked_uids(con, paths, layout, decisions)
-            return _chunked_outputs(con, paths, layout, staging, decisions, failing, scorers)
+                return _chunked_uids(con, paths, layout, decisions, halves)
+            return _chunked_outputs(con, paths, layout, staging, decisions, failing, scorers,
+                                    halves)
         except OutOfOrder as exc:
             logger.debug("positional passes refused (%s); joining on sample_id", exc)
     elif in_order:
         try:
-            return _whole_passes(con, staging, decisions, failing, scorers, True, tables)
+            return _whole_passes(con, staging, decisions, failing, scorers, True, tables, halves)
         except OutOfOrder as exc:
             logger.debug("positional passes refused (%s); joining on sample_id", exc)
-    return _whole_passes(con, staging, decisions, failing, scorers, False, tables)
+    return _whole_passes(con, staging, decisions, failing, scorers, False, tables, halves)

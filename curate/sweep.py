@@ -31,7 +31,7 @@ from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
 from curate.schema import TEXT_CHARS
 from curate.score_bins import ScoreBins
 from curate.select import NAME_PATTERN, resolve_score_column
-from curate.tables import connect, pool_has_column, pool_rows_sql, samples_layout, samples_sql
+from curate.tables import connect, pool_has_columns, pool_rows_sql, samples_layout, samples_sql
 from curate.workspace import RunPaths, staged_directory
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _caption_sql(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> str:
     """``chars, has_text`` over ``samples s``: from the pool's ``text_chars`` (4 bytes a row)
     when every part has it, else from ``length(text)`` (every caption decoded; pools ingested
     before text_chars existed)."""
-    if pool_has_column(con, paths, TEXT_CHARS):
+    if pool_has_columns(con, paths, [TEXT_CHARS]):
         return (f"coalesce(s.{TEXT_CHARS}, 0)::INTEGER AS chars, "
                 f"s.{TEXT_CHARS} IS NOT NULL AS has_text")
     return "coalesce(length(s.text), 0)::INTEGER AS chars, s.text IS NOT NULL AS has_text"

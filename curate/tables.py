@@ -10,10 +10,16 @@ A scorer that has a part for every pool part, each with the pool part's row coun
 on the Parquet footers when connecting), is joined with DuckDB's ``POSITIONAL JOIN`` over
 the same sorted file lists: no hash join, and ``samples`` keeps the pool's order. A
 partly scored run (or any mismatch) falls back to a hash ``LEFT JOIN`` on (part, row).
+
+Such a scorer also gets a view in the schema ``aligned`` (``aligned.dfn``: sample_id, dfn_score,
+dfn_status, dfn_error): the same rows in the same order as ``samples``, read from the scorer's
+parts alone. Filters over one scorer's columns (a fraction or threshold cut) read it instead of
+``samples``, so the pool is not scanned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import pyarrow as pa
 from curate.errors import UserError
 from curate.workspace import RunPaths
 
+ALIGNED = "aligned"  # schema of the scorer views row-aligned with samples
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
@@ -42,7 +49,7 @@ def _parts(directory: Path) -> str:
     return str(directory / "part-*.parquet").replace("'", "''")
 
 
-def _file_list(files: list[Path]) -> str:
+def file_list_sql(files: list[Path] | tuple[Path, ...]) -> str:
     quoted = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
     return f"[{quoted}]"
 
@@ -50,7 +57,7 @@ def _file_list(files: list[Path]) -> str:
 def _aligned(directory: Path, files: list[Path] | None = None) -> str:
     """A file's rows with their part number and row number, for the (part, row) join;
     ``files`` reads exactly those files (in that order) instead of the directory's glob."""
-    source = _file_list(files) if files is not None else f"'{_parts(directory)}'"
+    source = file_list_sql(files) if files is not None else f"'{_parts(directory)}'"
     return (
         f"SELECT *, CAST(regexp_extract(filename, 'part-(\\d+)\\.parquet$', 1) AS INTEGER) "
         f"AS _part, file_row_number AS _row FROM read_parquet({source}, "
@@ -80,6 +87,7 @@ class SamplesLayout:
     scorers: tuple[str, ...]
     pool_files: tuple[Path, ...]
     score_files: dict[str, tuple[Path, ...]]  # scorer -> files, positional scorers only
+    pool_rows: tuple[int, ...] = ()  # per pool file, its row count (Parquet footer)
 
     @property
     def positional(self) -> bool:
@@ -97,7 +105,8 @@ def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLa
         score_files = sorted(paths.scores_dir(name).glob("part-*.parquet"))
         if _positional(pool_rows, _row_counts(con, score_files)):
             aligned[name] = tuple(score_files)
-    return SamplesLayout(tuple(scorers), tuple(pool_files), aligned)
+    return SamplesLayout(tuple(scorers), tuple(pool_files), aligned,
+                         tuple(pool_rows.get(f.name, 0) for f in pool_files))
 
 
 def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = None) -> str:
@@ -117,7 +126,7 @@ def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = No
         if name in layout.score_files:
             files = list(layout.score_files[name][chosen])
             positional.append(f'POSITIONAL JOIN (SELECT "{name}_score", status, error FROM '
-                              f'read_parquet({_file_list(files)})) AS "{name}"')
+                              f'read_parquet({file_list_sql(files)})) AS "{name}"')
         else:
             hashed.append(f'LEFT JOIN ({_aligned(paths.scores_dir(name))}) AS "{name}" '
                           f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
@@ -136,14 +145,16 @@ def pool_rows_sql(paths: RunPaths, columns: str, where: str) -> str:
             f"FROM ({_aligned(paths.pool_dir)}) WHERE {where}")
 
 
-def pool_has_column(con: duckdb.DuckDBPyConnection, paths: RunPaths, column: str) -> bool:
-    """True when every pool part has ``column`` (from the Parquet footers)."""
+def pool_has_columns(con: duckdb.DuckDBPyConnection, paths: RunPaths,
+                     columns: Sequence[str]) -> bool:
+    """True when every pool part has every one of ``columns`` (from the Parquet footers)."""
     files = [str(f) for f in paths.pool_parts()]
     if not files:
         return False
-    found = con.execute("SELECT count(DISTINCT file_name) FROM parquet_schema(?) WHERE name = ?",
-                        [files, column]).fetchall()[0][0]
-    return int(found) == len(files)
+    found = con.execute("SELECT count(*) FROM (SELECT DISTINCT file_name, name "
+                        "FROM parquet_schema(?) WHERE list_contains(?, name))",
+                        [files, list(columns)]).fetchall()[0][0]
+    return int(found) == len(files) * len(set(columns))
 
 
 def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
@@ -162,7 +173,26 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM '
                     f"read_parquet('{_parts(paths.scores_dir(name))}')")
     con.execute(f"CREATE VIEW samples AS {samples_sql(paths, layout)}")
+    con.execute(f"CREATE SCHEMA {ALIGNED}")
+    for name, files in layout.score_files.items():
+        con.execute(f'CREATE VIEW {ALIGNED}."{name}" AS SELECT '
+                    "(CAST(_part AS BIGINT) << 32) + _row AS sample_id, "
+                    f'"{name}_score", status AS "{name}_status", error AS "{name}_error" '
+                    f"FROM ({_aligned(paths.scores_dir(name), list(files))})")
     return con
+
+
+def aligned_source(con: duckdb.DuckDBPyConnection, columns: Collection[str]) -> str:
+    """The narrowest relation with ``samples``'s rows, in its order, that has ``columns``: an
+    ``aligned`` scorer view when one holds them all, else ``samples``."""
+    views = con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = ? "
+                        "ORDER BY view_name", [ALIGNED]).fetchall()
+    for (name,) in views:
+        source = f'{ALIGNED}."{name}"'
+        have = {row[0] for row in con.execute(f"DESCRIBE {source}").fetchall()}
+        if set(columns) <= have:
+            return source
+    return "samples"
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:

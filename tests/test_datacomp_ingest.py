@@ -80,6 +80,8 @@ def test_metadata_rows_become_pool_rows(tmp_path: Path, metadata: list[Path]) ->
         given = pq.read_table(source).to_pylist()
         assert [r["uid"] for r in pool] == [r["uid"] for r in given]
         assert [r["key"] for r in pool] == [r["uid"] for r in given]
+        assert [(r["uid_high"], r["uid_low"]) for r in pool] == [
+            (int(r["uid"][:16], 16), int(r["uid"][16:], 16)) for r in given]
         for field in ("url", "text", "original_width", "original_height", "sha256", FACE_BBOXES):
             assert [r[field] for r in pool] == [r[field] for r in given]
         assert [r["text_chars"] for r in pool] == [

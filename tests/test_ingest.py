@@ -33,6 +33,9 @@ def test_every_parquet_row_becomes_a_pool_row(run_dir: Path, pool: SyntheticPool
     assert all(r["text_chars"] == (len(r["text"]) if r["text"] is not None else None)
                for r in rows)
     assert any(r["text"] is None for r in rows) and any(r["text_chars"] for r in rows)
+    # uid_high, uid_low: the uid as DataComp's pair, what uids.npy holds
+    assert all((r["uid_high"], r["uid_low"]) == (int(r["uid"][:16], 16), int(r["uid"][16:], 16))
+               for r in rows)
     by_key = {r["key"]: r for r in rows}
     failed = next(k for k, kind in pool.planted.items() if kind == "failed_to_download")
     assert by_key[failed]["status"] == "failed_to_download"

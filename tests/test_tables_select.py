@@ -18,7 +18,7 @@ from curate.filters import FilterSpec
 from curate.pool.ingest import IngestConfig, ingest_pool
 from curate.select import SelectConfig, select_subset
 from curate.sweep import SweepConfig, sweep
-from curate.tables import QueryError, connect, run_query
+from curate.tables import QueryError, aligned_source, connect, run_query
 from curate.uids import read_uid_file, uids_to_array
 from curate.workspace import RunPaths
 
@@ -78,6 +78,14 @@ def test_views_and_samples(datacomp_run: tuple[Path, pa.Table]) -> None:
     assert [u for u, _ in got] == table.column("uid").to_pylist()
     np.testing.assert_allclose([s for _, s in got],
                                table.column("clip_b32_similarity_score").to_numpy(), rtol=1e-6)
+    # aligned.<scorer>: samples' rows and order, read from the scorer's parts alone
+    for name in ("clip_b32", "clip_l14"):
+        columns = f"sample_id, {name}_score, {name}_status, {name}_error"
+        assert con.sql(f"SELECT {columns} FROM aligned.{name}").fetchall() == \
+            con.sql(f"SELECT {columns} FROM samples").fetchall()
+    assert aligned_source(con, ["sample_id", "clip_l14_score"]) == 'aligned."clip_l14"'
+    assert aligned_source(con, ["clip_l14_score", "clip_b32_score"]) == "samples"
+    assert aligned_source(con, ["text"]) == "samples"
 
 
 def test_queries_are_read_only(datacomp_run: tuple[Path, pa.Table]) -> None:
@@ -314,6 +322,7 @@ def test_select_on_a_partly_scored_run_joins_and_matches(
     (run / "scores" / "clip_b32" / "part-00001.parquet").unlink()  # b32 joins by hash now
     con = connect(run)
     assert not samples_layout(con, RunPaths(run)).positional
+    assert aligned_source(con, ["clip_b32_score"]) == "samples"  # no aligned view for b32
     summary = select_subset(SelectConfig(run=run, name="top", by="clip_l14", fraction=0.3))
     l14 = table.column("clip_l14_similarity_score").to_numpy()
     valid = ~np.isnan(l14)
@@ -418,3 +427,28 @@ def test_uids_only_selection_writes_the_same_uids_and_no_tables(
                                       "--out", str(tmp_path / "shards")])
     assert result.exit_code == 2 and "--uids-only" in result.output
     assert not (tmp_path / "shards").exists()
+
+
+@pytest.mark.parametrize("uids_only", [False, True])
+def test_select_of_a_pool_without_uid_halves_parses_the_uids(
+    tmp_path: Path, datacomp_run: tuple[Path, pa.Table], uids_only: bool,
+) -> None:
+    """Pools ingested before uid_high/uid_low existed: the kept uids are parsed from the uid
+    strings, and every output is byte-identical."""
+    import shutil
+
+    source, _ = datacomp_run
+    run = tmp_path / "old"
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("sweeps", "subsets"))
+    for part in RunPaths(run).pool_parts():
+        pq.write_table(pq.read_table(part).drop_columns(["uid_high", "uid_low"]), part)
+    config = {"name": "s", "by": "clip_l14", "fraction": 0.3, "uids_only": uids_only,
+              "filters": (FilterSpec("caption_length"),)}
+    select_subset(SelectConfig(run=source, overwrite=True, **config))
+    select_subset(SelectConfig(run=run, **config))
+    new, old = source / "subsets" / "s", run / "subsets" / "s"
+    names = sorted(p.name for p in new.iterdir())
+    assert names == sorted(p.name for p in old.iterdir())
+    for name in names:
+        if name != "selection.json":  # its paths and input fingerprints differ
+            assert (old / name).read_bytes() == (new / name).read_bytes(), name

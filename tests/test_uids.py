@@ -41,6 +41,24 @@ def test_sorting_matches_numpy_structured_sort() -> None:
     assert (sort_uid_array(uids_to_array(uids)) == np.sort(datacomp_pairs(uids))).all()
 
 
+@pytest.mark.parametrize("highs", ["random", "sequential", "equal", "top_bits_only", "max"])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 1000])
+def test_sorting_handles_shared_high_bits(highs: str, n: int) -> None:
+    """Rows whose high halves share the top bits the sort keys keep (or all of them) still
+    come out ordered by the full pair, duplicates included."""
+    rng = np.random.default_rng(n)
+    pairs = np.empty(n, UID_DTYPE)
+    pairs["f1"] = rng.integers(0, 4, n, dtype=np.uint64) * np.uint64(2**62)
+    pairs["f0"] = {
+        "random": rng.integers(0, 2**64, n, dtype=np.uint64),
+        "sequential": np.arange(n, dtype=np.uint64)[::-1] // np.uint64(3),
+        "equal": np.full(n, 7, dtype=np.uint64),
+        "top_bits_only": rng.integers(0, 4, n, dtype=np.uint64) << np.uint64(62),
+        "max": np.full(n, 2**64 - 1, dtype=np.uint64),
+    }[highs]
+    assert np.array_equal(sort_uid_array(pairs), np.sort(pairs))
+
+
 def test_bad_uids_are_named() -> None:
     with pytest.raises(ValueError, match="not a uid"):
         uids_to_array(["xyz" + "0" * 29])

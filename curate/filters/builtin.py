@@ -26,6 +26,7 @@ from curate.filters.registry import (
     register_filter,
 )
 from curate.filters.sqltext import RE2_NONSPACE, RE2_SPACE, double, floats, ident, strings
+from curate.tables import aligned_source
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ def fraction_threshold(con: Any, column: str, fraction: float) -> tuple[float | 
     goes through DuckDB's top-N instead. Returns (threshold or None if N = 0, N, index)."""
     col = ident(column)
     valid = f"{col} IS NOT NULL AND NOT isnan(CAST({col} AS DOUBLE))"
-    values = con.sql(f"SELECT {col} AS v FROM samples WHERE {valid}").to_arrow_table()
+    source = aligned_source(con, [column])  # a scorer's column: its parts alone
+    values = con.sql(f"SELECT {col} AS v FROM {source} WHERE {valid}").to_arrow_table()
     values = values.column("v")
     total = len(values)
     if total == 0:
@@ -184,7 +186,7 @@ def fraction_threshold(con: Any, column: str, fraction: float) -> tuple[float | 
     from_top = index <= ascending
     offset, order = (index, "DESC") if from_top else (ascending, "ASC")
     value = con.execute(
-        f"SELECT {col} FROM samples WHERE {valid} ORDER BY {col} {order} LIMIT 1 OFFSET {offset}"
+        f"SELECT {col} FROM {source} WHERE {valid} ORDER BY {col} {order} LIMIT 1 OFFSET {offset}"
     ).fetchall()[0][0]
     return float(value), int(total), int(total * fraction)
 

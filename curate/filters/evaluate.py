@@ -23,6 +23,7 @@ from tqdm import tqdm
 from curate.errors import UserError
 from curate.filters.registry import FilterSpec, ResolvedFilter
 from curate.filters.sqltext import ident, literal
+from curate.tables import aligned_source
 
 logger = logging.getLogger(__name__)
 
@@ -169,19 +170,21 @@ def evaluate_filters(
     select = [ident(c) for c in keys]
     where_sql = _where_sql(con, where) if where is not None else None
     python = [u for u in units if u.sql is None]
+    needed = [*keys, *(c for u in units for c in u.rule.columns)]
+    source = aligned_source(con, needed) if where is None else "samples"
     try:
         if not python:
             select += [f"{f.sql} AS {ident(f.label)}" for f in resolved]
             select += [f'{where_sql} AS "where"'] if where_sql else []
             select += [f"{_reason_sql(units)} AS reason"] if reasons else []
-            table = _arrow_table(con, f"SELECT {', '.join(select)} FROM samples")
+            table = _arrow_table(con, f"SELECT {', '.join(select)} FROM {source}")
         else:
             select += [f"{u.sql} AS _u{k}" for k, u in enumerate(units) if u.sql is not None]
             inputs = dict.fromkeys(c for u in python for c in u.rule.columns if c not in keys)
             select += [ident(c) for c in inputs]
             select += [f'{where_sql} AS "where"'] if where_sql else []
-            query = f"SELECT {', '.join(select)} FROM samples"
-            total = con.execute("SELECT count(*) FROM samples").fetchall()[0][0] if progress \
+            query = f"SELECT {', '.join(select)} FROM {source}"
+            total = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0] if progress \
                 else None
             reader = _arrow_reader(con, query, batch_size)
             out = []

@@ -32,7 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.pool.shards import PoolError
-from curate.schema import POOL_SCHEMA, TEXT_CHARS, score_column, score_schema, text_chars
+from curate.schema import (
+    POOL_SCHEMA,
+    TEXT_CHARS,
+    score_column,
+    score_schema,
+    text_chars,
+    uid_halves,
+)
 from curate.scoring.stats import ShardStats
 from curate.scoring.status import MISSING_SCORE, OK
 from curate.uids import UID_PATTERN
@@ -249,6 +256,7 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
     uids = _checked_uids(batch.column("uid"), file.parquet)
     fixed: dict[str, Any] = {
         "uid": uids,
+        **uid_halves(uids),
         "key": uids,  # DataComp has no key
         "shard": pa.repeat(pa.scalar(file.name, pa.string()), n),
         "status": pa.repeat(pa.scalar("success", pa.string()), n),

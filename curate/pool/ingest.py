@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import curate
 from curate.pool import datacomp
 from curate.pool.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
-from curate.schema import POOL_SCHEMA, TEXT_CHARS, text_chars
+from curate.schema import POOL_SCHEMA, TEXT_CHARS, text_chars, uid_halves
 from curate.uids import is_valid_uid, uid_from_url_caption
 from curate.workspace import RunPaths, atomic_path, remove_stale_temporaries, write_json_atomic
 
@@ -99,10 +99,14 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     table = table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
     uids = _uids(table, source)
     columns: dict[str, pa.Array] = {}
+    halves: dict[str, pa.Array] = {}
     for name in POOL_SCHEMA.names:
         target = POOL_SCHEMA.field(name).type
         if name == "uid":
             columns[name] = pa.array(uids, pa.string())
+            halves = uid_halves(columns[name])
+        elif name in halves:
+            columns[name] = halves[name]
         elif name == "shard":
             columns[name] = pa.array([shard.name] * table.num_rows, pa.string())
         elif name == TEXT_CHARS:
