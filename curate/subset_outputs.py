@@ -11,8 +11,9 @@ DuckDB query for the kept rows' manifest columns and one for the dropped rows' u
 pyarrow writes both files in order. The kept uids come from the pool's ``uid_high, uid_low``
 (DataComp's pairs, derived at ingest; ``--uids-only`` reads those two columns alone), or, for
 pools ingested before they existed, from the uid strings. A positional pass in DuckDB runs on
-one thread, so chunks are what lets the manifest, the largest output, use more than one core. Otherwise (a partly scored run, rows out of order) each output is one
-DuckDB pass over ``samples`` joined with the decisions, the three passes side by side.
+one thread, so chunks are what lets the manifest, the largest output, use more than one core.
+Otherwise (a partly scored run, rows out of order) each output is one DuckDB pass over
+``samples`` joined with the decisions, the three passes side by side.
 """
 
 from __future__ import annotations

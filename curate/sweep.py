@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from curate.chunks import ordered_map, part_chunks
 from curate.errors import UserError
 from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
-from curate.schema import TEXT_CHARS
+from curate.schema import TEXT_CHARS, score_column
 from curate.score_bins import ScoreBins
 from curate.select import NAME_PATTERN, resolve_score_column
 from curate.tables import connect, pool_has_columns, pool_rows_sql, samples_layout, samples_sql
@@ -125,7 +125,8 @@ def _candidate_queries(con: duckdb.DuckDBPyConnection, config: SweepConfig,
         join, tables = "WHERE", {}
         layout = samples_layout(con, paths)
         if layout.positional and len(layout.pool_files) > 1:
-            sources = [f"({samples_sql(paths, layout, chunk)})"
+            scorer = [s for s in layout.scorers if score_column(s) == column]  # its parts only
+            sources = [f"({samples_sql(paths, layout, chunk, scorer)})"
                        for chunk in part_chunks(layout, SCAN_CHUNKS)]
     captions = _caption_sql(con, paths)
     return [f'SELECT s."{column}" AS score, {captions}, s.sample_id FROM {source} s {join} '
@@ -170,9 +171,10 @@ def _drawn_captions(con: duckdb.DuckDBPyConnection, paths: RunPaths, size: int,
     rate: every row has the same chance, the same offsets are drawn in every part (a sample
     stratified by part), and DuckDB tests the hash inside the Parquet scan, decoding only the
     drawn captions."""
-    cut = min(int(_sample_rate(con, size) * 2.0**64), 2**64 - 1)
+    cursor = con.cursor()  # runs beside the candidate scan
+    cut = min(int(_sample_rate(cursor, size) * 2.0**64), 2**64 - 1)
     query = pool_rows_sql(paths, "text", f"hash(_row, {int(seed)}) <= {cut}::UBIGINT")
-    drawn = con.cursor().sql(query).to_arrow_table()
+    drawn = cursor.sql(query).to_arrow_table()
     return drawn.take(pc.sort_indices(drawn.column("sample_id")))
 
 
@@ -205,15 +207,17 @@ def _load_candidates(con: duckdb.DuckDBPyConnection, paths: RunPaths, queries: l
     def scan(query: str) -> pa.Table:
         return _cursor(con, tables or {}).sql(query).to_arrow_table()
 
-    table = pa.concat_tables(ordered_map(scan, queries))
-    scores = table.column("score").to_numpy()
-    if scores.dtype.kind not in "fiu":
-        scores = scores.astype(np.float64)
-    sample = None
-    if sample_size:
-        drawn = _drawn_captions(con, paths, sample_size, seed)
-        sample = _uniform_sample(table.column("sample_id").to_numpy(), scores, drawn,
-                                 sample_size, seed)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the draw reads the pool while we scan
+        drawn = pool.submit(_drawn_captions, con, paths, sample_size, seed) \
+            if sample_size else None
+        table = pa.concat_tables(ordered_map(scan, queries))
+        scores = table.column("score").to_numpy()
+        if scores.dtype.kind not in "fiu":
+            scores = scores.astype(np.float64)
+        sample = None
+        if drawn is not None:
+            sample = _uniform_sample(table.column("sample_id").to_numpy(), scores,
+                                     drawn.result(), sample_size, seed)
     return _Candidates(scores, table.column("chars").to_numpy(),
                        table.column("has_text").to_numpy(zero_copy_only=False), sample)
 

@@ -109,9 +109,11 @@ def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLa
                          tuple(pool_rows.get(f.name, 0) for f in pool_files))
 
 
-def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = None) -> str:
+def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = None,
+                scorers: Collection[str] | None = None) -> str:
     """The SELECT behind ``samples``; ``parts`` (positional layouts only) limits it to those
-    pool parts, row-aligned, so that parts can be read side by side."""
+    pool parts, row-aligned, so that parts can be read side by side; ``scorers`` joins only
+    those scorers' columns (the rows are the same: every join keeps each pool row once)."""
     if parts is not None and not layout.positional:
         raise ValueError("samples over a range of parts needs a positional layout")
     chosen = slice(None) if parts is None else parts
@@ -121,6 +123,8 @@ def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = No
     ]
     positional, hashed = [], []
     for name in layout.scorers:
+        if scorers is not None and name not in scorers:
+            continue
         columns += [f'"{name}"."{name}_score"', f'"{name}".status AS "{name}_status"',
                     f'"{name}".error AS "{name}_error"']
         if name in layout.score_files:
