@@ -26,10 +26,11 @@ library call, timed inside the step) and peak RSS (``ru_maxrss`` of the step's p
         [--json]
 
 Progress goes to stderr; the figures go to stdout. The targets, as this script judges them:
-sweep (default stats) + select with every output within 10 s; the pandas path at least 5x
-slower than ``select --uids-only`` (the two write the same file); peak RSS under 2 GiB. The
-stricter ratios (pandas path over select with every output, and over sweep + select) are
-printed beside them.
+sweep (default stats) + select within 10 s, judged twice: with every output, and with
+``--uids-only`` (the issue's "fraction select with uids.npy export", what the pandas path
+writes); the pandas path at least 5x slower than ``select --uids-only`` (the two write the same
+file); peak RSS under 2 GiB. The stricter ratios (pandas path over select with every output,
+and over sweep + select) are printed beside them.
 """
 
 from __future__ import annotations
@@ -291,6 +292,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     peak = max(r.peak_rss_mib for r in results
                if r.step in ("ingest", "sweep", "select", "select-uids"))
     speedup = pandas_path.seconds / uids_only.seconds
+    uids_only_seconds = sweep_default.seconds + uids_only.seconds
     return {
         "rows": args.rows,
         "files": args.files,
@@ -311,7 +313,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         },
         "sweep_plus_select_seconds": ours_seconds,
         "sweep0_plus_select_seconds": sweep_bare.seconds + select.seconds,
-        "sweep_plus_select_uids_only_seconds": sweep_default.seconds + uids_only.seconds,
+        "sweep_plus_select_uids_only_seconds": uids_only_seconds,
+        "pandas_over_sweep_plus_select_uids_only": pandas_path.seconds / uids_only_seconds,
         "pandas_over_select_uids_only": speedup,
         "pandas_over_select": pandas_path.seconds / select.seconds,
         "pandas_over_sweep_plus_select": pandas_path.seconds / ours_seconds,
@@ -319,6 +322,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "targets": {
             f"sweep + select (every output) <= {TARGET_SECONDS:g} s":
                 ours_seconds <= TARGET_SECONDS,
+            f"sweep + select --uids-only <= {TARGET_SECONDS:g} s (the select writing uids.npy, "
+            "like the pandas path)": uids_only_seconds <= TARGET_SECONDS,
             f"pandas path >= {TARGET_SPEEDUP:g}x slower than select --uids-only (both write "
             "uids.npy alone)": speedup >= TARGET_SPEEDUP,
             f"peak RSS < {TARGET_RSS_MIB:g} MiB (ingest, sweep, select)": peak < TARGET_RSS_MIB,
@@ -356,7 +361,9 @@ def print_report(figures: dict[str, Any]) -> None:
           f"{figures['sweep_plus_select_uids_only_seconds']:.2f} s)")
     print(f"pandas path / select --uids-only: {figures['pandas_over_select_uids_only']:.2f}x; "
           f"pandas path / select (every output): {figures['pandas_over_select']:.2f}x; "
-          f"pandas path / (sweep + select): {figures['pandas_over_sweep_plus_select']:.2f}x")
+          f"pandas path / (sweep + select): {figures['pandas_over_sweep_plus_select']:.2f}x; "
+          "pandas path / (sweep + select --uids-only): "
+          f"{figures['pandas_over_sweep_plus_select_uids_only']:.2f}x")
     print(f"peak RSS of our steps: {figures['peak_rss_ours_mib']:.0f} MiB")
     print()
     for target, met in figures["targets"].items():

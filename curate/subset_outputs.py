@@ -35,7 +35,7 @@ from curate.chunks import ordered_map, part_chunks
 from curate.errors import UserError
 from curate.schema import UID_HIGH, UID_LOW
 from curate.tables import SamplesLayout, file_list_sql, pool_has_columns, samples_sql
-from curate.uids import UID_DTYPE, sort_uid_array, uids_to_array
+from curate.uids import UID_DTYPE, pairs_to_uid_strings, sort_uid_array, uids_to_array
 from curate.workspace import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ def _list_sql(failing: list[list[str]]) -> tuple[str, str]:
     return f"([{first}]::VARCHAR[])", f"([{every}]::VARCHAR[][])"
 
 
-def _manifest_columns(scorers: list[str]) -> str:
-    return ", ".join(f"s.{c}" for c in MANIFEST_COLUMNS) + "".join(
+def _manifest_columns(scorers: list[str], uid: str = "s.uid") -> str:
+    return ", ".join([uid, *(f"s.{c}" for c in MANIFEST_COLUMNS[1:])]) + "".join(
         f', s."{s}_score"' for s in scorers
     )
 
@@ -307,12 +307,19 @@ def _chunked_outputs(
     ids = decisions.column("sample_id").to_numpy()
     numbers = _part_numbers(layout) or []
     source = "({samples}) s POSITIONAL JOIN decisions d"
-    extra = f", {_uid_sql(halves)}" if halves else ""  # read for uids.npy, not written
+    uid_sql = _uid_sql(halves)  # with the pool's halves, uid strings are written from them
     manifest_sql = (
-        f"SELECT {_manifest_columns(scorers)}{extra} FROM {source} "
+        f"SELECT {_manifest_columns(scorers, uid_sql)} FROM {source} "
         f"WHERE {GUARD.format(keep='d._group = 0')}"
     )
-    dropped_sql = f"SELECT s.uid, d._group FROM {source} WHERE {GUARD.format(keep='d._group > 0')}"
+    dropped_sql = (f"SELECT {uid_sql}, d._group FROM {source} "
+                   f"WHERE {GUARD.format(keep='d._group > 0')}")
+
+    def uid_strings(table: pa.Table) -> tuple[pa.Table, pa.Array | pa.ChunkedArray]:
+        """The table without uid columns, and its uids as strings."""
+        if not halves:
+            return table.drop_columns(["uid"]), table.column("uid")
+        return table.drop_columns([UID_HIGH, UID_LOW]), pairs_to_uid_strings(_pairs(table))
 
     def read(chunk: slice) -> tuple[pa.Table, pa.Table, np.ndarray]:
         """A chunk's manifest rows, dropped rows and kept uids as sorted DataComp pairs."""
@@ -323,12 +330,11 @@ def _chunked_outputs(
             dropped = cursor.sql(dropped_sql.format(samples=samples)).to_arrow_table()
         except duckdb.InvalidInputException as exc:
             raise OutOfOrder(str(exc)) from exc
-        dropped = _dropped_table(dropped.column("uid"), dropped.column("_group").to_numpy(),
+        dropped = _dropped_table(uid_strings(dropped)[1], dropped.column("_group").to_numpy(),
                                  failing)
         kept_pairs = sort_uid_array(_pairs(manifest))
-        if halves:
-            manifest = manifest.drop_columns([UID_HIGH, UID_LOW])
-        return manifest, dropped, kept_pairs
+        rest, uids = uid_strings(manifest)
+        return rest.add_column(0, "uid", uids), dropped, kept_pairs
 
     started = time.perf_counter()
     pairs: list[np.ndarray] = []

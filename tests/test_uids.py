@@ -12,6 +12,7 @@ import pytest
 from curate.uids import (
     UID_DTYPE,
     array_to_uids,
+    pairs_to_uid_strings,
     read_uid_file,
     save_uid_file,
     sort_uid_array,
@@ -33,6 +34,9 @@ def test_round_trip_and_datacomp_equality() -> None:
     assert (uids_to_array(pa.array(uids)) == pairs).all()
     assert (uids_to_array(pa.chunked_array([uids[:10], uids[10:]])) == pairs).all()
     assert array_to_uids(pairs) == uids
+    strings = pairs_to_uid_strings(pairs)
+    assert strings.type == pa.string() and strings.to_pylist() == uids
+    assert pairs_to_uid_strings(pairs[:0]).to_pylist() == []
 
 
 def test_sorting_matches_numpy_structured_sort() -> None:
