@@ -89,8 +89,8 @@ def _manifest_columns(scorers: list[str], uid: str = "s.uid") -> str:
 
 
 def _uid_sql(halves: bool) -> str:
-    """What the kept uids are read as: the pool's ``uid_high, uid_low`` when it has them (16
-    bytes a row), else the uid strings (parsed from hex)."""
+    """What uids are read as: the pool's ``uid_high, uid_low`` when it has them (16 bytes a
+    row; strings are made from them where an output needs them), else the uid strings."""
     return f"s.{UID_HIGH}, s.{UID_LOW}" if halves else "s.uid"
 
 
@@ -315,12 +315,6 @@ def _chunked_outputs(
     dropped_sql = (f"SELECT {uid_sql}, d._group FROM {source} "
                    f"WHERE {GUARD.format(keep='d._group > 0')}")
 
-    def uid_strings(table: pa.Table) -> tuple[pa.Table, pa.Array | pa.ChunkedArray]:
-        """The table without uid columns, and its uids as strings."""
-        if not halves:
-            return table.drop_columns(["uid"]), table.column("uid")
-        return table.drop_columns([UID_HIGH, UID_LOW]), pairs_to_uid_strings(_pairs(table))
-
     def read(chunk: slice) -> tuple[pa.Table, pa.Table, np.ndarray]:
         """A chunk's manifest rows, dropped rows and kept uids as sorted DataComp pairs."""
         cursor = _chunk_cursor(con, decisions, numbers, ids, chunk)
@@ -330,11 +324,14 @@ def _chunked_outputs(
             dropped = cursor.sql(dropped_sql.format(samples=samples)).to_arrow_table()
         except duckdb.InvalidInputException as exc:
             raise OutOfOrder(str(exc)) from exc
-        dropped = _dropped_table(uid_strings(dropped)[1], dropped.column("_group").to_numpy(),
-                                 failing)
-        kept_pairs = sort_uid_array(_pairs(manifest))
-        rest, uids = uid_strings(manifest)
-        return rest.add_column(0, "uid", uids), dropped, kept_pairs
+        kept = _pairs(manifest)
+        if halves:  # uid strings from the pairs, in the uid's place
+            manifest = manifest.drop_columns([UID_HIGH, UID_LOW]).add_column(
+                0, "uid", pairs_to_uid_strings(kept))
+        dropped_uids = (pairs_to_uid_strings(_pairs(dropped)) if halves
+                        else dropped.column("uid"))
+        dropped = _dropped_table(dropped_uids, dropped.column("_group").to_numpy(), failing)
+        return manifest, dropped, sort_uid_array(kept)
 
     started = time.perf_counter()
     pairs: list[np.ndarray] = []
