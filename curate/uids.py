@@ -101,9 +101,8 @@ def pairs_to_uid_strings(pairs: np.ndarray) -> pa.Array:
 
 
 def array_to_uids(pairs: np.ndarray) -> list[str]:
-    """DataComp pairs back to 32-hex uid strings."""
-    return [f"{int(high):016x}{int(low):016x}" for high, low in zip(pairs["f0"], pairs["f1"],
-                                                                      strict=True)]
+    """DataComp pairs back to 32-hex uid strings, as Python strings."""
+    return pairs_to_uid_strings(pairs).to_pylist()
 
 
 def sort_uid_array(pairs: np.ndarray, runs: bool = False) -> np.ndarray:

@@ -97,16 +97,13 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     if missing:
         raise PoolError(f"{source}: missing column(s) {', '.join(missing)}")
     table = table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
-    uids = _uids(table, source)
+    uids = pa.array(_uids(table, source), pa.string())
+    derived = {"uid": uids, **uid_halves(uids)}
     columns: dict[str, pa.Array] = {}
-    halves: dict[str, pa.Array] = {}
     for name in POOL_SCHEMA.names:
         target = POOL_SCHEMA.field(name).type
-        if name == "uid":
-            columns[name] = pa.array(uids, pa.string())
-            halves = uid_halves(columns[name])
-        elif name in halves:
-            columns[name] = halves[name]
+        if name in derived:
+            columns[name] = derived[name]
         elif name == "shard":
             columns[name] = pa.array([shard.name] * table.num_rows, pa.string())
         elif name == TEXT_CHARS:
