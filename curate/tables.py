@@ -109,6 +109,12 @@ def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLa
                          tuple(pool_rows.get(f.name, 0) for f in pool_files))
 
 
+def _sample_id_sql(table: str = "") -> str:
+    """A row's sample_id from ``_aligned``'s columns: part number << 32 | row in its part."""
+    prefix = f"{table}." if table else ""
+    return f"(CAST({prefix}_part AS BIGINT) << 32) + {prefix}_row AS sample_id"
+
+
 def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = None,
                 scorers: Collection[str] | None = None) -> str:
     """The SELECT behind ``samples``; ``parts`` (positional layouts only) limits it to those
@@ -119,7 +125,7 @@ def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = No
     chosen = slice(None) if parts is None else parts
     columns = [
         "p.* EXCLUDE (filename, file_row_number, _part, _row)",
-        "(CAST(p._part AS BIGINT) << 32) + p._row AS sample_id",
+        _sample_id_sql("p"),
     ]
     positional, hashed = [], []
     for name in layout.scorers:
@@ -145,7 +151,7 @@ def pool_rows_sql(paths: RunPaths, columns: str, where: str) -> str:
     matching ``where`` (over ``_row``, the row in its part, and the pool's columns). No join:
     DuckDB tests a ``_row`` condition inside the Parquet scan and decodes the other columns of
     matching rows only."""
-    return (f"SELECT (CAST(_part AS BIGINT) << 32) + _row AS sample_id, {columns} "
+    return (f"SELECT {_sample_id_sql()}, {columns} "
             f"FROM ({_aligned(paths.pool_dir)}) WHERE {where}")
 
 
@@ -179,8 +185,7 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
     con.execute(f"CREATE VIEW samples AS {samples_sql(paths, layout)}")
     con.execute(f"CREATE SCHEMA {ALIGNED}")
     for name, files in layout.score_files.items():
-        con.execute(f'CREATE VIEW {ALIGNED}."{name}" AS SELECT '
-                    "(CAST(_part AS BIGINT) << 32) + _row AS sample_id, "
+        con.execute(f'CREATE VIEW {ALIGNED}."{name}" AS SELECT {_sample_id_sql()}, '
                     f'"{name}_score", status AS "{name}_status", error AS "{name}_error" '
                     f"FROM ({_aligned(paths.scores_dir(name), list(files))})")
     return con

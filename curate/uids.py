@@ -154,7 +154,7 @@ def check_uid_array(pairs: np.ndarray, source: str) -> None:
 def save_uid_file(path: Path, pairs: np.ndarray, runs: bool = False) -> str:
     """Sort (``runs``: see sort_uid_array) and ``np.save`` a DataComp subset file atomically;
     return its sha256."""
-    pairs = sort_uid_array(np.asarray(pairs, dtype=UID_DTYPE), runs)
+    pairs = sort_uid_array(pairs, runs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
