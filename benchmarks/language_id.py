@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _paths  # noqa: F401  (the repository root on sys.path: tests.generators)
 import numpy as np
 
 SENTENCES = (
@@ -42,7 +43,7 @@ SENTENCES = (
 
 def captions(n: int, seed: int = 0) -> list[str]:
     """Three in four DataComp-style captions, one in four a cut of a sentence above."""
-    from curate.pool.synthetic_datacomp import _captions
+    from tests.generators.datacomp import _captions
 
     rng = np.random.default_rng(seed)
     out = _captions(rng, n).to_pylist()

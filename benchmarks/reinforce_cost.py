@@ -30,16 +30,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _paths  # noqa: F401  (the repository root on sys.path: tests.generators)
 import torch
 
 from curate.executor import ExecutorConfig
+from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.models import ModelSpec, load_model, parse_model_spec
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.synthetic import write_synthetic_pool
 from curate.reinforce import records as rec
 from curate.reinforce.captioner import SamplingConfig
 from curate.reinforce.stage import ReinforceConfig, reinforce
-from curate.scoring.stage import ScoreConfig, score_run
+from curate.score.stage import ScoreConfig, score_run
+from tests.generators.synthetic import write_synthetic_pool
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "benchmarks" / "_work" / "reinforce_cost"

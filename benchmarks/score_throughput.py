@@ -44,18 +44,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import _paths  # noqa: F401  (the repository root on sys.path: tests.generators)
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.shards import TarReadResult, find_shards, iter_tar_samples
+from curate.io.workspace import RunPaths
 from curate.models import LoadedModel, ModelSpec, load_model
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.shards import TarReadResult, find_shards, iter_tar_samples
-from curate.pool.synthetic import write_synthetic_pool
-from curate.scoring.scorer import Scorer
-from curate.scoring.shard import Batch, encode_in_windows
-from curate.workspace import RunPaths
+from curate.score.scorer import Scorer
+from curate.score.shard import Batch, encode_in_windows
+from tests.generators.synthetic import write_synthetic_pool
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "benchmarks" / "_work" / "score_throughput"

@@ -3,7 +3,7 @@
 The demo's proxy evaluation only means something if the student CLIP can learn shapes from
 the samples it sees. This probe takes the contrastive objective out of the question: it
 trains each model's image tower plus a linear head with cross-entropy on toy-world scenes
-whose class is known (``curate.pool.toyscene``, the same generator and canvas sizes as the
+whose class is known (``curate.toyworld.scene``, the same generator and canvas sizes as the
 HQ split, open_clip's train transform at the tower's input size), for ``--steps`` steps, and
 prints per model the training accuracy over the last 100 steps at a few checkpoints, the
 accuracy on ``--test`` held-out scenes, and samples/s. A tower that stays near chance here
@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 from curate.models.spec import PACKAGED_CONFIG_DIR
-from curate.pool.toynoise import SizeRanges, clean_base
-from curate.pool.toyscene import CLASSES, encode_jpeg, render
+from curate.toyworld.noise import SizeRanges, clean_base
+from curate.toyworld.scene import CLASSES, encode_jpeg, render
 
 CLEAN_SIDES = SizeRanges().clean  # the HQ split's canvas sides
 PROBE_SPLIT = 99  # a split id of the probe's own, apart from the world's splits

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _paths  # noqa: F401  (the repository root on sys.path: tests.generators)
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def _rss_mib() -> float:
 
 def step_generate(work: Path, rows: int, files: int) -> dict[str, Any]:
     """Write ``files`` metadata parquets of ``rows / files`` rows each (no npz)."""
-    from curate.pool.synthetic_datacomp import write_datacomp_metadata
+    from tests.generators.datacomp import write_datacomp_metadata
 
     metadata = work / "metadata"
     shutil.rmtree(metadata, ignore_errors=True)
@@ -103,7 +104,7 @@ def step_generate(work: Path, rows: int, files: int) -> dict[str, Any]:
 
 def step_ingest(work: Path) -> dict[str, Any]:
     """``ingest_pool`` of the metadata into ``work/run`` (a fresh run)."""
-    from curate.pool.ingest import IngestConfig, ingest_pool
+    from curate.ingest.stage import IngestConfig, ingest_pool
 
     summary = ingest_pool(IngestConfig(pool=work / "metadata", run=work / "run"))
     return {"samples": summary.samples, "shards": summary.shards,
@@ -112,7 +113,7 @@ def step_ingest(work: Path) -> dict[str, Any]:
 
 def step_sweep(work: Path, stats_sample: int) -> dict[str, Any]:
     """A 100-point fraction sweep of clip_l14."""
-    from curate.sweep import SweepConfig, sweep
+    from curate.select.sweep import SweepConfig, sweep
 
     config = SweepConfig(work / "run", by=SCORER, fractions=FRACTIONS, stats_sample=stats_sample,
                          name=f"bench_s{stats_sample}", overwrite=True)
@@ -126,7 +127,7 @@ def step_select(work: Path, fraction: float, uids_only: bool = False) -> dict[st
     """``select_subset`` of the top ``fraction`` by clip_l14: every output (uids.npy,
     manifest.parquet, dropped.parquet, selection.json), or with ``uids_only`` (``select
     --uids-only``) uids.npy and selection.json alone, as DataComp's path writes uids.npy alone."""
-    from curate.select import SelectConfig, select_subset
+    from curate.select.subset import SelectConfig, select_subset
 
     name = SUBSET_NAME + ("_uids" if uids_only else "")
     summary = select_subset(SelectConfig(work / "run", name=name, by=SCORER, fraction=fraction,
@@ -237,7 +238,7 @@ def spawn(args: argparse.Namespace, step: str, label: str, *extra: str) -> StepR
 
 
 def _default_stats_sample() -> int:
-    from curate.sweep import SweepConfig
+    from curate.select.sweep import SweepConfig
 
     return int(SweepConfig.__dataclass_fields__["stats_sample"].default)
 

@@ -1,6 +1,6 @@
 """Training throughput of `filter-pool train-dfn`: steps/s, samples/s and data-wait fraction.
 
-Builds (or reuses) a clean shapes pool (``curate.pool.shapes``, JPEGs of ``--image-size`` px,
+Builds (or reuses) a clean shapes pool (``tests.generators.shapes``, JPEGs of ``--image-size`` px,
 captions like "a red circle") under the work directory, then trains each model from random
 init with ``curate.train.train_clip`` (the code behind ``train-dfn``) for ``--warmup-steps``
 unmeasured steps plus ``--steps`` measured ones. Per model it prints
@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _paths  # noqa: F401  (the repository root on sys.path: tests.generators)
 import torch
 
-from curate.pool.shapes import write_shapes_pool
 from curate.train import TrainConfig, train_clip
+from tests.generators.shapes import write_shapes_pool
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "benchmarks" / "_work" / "train_throughput"

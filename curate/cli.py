@@ -12,11 +12,11 @@ import typer
 
 from curate.errors import UserError
 from curate.executor import ExecutorConfig
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.scoring.decode import DEFAULT_MAX_PIXELS
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.image import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # torch and open_clip load only in the commands that need them (~5 s)
-    from curate.scoring.stage import ScoreSummary
+    from curate.score.stage import ScoreSummary
 
 app = typer.Typer(
     name="filter-pool",
@@ -69,7 +69,7 @@ def toyworld(
     as_json: JsonOption = False,
 ) -> None:
     """Generate the toy web world: HQ shards, a noisy POOL to serve, EVAL, ground truth."""
-    from curate.pool.toyworld import ToyWorldConfig, write_toy_world
+    from curate.toyworld.world import ToyWorldConfig, write_toy_world
 
     try:
         sizes = {"hq_size": hq, "pool_size": pool, "eval_per_class": eval_per_class}
@@ -117,8 +117,9 @@ def download(
     as_json: JsonOption = False,
 ) -> None:
     """Download a URL list with img2dataset into webdataset shards that `ingest` reads."""
-    from curate.pool.download import DownloadConfig, download_toy_pool, download_urls
-    from curate.pool.toyworld import WORLD_FILE
+    from curate.io.download import DownloadConfig, download_urls
+    from curate.toyworld.download import download_toy_pool
+    from curate.toyworld.world import WORLD_FILE
 
     options: dict[str, Any] = dict(
         processes=processes, threads=threads, image_size=image_size, resize_mode=resize_mode,
@@ -247,7 +248,7 @@ def score(
 ) -> None:
     """Score every sample with a filter network: image-text cosine similarity."""
     from curate.models import ModelSpec
-    from curate.scoring.stage import ScoreConfig, score_run
+    from curate.score.stage import ScoreConfig, score_run
 
     try:
         config = ScoreConfig(
@@ -306,8 +307,8 @@ def query(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Run read-only SQL over the run's views: pool, one per scorer, samples."""
-    from curate.query_output import write_result
-    from curate.tables import run_query
+    from curate.tables.output import write_result
+    from curate.tables.views import run_query
 
     try:
         result = run_query(run, sql)
@@ -367,7 +368,7 @@ def sweep_command(
     as_json: JsonOption = False,
 ) -> None:
     """Kept counts and kept-sample statistics at DataComp fractions and thresholds."""
-    from curate.sweep import SweepConfig, sweep
+    from curate.select.sweep import SweepConfig, sweep
 
     try:
         chosen = (tuple((i + 1) / points for i in range(points)) if points
@@ -414,7 +415,7 @@ def select_command(
     as_json: JsonOption = False,
 ) -> None:
     """Select a subset: uids.npy (DataComp), manifest, dropped samples with reasons."""
-    from curate.select import SelectConfig, select_subset
+    from curate.select.subset import SelectConfig, select_subset
 
     try:
         summary = select_subset(SelectConfig(
@@ -443,7 +444,7 @@ def export_command(
     as_json: JsonOption = False,
 ) -> None:
     """Write the subset as webdataset shards named by uid, for the reinforcement stage."""
-    from curate.export import ExportConfig, export_subset
+    from curate.export.stage import ExportConfig, export_subset
 
     try:
         summary = export_subset(ExportConfig(run=run, subset=subset, out=out,
@@ -640,7 +641,7 @@ def evaluate_command(
 ) -> None:
     """Train a fresh small CLIP on the subset (fixed samples seen) and report zero-shot top-1
     on EVAL and held-out recall@1; results go to RUN/subsets/NAME/evaluation.json."""
-    from curate.evaluate import EvaluateConfig, evaluate_subset
+    from curate.evaluate.stage import EvaluateConfig, evaluate_subset
     from curate.train.reinforced import DistillConfig
 
     options = {"clip_weight": clip_weight, "distill_weight": distill_weight,
@@ -697,7 +698,7 @@ def demo(
 ) -> None:
     """The whole flow on a generated toy web world: download, ingest, train a DFN, score, select,
     export, and compare subsets by training a small CLIP on each."""
-    from curate.demo import DemoConfig, run_demo
+    from curate.toyworld.demo import DemoConfig, run_demo
 
     try:
         result = run_demo(DemoConfig(out=out, scale=scale, workers=workers, seed=seed,

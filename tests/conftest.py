@@ -11,11 +11,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
 
+from curate.ingest.stage import IngestConfig, ingest_pool  # noqa: E402
 from curate.models import ModelSpec, load_model  # noqa: E402
-from curate.pool.ingest import IngestConfig, ingest_pool  # noqa: E402
-from curate.pool.shapes import write_shapes_pool  # noqa: E402
-from curate.pool.synthetic import SyntheticPool, write_synthetic_pool  # noqa: E402
-from curate.select import SelectConfig, select_subset  # noqa: E402
+from curate.select.subset import SelectConfig, select_subset  # noqa: E402
+from tests.generators.shapes import write_shapes_pool  # noqa: E402
+from tests.generators.synthetic import SyntheticPool, write_synthetic_pool  # noqa: E402
 
 TINY_ARCH = "fp-tiny-vit"
 

@@ -9,8 +9,8 @@ import polars as pl
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.pool.synthetic import SyntheticPool
-from curate.workspace import RunPaths
+from curate.io.workspace import RunPaths
+from tests.generators.synthetic import SyntheticPool
 
 runner = CliRunner()
 
@@ -63,7 +63,7 @@ def test_failed_shard_exits_nonzero_naming_it(tmp_path: Path, pool: SyntheticPoo
                                                tiny_checkpoint: Path) -> None:
     import shutil
 
-    from curate.pool.synthetic import truncate_file
+    from tests.generators.synthetic import truncate_file
 
     copy = tmp_path / "pool"
     shutil.copytree(pool.root, copy)

@@ -16,15 +16,15 @@ import pytest
 from typer.testing import CliRunner
 
 from curate.cli import app
+from curate.ingest.datacomp import FACE_BBOXES, MISSING_SCORE
+from curate.ingest.stage import IngestConfig, IngestSummary, ingest_pool
+from curate.io.schema import POOL_SCHEMA, score_schema
+from curate.io.shards import PoolError
+from curate.io.uids import is_valid_uid
+from curate.io.workspace import RunPaths
 from curate.models import ModelSpec
-from curate.pool.datacomp import FACE_BBOXES, MISSING_SCORE
-from curate.pool.ingest import IngestConfig, IngestSummary, ingest_pool
-from curate.pool.shards import PoolError
-from curate.pool.synthetic_datacomp import write_datacomp_metadata
-from curate.schema import POOL_SCHEMA, score_schema
-from curate.scoring.stage import ScoreConfig, _plan_tasks
-from curate.uids import is_valid_uid
-from curate.workspace import RunPaths
+from curate.score.stage import ScoreConfig, _plan_tasks
+from tests.generators.datacomp import write_datacomp_metadata
 
 DIMS = {"embed_dim_b32": 8, "embed_dim_l14": 12}
 SCORERS = {"clip_b32": "b32", "clip_l14": "l14"}

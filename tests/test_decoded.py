@@ -15,11 +15,11 @@ from PIL import Image
 
 import curate.train.decoded as decoded
 from curate.errors import UserError
-from curate.pool.shapes import write_shapes_pool
-from curate.pool.shards import add_tar_member
+from curate.io.shards import add_tar_member
 from curate.train import TrainConfig, train_clip
 from curate.train.checkpoint import load_checkpoint
 from curate.train.data import EpochBatchSampler, index_data
+from tests.generators.shapes import write_shapes_pool
 
 TINY = "fp-tiny-cnn"
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.uids import read_uid_file
+from curate.io.uids import read_uid_file
 
 SUBSETS = ["no_filter", "random", "basic", "web_clip_30", "dfn_30", "dfn_15"]
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare_filters.ipynb"

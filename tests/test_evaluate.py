@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import UserError
-from curate.evaluate import EvaluateConfig, evaluate_subset
-from curate.pool.shapes import write_shapes_eval_set
+from curate.evaluate.stage import EvaluateConfig, evaluate_subset
+from tests.generators.shapes import write_shapes_eval_set
 
 runner = CliRunner()
 

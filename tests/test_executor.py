@@ -15,7 +15,7 @@ def _worker_facts(task: int, progress: object) -> dict[str, object]:
     import sys
 
     return {
-        "preloaded": {"torch", "open_clip", "curate.scoring.scorer"} <= set(sys.modules),
+        "preloaded": {"torch", "open_clip", "curate.score.scorer"} <= set(sys.modules),
         "parent": os.getppid(),
         "pid": os.getpid(),
     }

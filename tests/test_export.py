@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from curate.errors import UserError
-from curate.export import MEMBER_MTIME, ExportConfig, export_subset, to_rgb_jpeg
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.synthetic import SyntheticPool, truncate_file, write_synthetic_pool
-from curate.workspace import RunPaths
+from curate.export.stage import MEMBER_MTIME, ExportConfig, export_subset, to_rgb_jpeg
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.workspace import RunPaths
+from tests.generators.synthetic import SyntheticPool, truncate_file, write_synthetic_pool
 
 # Member kinds RayGen's TarReader (src/raygen/datasetio.py) accepts; anything else raises.
 RAYGEN_EXTENSIONS = {"jpg", "txt", "url.txt", "npy", "npz", "pth.gz"}
@@ -191,7 +191,7 @@ def test_missing_samples_are_reported(run_dir: Path, pool: SyntheticPool, tmp_pa
     write_subset(run_dir, pa.concat_tables([table, extra]))
     out = tmp_path / "out"
 
-    with caplog.at_level(logging.WARNING, logger="curate.export"):
+    with caplog.at_level(logging.WARNING, logger="curate.export.stage"):
         summary = export(run_dir, out, shard_size=8)
 
     assert "listed in" in caplog.text and "shard 00000:" in caplog.text

@@ -21,7 +21,7 @@ from curate.filters import (
     parse_filter_spec,
 )
 from curate.filters.sqltext import WHITESPACE
-from curate.schema import POOL_SCHEMA
+from curate.io.schema import POOL_SCHEMA
 
 SCORE_FIELDS = [("dfn_score", pa.float32()), ("dfn_status", pa.string()),
                 ("dfn_error", pa.string())]

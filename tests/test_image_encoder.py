@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from curate.models import ModelSpec, list_packaged_configs, load_model
-from curate.scoring.image_encoder import (
+from curate.score.image_encoder import (
     ClassTokenImageEncoder,
     PlainImageEncoder,
     make_image_encoder,
@@ -86,7 +86,7 @@ def test_other_towers_fall_back(
 ) -> None:
     vision = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 16}
     model = _model_with_image_tower(vision, 32, **overrides)
-    with caplog.at_level(logging.INFO, logger="curate.scoring.image_encoder"):
+    with caplog.at_level(logging.INFO, logger="curate.score.image_encoder"):
         encoder = make_image_encoder(model)
     assert isinstance(encoder, PlainImageEncoder)
     assert reason in caplog.text

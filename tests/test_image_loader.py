@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from curate.io.image import DEFAULT_MAX_PIXELS
+from curate.io.statuses import SampleError
 from curate.models import ModelSpec, load_model
-from curate.scoring.decode import DEFAULT_MAX_PIXELS
-from curate.scoring.image_loader import (
+from curate.score.image_loader import (
     EvalTransform,
     PilImageLoader,
     TensorJpegLoader,
     make_image_loader,
 )
-from curate.scoring.status import SampleError
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.shards import PoolError
-from curate.pool.synthetic import SyntheticPool, write_synthetic_pool
-from curate.schema import POOL_SCHEMA
-from curate.uids import uid_from_url_caption
-from curate.workspace import RunPaths
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.schema import POOL_SCHEMA
+from curate.io.shards import PoolError
+from curate.io.uids import uid_from_url_caption
+from curate.io.workspace import RunPaths
+from tests.generators.synthetic import SyntheticPool, write_synthetic_pool
 
 
 def _pool_rows(run: Path) -> list[dict]:

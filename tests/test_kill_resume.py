@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.synthetic import write_synthetic_pool
-from curate.workspace import RunPaths
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.workspace import RunPaths
+from tests.generators.synthetic import write_synthetic_pool
 
 CLI = str(Path(sys.executable).parent / "filter-pool")
 

@@ -11,14 +11,14 @@ from nbclient import NotebookClient
 
 from curate.executor import ExecutorConfig
 from curate.models import ModelSpec
-from curate.scoring.stage import ScoreConfig, score_run
+from curate.score.stage import ScoreConfig, score_run
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
 def notebook_run(tmp_path_factory: pytest.TempPathFactory, pool, tiny_checkpoint: Path) -> Path:
-    from curate.pool.ingest import IngestConfig, ingest_pool
+    from curate.ingest.stage import IngestConfig, ingest_pool
 
     run = tmp_path_factory.mktemp("notebook") / "run"
     ingest_pool(IngestConfig(pool=pool.root, run=run))

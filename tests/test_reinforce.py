@@ -23,8 +23,8 @@ from typer.testing import CliRunner, Result
 from curate.cli import app
 from curate.errors import UserError
 from curate.executor import ExecutorConfig
+from curate.io.shards import add_tar_member
 from curate.models import ModelSpec, load_model, parse_model_spec
-from curate.pool.shards import add_tar_member
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig, augment, replay
 from curate.reinforce.captioner import SamplingConfig, clean_caption
@@ -565,7 +565,7 @@ def test_sampling_follows_torchvision_draw_for_draw() -> None:
 def test_truncated_input_shard_is_reported_and_redone(
     tmp_path: Path, handoff: Path, specs: dict[str, str]
 ) -> None:
-    from curate.pool.synthetic import truncate_file
+    from tests.generators.synthetic import truncate_file
 
     shards = tmp_path / "shards"
     shutil.copytree(handoff, shards)
@@ -705,8 +705,8 @@ def reinforced_run(
 ) -> tuple[Path, Path, Path]:
     """A shapes run with subsets 'all' and 'red', the reinforced export of 'all' (one teacher,
     no captioner) and a zero-shot eval set."""
-    from curate.export import ExportConfig, export_subset
-    from curate.pool.shapes import write_shapes_eval_set
+    from curate.export.stage import ExportConfig, export_subset
+    from tests.generators.shapes import write_shapes_eval_set
 
     root = tmp_path_factory.mktemp("reinforced-run")
     run = make_shapes_run(root, 1, 48)

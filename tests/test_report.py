@@ -16,8 +16,8 @@ from curate.executor import ExecutorConfig
 from curate.filters import parse_filter_spec
 from curate.models import ModelSpec
 from curate.report import ReportConfig, build_report
-from curate.scoring.stage import ScoreConfig, score_run
-from curate.select import SelectConfig, select_subset
+from curate.score.stage import ScoreConfig, score_run
+from curate.select.subset import SelectConfig, select_subset
 
 CHROMIUM_FLAGS = [
     "--headless",

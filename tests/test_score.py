@@ -17,13 +17,13 @@ from PIL import Image
 from curate.errors import UserError
 from curate.executor import ExecutorConfig, auto_workers
 from curate.executor import base as executor_base
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.workspace import RunPaths
 from curate.models import ModelSpec, load_model
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.synthetic import SyntheticPool, truncate_file
-from curate.scoring.scorer import Scorer
-from curate.scoring.shard import ShardTask, score_shard
-from curate.scoring.stage import ScoreConfig, ScoreError, _executor_config, score_run
-from curate.workspace import RunPaths
+from curate.score.scorer import Scorer
+from curate.score.shard import ShardTask, score_shard
+from curate.score.stage import ScoreConfig, ScoreError, _executor_config, score_run
+from tests.generators.synthetic import SyntheticPool, truncate_file
 
 TINY = "fp-tiny-vit"
 PLANTED_STATUS = {
@@ -275,8 +275,8 @@ def _tar_of(run: Path, index: int) -> Path:
 
 @pytest.mark.parametrize("keep", [0.02, 0.1, 0.3, 0.6, 0.95])
 def test_jpeg_cut_anywhere_is_a_corrupt_image_row(keep: float) -> None:
-    from curate.scoring.decode import decode_image
-    from curate.scoring.status import CORRUPT_IMAGE, SampleError
+    from curate.io.image import decode_image
+    from curate.io.statuses import CORRUPT_IMAGE, SampleError
 
     buffer = io.BytesIO()
     Image.new("RGB", (96, 96), (200, 30, 30)).save(buffer, "JPEG")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.score_bins import ScoreBins
+from curate.tables.bins import ScoreBins
 
 
 def _pools() -> dict[str, np.ndarray]:

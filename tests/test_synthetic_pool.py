@@ -1,4 +1,4 @@
-"""Tests for curate.pool.synthetic: img2dataset layout, planted samples, determinism."""
+"""Tests for tests.generators.synthetic: img2dataset layout, planted samples, determinism."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.pool.synthetic import (
+from tests.generators.synthetic import (
     PLANTED_KINDS,
     TOO_LARGE_SIDE,
     SyntheticPool,

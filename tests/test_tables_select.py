@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.errors import UserError
 from curate.filters import FilterSpec
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.select import SelectConfig, select_subset
-from curate.sweep import SweepConfig, sweep
-from curate.tables import QueryError, aligned_source, connect, run_query
-from curate.uids import read_uid_file, uids_to_array
-from curate.workspace import RunPaths
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.uids import read_uid_file, uids_to_array
+from curate.io.workspace import RunPaths
+from curate.select.subset import SelectConfig, select_subset
+from curate.select.sweep import SweepConfig, sweep
+from curate.tables.views import QueryError, aligned_source, connect, run_query
 
 runner = CliRunner()
 N_FILES, ROWS = 3, 400
@@ -281,8 +281,8 @@ def test_sweep_thresholds_are_datacomp_thresholds(datacomp_run: tuple[Path, pa.T
 
 
 def test_sweep_sample_is_seeded_uniform_and_paired(datacomp_run: tuple[Path, pa.Table]) -> None:
-    from curate.sweep import SweepConfig as Config
-    from curate.sweep import _candidate_queries, _load_candidates
+    from curate.select.sweep import SweepConfig as Config
+    from curate.select.sweep import _candidate_queries, _load_candidates
 
     run, table = datacomp_run
     con, paths = connect(run), RunPaths(run)
@@ -314,7 +314,7 @@ def test_select_on_a_partly_scored_run_joins_and_matches(
 ) -> None:
     import shutil
 
-    from curate.tables import samples_layout
+    from curate.tables.views import samples_layout
 
     source, table = datacomp_run
     run = tmp_path / "run"
@@ -344,7 +344,7 @@ def test_select_on_a_partly_scored_run_joins_and_matches(
 def test_failure_groups_name_each_rows_failing_filters(
     monkeypatch: pytest.MonkeyPatch, lookup: bool,
 ) -> None:
-    import curate.select as select_module
+    import curate.select.subset as select_module
 
     monkeypatch.setattr(select_module, "LOOKUP_FILTERS", 16 if lookup else 0)
     rng = np.random.default_rng(0)
@@ -361,7 +361,7 @@ def test_failure_groups_name_each_rows_failing_filters(
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_fraction_thresholds_follow_datacomp_with_ties(dtype: type) -> None:
-    from curate.sweep import fraction_thresholds
+    from curate.select.sweep import fraction_thresholds
 
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 50, size=1001).astype(dtype)  # many ties

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from curate.models import ModelSpec, list_packaged_configs, load_model
-from curate.scoring.text_encoder import (
+from curate.score.text_encoder import (
     ExactShortTextEncoder,
     PaddedTextEncoder,
     make_text_encoder,
@@ -96,7 +96,7 @@ def test_inexact_towers_fall_back_to_padding(
 ) -> None:
     cfg = open_clip.get_model_config("ViT-B-32")
     model = _model_with_text_tower(cfg["text_cfg"], cfg["embed_dim"], **overrides)
-    with caplog.at_level(logging.INFO, logger="curate.scoring.text_encoder"):
+    with caplog.at_level(logging.INFO, logger="curate.score.text_encoder"):
         encoder = make_text_encoder(model)
     assert isinstance(encoder, PaddedTextEncoder)
     assert reason in caplog.text and "padded" in caplog.text

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import UserError
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.toynoise import NOISE_KINDS, SAMPLE_KINDS
-from curate.pool.toyscene import CLASSES
-from curate.pool.toyworld import (
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.toyworld.noise import NOISE_KINDS, SAMPLE_KINDS
+from curate.toyworld.scene import CLASSES
+from curate.toyworld.world import (
     DEFAULT_NOISE,
     ToyWorld,
     ToyWorldConfig,
@@ -132,7 +132,7 @@ def test_every_noise_kind_does_what_it_says(world: ToyWorld) -> None:
 
 
 def test_mismatched_captions_come_from_another_class(world: ToyWorld) -> None:
-    from curate.pool.toynoise import PoolContext
+    from curate.toyworld.noise import PoolContext
 
     rows = [r for r in _labels(world) if r["label"] == "mismatched"]
     assert rows

@@ -19,16 +19,16 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import UserError
+from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.shards import add_tar_member
 from curate.models import ModelSpec, load_model
-from curate.pool.ingest import IngestConfig, ingest_pool
-from curate.pool.shapes import write_shapes_eval_set, write_shapes_pool
-from curate.pool.shards import add_tar_member
-from curate.select import SelectConfig, select_subset
+from curate.select.subset import SelectConfig, select_subset
 from curate.train import TrainConfig, load_eval_set, train_clip
 from curate.train.checkpoint import checkpoint_path, load_checkpoint
 from curate.train.loop import contrastive_step
 from curate.train.metrics import class_embeddings, recall_at_1, zero_shot_top1
 from curate.train.schedule import cosine_lr
+from tests.generators.shapes import write_shapes_eval_set, write_shapes_pool
 
 TINY = "fp-tiny-vit"
 EXAMPLE_EVAL = Path(__file__).resolve().parent.parent / "data" / "example_eval"

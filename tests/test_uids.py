@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.uids import (
+from curate.io.uids import (
     UID_DTYPE,
     array_to_uids,
     pairs_to_uid_strings,

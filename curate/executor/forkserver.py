@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.forkserver
 
-WORKER_PRELOAD = ("distributed", "curate.scoring.scorer")
+WORKER_PRELOAD = ("distributed", "curate.score.scorer")
 
 
 def set_worker_preload(preload: tuple[str, ...] = WORKER_PRELOAD) -> None:

@@ -26,7 +26,7 @@ from curate.filters.registry import (
     register_filter,
 )
 from curate.filters.sqltext import RE2_NONSPACE, RE2_SPACE, double, floats, ident, strings
-from curate.tables import aligned_source
+from curate.tables.views import aligned_source
 
 logger = logging.getLogger(__name__)
 

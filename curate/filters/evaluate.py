@@ -23,7 +23,7 @@ from tqdm import tqdm
 from curate.errors import UserError
 from curate.filters.registry import FilterSpec, ResolvedFilter
 from curate.filters.sqltext import ident, literal
-from curate.tables import aligned_source
+from curate.tables.views import aligned_source
 
 logger = logging.getLogger(__name__)
 

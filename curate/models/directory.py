@@ -15,7 +15,7 @@ import torch
 from open_clip.push_to_hf_hub import save_config_for_hf
 
 from curate.errors import UserError
-from curate.workspace import atomic_path, staged_directory
+from curate.io.workspace import atomic_path, staged_directory
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from curate.errors import UserError
-from curate.pool.shards import split_member_name
+from curate.io.shards import split_member_name
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig, apply_params
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from curate.pool.shards import TarReadResult, TarSample, add_tar_member, iter_tar_samples
+from curate.io.image import DEFAULT_MAX_PIXELS, decode_image
+from curate.io.shards import TarReadResult, TarSample, add_tar_member, iter_tar_samples
+from curate.io.statuses import MISSING_CAPTION, MISSING_IMAGE, SampleError
+from curate.io.workspace import atomic_path, write_json_atomic
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig, augment
 from curate.reinforce.captioner import Captioner
 from curate.reinforce.teachers import TeacherEnsemble
-from curate.scoring.decode import DEFAULT_MAX_PIXELS, decode_image
-from curate.scoring.status import MISSING_CAPTION, MISSING_IMAGE, SampleError
-from curate.workspace import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -30,15 +30,15 @@ from curate.executor import (
     load_once,
     make_executor,
 )
+from curate.io.shards import find_shards
+from curate.io.workspace import DONE_DIR, remove_stale_temporaries, write_json_atomic
 from curate.models import ModelError, ModelSpec
-from curate.pool.shards import find_shards
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig
 from curate.reinforce.captioner import Captioner, SamplingConfig
 from curate.reinforce.shard import ReinforceModels, ReinforceTask, reinforce_shard
 from curate.reinforce.teachers import Teacher, TeacherEnsemble
-from curate.scoring.scorer import resolve_device
-from curate.workspace import DONE_DIR, remove_stale_temporaries, write_json_atomic
+from curate.score.scorer import resolve_device
 
 logger = logging.getLogger(__name__)
 

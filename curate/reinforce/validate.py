@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from curate.errors import UserError
-from curate.pool.shards import TarReadResult, TarSample, iter_tar_samples
+from curate.io.shards import TarReadResult, TarSample, iter_tar_samples
+from curate.io.workspace import DONE_DIR
 from curate.reinforce import records as rec
 from curate.reinforce.augment import RAND_AUGMENT_KEY, RRC_KEY
 from curate.reinforce.teachers import slices
-from curate.workspace import DONE_DIR
 
 CONFIG_FILE = "config.json"
 NORM_TOLERANCE = {"float32": 1e-3, "bfloat16": 1e-2}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import UserError
+from curate.io.workspace import SCORER_FILE, RunPaths, atomic_path
 from curate.report import charts
 from curate.report import html as H
 from curate.report.data import (
@@ -31,8 +32,7 @@ from curate.report.data import (
     scored,
 )
 from curate.report.thumbnails import read_thumbnails
-from curate.tables import connect, score_names
-from curate.workspace import SCORER_FILE, RunPaths, atomic_path
+from curate.tables.views import connect, score_names
 
 logger = logging.getLogger(__name__)
 

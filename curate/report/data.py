@@ -1,4 +1,4 @@
-"""What the report shows, queried from the run with DuckDB (``curate.tables.connect``)."""
+"""What the report shows, queried from the run with DuckDB (``curate.tables.views.connect``)."""
 
 from __future__ import annotations
 

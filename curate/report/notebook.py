@@ -6,10 +6,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from curate.io.workspace import RunPaths
 from curate.report import html as H
 from curate.report.data import Grid, GridItem
 from curate.report.thumbnails import read_thumbnails
-from curate.workspace import RunPaths
 
 
 class HtmlBlock(str):

@@ -7,9 +7,9 @@ import io
 import logging
 from pathlib import Path
 
-from curate.pool.shards import TarReadResult, iter_tar_samples
-from curate.scoring.decode import decode_image
-from curate.scoring.status import SampleError
+from curate.io.image import decode_image
+from curate.io.shards import TarReadResult, iter_tar_samples
+from curate.io.statuses import SampleError
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from curate.errors import UserError
-from curate.workspace import atomic_path
+from curate.io.workspace import atomic_path
 
 logger = logging.getLogger(__name__)
 

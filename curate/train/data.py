@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from curate.errors import UserError
-from curate.pool.shards import IMAGE_EXTENSIONS, find_shards, split_member_name
-from curate.workspace import RunPaths
+from curate.io.shards import IMAGE_EXTENSIONS, find_shards, split_member_name
+from curate.io.workspace import RunPaths
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from curate.errors import UserError
-from curate.pool.shards import split_member_name
+from curate.io.shards import split_member_name
 from curate.reinforce import records as rec
 from curate.reinforce.loss import DistillClipLoss
 from curate.reinforce.reader import CONFIG_FILE, ReinforcedDataset, student_transform

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from curate.workspace import atomic_path, write_json_atomic
+from curate.io.workspace import atomic_path, write_json_atomic
 
 TRAIN_FILE = "train.json"
 CURVE_CSV = "loss_curve.csv"

@@ -1,0 +1,1 @@
+"""``filter-pool export``: a subset as webdataset hand-off shards."""

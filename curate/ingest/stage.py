@@ -1,0 +1,286 @@
+"""Ingest: read a pool's per-shard metadata into the run's pool table, one row per sample.
+
+From img2dataset output the per-shard parquet is the source of truth (it lists failed
+downloads too); a shard without parquet is read from its tar (``.json`` and ``.txt``).
+A folder of DataComp metadata (``*.parquet`` with a ``uid`` column, no ``*.tar``) is
+ingested by :mod:`curate.ingest.datacomp`, which also writes its precomputed scores and
+embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import curate
+from curate.ingest import datacomp
+from curate.io.schema import POOL_SCHEMA, TEXT_CHARS, text_chars, uid_halves
+from curate.io.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
+from curate.io.uids import is_valid_uid, uid_from_url_caption
+from curate.io.workspace import RunPaths, atomic_path, remove_stale_temporaries, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("key", "url", "caption", "status")
+DROPPED_COLUMNS = ("exif",)  # large and unused downstream
+RENAMED = {"caption": "text"}
+DUCKDB_MEMORY_LIMIT = "512MB"  # for the duplicate-uid count over the whole pool
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Where the pool is and which run directory receives its table."""
+
+    pool: Path
+    run: Path
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pool", Path(self.pool))
+        object.__setattr__(self, "run", Path(self.run))
+
+
+@dataclass
+class IngestSummary:
+    """Counts of one ingest."""
+
+    shards: int = 0
+    samples: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    duplicate_uids: int = 0
+    skipped_shards: int = 0
+    source: str = "webdataset"
+    score_tables: list[str] = field(default_factory=list)  # precomputed ones (DataComp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "score_tables": list(self.score_tables),
+            "shards": self.shards,
+            "samples": self.samples,
+            "by_status": dict(self.by_status),
+            "duplicate_uids": self.duplicate_uids,
+            "skipped_shards": self.skipped_shards,
+        }
+
+
+def _uids(table: pa.Table, source: Path) -> list[str]:
+    urls = table.column("url").to_pylist()
+    texts = table.column("text").to_pylist()
+    if "uid" in table.column_names:
+        given = table.column("uid").to_pylist()
+        bad = [u for u in given if u is not None and not is_valid_uid(str(u).lower())]
+        if bad:
+            raise PoolError(f"{source}: column uid holds a value that is not a uid: {bad[0]!r}")
+        return [
+            str(u).lower() if u is not None else uid_from_url_caption(url, text)
+            for u, url, text in zip(given, urls, texts, strict=True)
+        ]
+    return [uid_from_url_caption(url, text) for url, text in zip(urls, texts, strict=True)]
+
+
+def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
+    """Rename, type and order columns as POOL_SCHEMA; extra columns follow it unchanged."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names and RENAMED.get(c, c)
+               not in table.column_names]
+    if missing:
+        raise PoolError(f"{source}: missing column(s) {', '.join(missing)}")
+    table = table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
+    uids = pa.array(_uids(table, source), pa.string())
+    derived = {"uid": uids, **uid_halves(uids)}
+    columns: dict[str, pa.Array] = {}
+    for name in POOL_SCHEMA.names:
+        target = POOL_SCHEMA.field(name).type
+        if name in derived:
+            columns[name] = derived[name]
+        elif name == "shard":
+            columns[name] = pa.array([shard.name] * table.num_rows, pa.string())
+        elif name == TEXT_CHARS:
+            columns[name] = text_chars(columns["text"])
+        elif name in table.column_names:
+            columns[name] = table.column(name).cast(target)
+        else:
+            columns[name] = pa.nulls(table.num_rows, target)
+    extras = [
+        c for c in table.column_names
+        if c not in POOL_SCHEMA.names and c not in DROPPED_COLUMNS
+    ]
+    for name in extras:
+        columns[name] = table.column(name)
+    return pa.table(columns)
+
+
+def _table_from_tar(shard: Shard) -> pa.Table:
+    """Rows for a shard with no parquet, from each sample's .json and .txt members."""
+    rows: list[dict[str, Any]] = []
+    result = TarReadResult()
+    for sample in iter_tar_samples(shard.tar, result):
+        meta: dict[str, Any] = {}
+        if "json" in sample.members:
+            try:
+                meta = json.loads(sample.members["json"])
+            except json.JSONDecodeError:
+                meta = {}
+        rows.append(
+            {
+                "key": sample.key,
+                "url": meta.get("url"),
+                "caption": sample.caption() if "txt" in sample.members else meta.get("caption"),
+                "status": meta.get("status", "success"),
+                "error_message": meta.get("error_message"),
+                "width": meta.get("width"),
+                "height": meta.get("height"),
+                "original_width": meta.get("original_width"),
+                "original_height": meta.get("original_height"),
+                "sha256": meta.get("sha256"),
+                **({"uid": meta["uid"]} if "uid" in meta else {}),
+            }
+        )
+    if result.error:
+        logger.warning("%s; %d samples read before it", result.error, len(rows))
+    if not rows:
+        return pa.table({c: pa.array([], pa.string()) for c in REQUIRED_COLUMNS})
+    return pa.Table.from_pylist(rows)
+
+
+def read_shard_table(shard: Shard) -> pa.Table:
+    """The pool rows of one shard, conformed to POOL_SCHEMA."""
+    if shard.parquet is not None:
+        try:
+            raw = pq.read_table(shard.parquet)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise PoolError(f"{shard.parquet}: unreadable parquet ({exc})") from exc
+        return _conform(raw, shard, shard.parquet)
+    return _conform(_table_from_tar(shard), shard, shard.tar)
+
+
+def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]]) -> dict:
+    return {
+        "source": {"kind": kind, "path": str(config.pool.resolve())},
+        "shards": shards,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "versions": {
+            "filter_pool": curate.__version__,
+            "pyarrow": pa.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _prepare_run_dir(config: IngestConfig, paths: RunPaths) -> None:
+    if not paths.run_file.is_file():
+        if paths.root.exists() and any(paths.root.iterdir()):
+            if not config.overwrite:
+                raise PoolError(f"run {paths.root} exists and is not a run; use --overwrite")
+            shutil.rmtree(paths.root)
+        return
+    previous = paths.read_run()["source"]["path"]
+    if previous == str(config.pool.resolve()) and not config.overwrite:
+        return  # the same pool again: finish any missing parts
+    if not config.overwrite:
+        raise PoolError(f"run {paths.root} already holds pool {previous}; use --overwrite")
+    shutil.rmtree(paths.root)
+
+
+def _count_duplicate_uids(paths: RunPaths) -> int:
+    """Rows whose uid an earlier row already has, counted by DuckDB over the parts.
+
+    DuckDB's memory is capped (it spills to a temporary folder in the run, removed after), so
+    a pool of millions of rows is counted in bounded memory.
+    """
+    pattern = str(paths.pool_dir / "part-*.parquet")
+    query = "SELECT count(*) - count(DISTINCT uid) FROM read_parquet(?)"
+    spill = paths.root / ".duckdb-tmp"
+    config = {"memory_limit": DUCKDB_MEMORY_LIMIT, "temp_directory": str(spill)}
+    try:
+        with duckdb.connect(config=config) as connection:
+            return int(connection.execute(query, [pattern]).fetchone()[0])
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def ingest_pool(config: IngestConfig) -> IngestSummary:
+    """Build ``RUN/pool/part-NNNNN.parquet`` for every shard of a pool or DataComp folder."""
+    if datacomp.is_datacomp_metadata(config.pool):
+        return _ingest_datacomp(config)
+    shards = find_shards(config.pool)
+    paths = RunPaths(config.run)
+    _prepare_run_dir(config, paths)
+    remove_stale_temporaries(paths.pool_dir)
+    summary = IngestSummary(shards=len(shards))
+    counts: dict[str, int] = {}
+    for shard in shards:
+        part = paths.pool_part(shard.index)
+        if part.is_file():
+            table = pq.read_table(part)
+            summary.skipped_shards += 1
+        else:
+            table = read_shard_table(shard)
+            with atomic_path(part) as tmp:
+                pq.write_table(table, tmp)
+        counts[shard.name] = table.num_rows
+        summary.samples += table.num_rows
+        summary.by_status.update(table.column("status").to_pylist())
+    entries = [
+        {
+            "index": s.index,
+            "name": s.name,
+            "tar": str(s.tar.resolve()),
+            "parquet": str(s.parquet.resolve()) if s.parquet else None,
+            "samples": counts.get(s.name),
+        }
+        for s in shards
+    ]
+    _finish(config, paths, summary, "webdataset", entries)
+    return summary
+
+
+def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind: str,
+            entries: list[dict[str, Any]]) -> None:
+    """Count duplicate uids, write run.json, log the outcome."""
+    summary.duplicate_uids = _count_duplicate_uids(paths)
+    write_json_atomic(paths.run_file, _run_record(config, kind, entries))
+    if summary.duplicate_uids:
+        logger.warning("%d samples share a uid with an earlier sample", summary.duplicate_uids)
+    logger.info("ingested %d samples from %d shards into %s", summary.samples, len(entries),
+                paths.root)
+
+
+def _ingest_datacomp(config: IngestConfig) -> IngestSummary:
+    """Pool, score and embedding parts for every file of a DataComp metadata folder."""
+    plans = [datacomp.inspect_file(f) for f in datacomp.find_metadata_files(config.pool)]
+    paths = RunPaths(config.run)
+    _prepare_run_dir(config, paths)
+    datacomp.prepare_run(paths)
+    summary = IngestSummary(shards=len(plans), source="datacomp",
+                            score_tables=[s.name for s in datacomp.SCORERS])
+    entries = []
+    for plan in plans:
+        file = plan.file
+        result = datacomp.ingest_metadata_file(plan, paths)
+        summary.samples += result.rows
+        summary.by_status.update(result.by_status)
+        summary.skipped_shards += int(result.skipped)
+        entries.append(
+            {
+                "index": file.index,
+                "name": file.name,
+                "tar": None,
+                "parquet": str(file.parquet.resolve()),
+                "npz": str(file.npz.resolve()) if file.npz else None,
+                "samples": result.rows,
+            }
+        )
+    _finish(config, paths, summary, "datacomp", entries)
+    return summary

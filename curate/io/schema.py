@@ -1,0 +1,68 @@
+"""Arrow schemas of the run's tables (DESIGN.md, "Run workspace")."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.io.uids import uids_to_array
+
+POOL_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("uid_high", pa.uint64()),
+        ("uid_low", pa.uint64()),
+        ("shard", pa.string()),
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("text", pa.string()),
+        ("text_chars", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+    ]
+)
+
+
+# Derived at ingest, not read from the source: the caption's length in Unicode code points
+# (Python's len, DuckDB's length), null when the caption is. A sweep's mean caption length
+# reads these 4 bytes per row instead of every caption.
+TEXT_CHARS = "text_chars"
+
+
+# Derived at ingest: the uid as DataComp's pair (int(uid[:16], 16), int(uid[16:], 16)), the
+# values a subset's uids.npy holds. A select reads these 16 bytes per row instead of parsing
+# every kept uid's 32 hex characters.
+UID_HIGH, UID_LOW = "uid_high", "uid_low"
+
+
+def uid_halves(uids: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
+    """``uid_high`` and ``uid_low`` for a column of (checked, non-null) uids."""
+    pairs = uids_to_array(uids)
+    return {UID_HIGH: pa.array(pairs["f0"]), UID_LOW: pa.array(pairs["f1"])}
+
+
+def text_chars(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """``text_chars`` for a caption column."""
+    return pc.utf8_length(text.cast(pa.string())).cast(pa.int32())
+
+
+def score_column(scorer: str) -> str:
+    """Name of a scorer's score column: ``dfn`` gives ``dfn_score``."""
+    return f"{scorer}_score"
+
+
+def score_schema(scorer: str) -> pa.Schema:
+    """Schema of ``scores/<scorer>/part-NNNNN.parquet``."""
+    return pa.schema(
+        [
+            ("uid", pa.string()),
+            (score_column(scorer), pa.float32()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+        ]
+    )

@@ -1,1 +1,0 @@
-"""Pools: reading input shards and building the run's pool table."""

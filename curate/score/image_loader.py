@@ -1,0 +1,160 @@
+"""Image bytes to a model-ready tensor: PIL on the CPU, or JPEG decode on the GPU.
+
+``PilImageLoader`` is the reference path: decode with Pillow (size checked from the header
+first), then open_clip's eval transform. ``TensorJpegLoader`` decodes JPEGs with
+torchvision's ``decode_jpeg`` on the scorer's device (nvJPEG on CUDA) and applies the same
+transform to the tensor there (bicubic antialiased resize of the shorter side, centre crop,
+scale, normalise). Anything it cannot decode (other formats, CMYK, broken bytes) goes
+through the PIL path, which also gives the failure its status. Tensor resizing is close to
+Pillow's but not bit-identical, so the GPU decoder is a choice (``--decode``), on by default
+only on CUDA.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from curate.io import statuses as st
+from curate.io.image import decode_image
+
+logger = logging.getLogger(__name__)
+
+# torchvision 0.29 points to TorchCodec for image decoding; decode_jpeg still works and is
+# what this module uses until TorchCodec's GPU JPEG decoder is on the pinned stack.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding", category=DeprecationWarning
+)
+
+DECODERS = ("auto", "cpu", "cuda")
+_END_OF_IMAGE = b"\xff\xd9"
+_TRAILING_PADDING = b"\x00\r\n "  # bytes some writers append after the marker
+
+
+class ImageLoader(Protocol):
+    """Encoded image bytes in, a preprocessed [3, H, W] float tensor out (or SampleError)."""
+
+    def __call__(self, data: bytes) -> torch.Tensor: ...
+
+
+class PilImageLoader:
+    """Pillow decode (bounded by ``max_pixels``) and open_clip's eval transform."""
+
+    def __init__(self, preprocess: T.Compose, max_pixels: int) -> None:
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        image = decode_image(data, self.max_pixels)
+        try:
+            return self.preprocess(image)
+        except Exception as exc:
+            raise st.SampleError(st.CORRUPT_IMAGE, f"preprocessing failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """The parameters of open_clip's default eval transform (shortest-side resize)."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_compose(cls, preprocess: T.Compose) -> EvalTransform | None:
+        """Read Resize/CenterCrop/Normalize from open_clip's Compose; None if it is another."""
+        steps = {type(step).__name__: step for step in preprocess.transforms}
+        resize, crop, normalize = (
+            steps.get("Resize"),
+            steps.get("CenterCrop"),
+            steps.get("Normalize"),
+        )
+        if resize is None or crop is None or normalize is None:
+            return None
+        if resize.interpolation != T.InterpolationMode.BICUBIC or resize.max_size is not None:
+            return None
+        size = resize.size if isinstance(resize.size, int) else resize.size[0]
+        if isinstance(resize.size, (list, tuple)) and len(resize.size) != 1:
+            return None  # a squash resize to (h, w), not the shorter side
+        if tuple(crop.size) != (size, size):
+            return None
+        return cls(size, tuple(normalize.mean), tuple(normalize.std))
+
+
+class TensorJpegLoader:
+    """JPEG decode and eval transform on ``device``; the PIL loader for everything else."""
+
+    def __init__(
+        self, transform: EvalTransform, device: torch.device, fallback: ImageLoader, max_pixels: int
+    ) -> None:
+        self.transform = transform
+        self.device = device
+        self.fallback = fallback
+        self.max_pixels = max_pixels
+        self.mean = torch.tensor(transform.mean, device=device).view(3, 1, 1)
+        self.std = torch.tensor(transform.std, device=device).view(3, 1, 1)
+
+    def _decodable(self, data: bytes) -> bool:
+        """A complete baseline/progressive RGB or greyscale JPEG within the pixel limit.
+
+        nvJPEG decodes a truncated JPEG without an error (the missing rows come out grey), so
+        only bytes that end in the end-of-image marker go to the GPU; the rest go to Pillow,
+        which decodes them fully and gives a cut file its ``corrupt_image`` status.
+        """
+        if not data.rstrip(_TRAILING_PADDING).endswith(_END_OF_IMAGE):
+            return False
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+                return (
+                    header.format == "JPEG"
+                    and header.mode in ("RGB", "L")
+                    and width * height <= self.max_pixels
+                )
+        except Exception:
+            return False
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        if not self._decodable(data):
+            return self.fallback(data)
+        try:
+            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            pixels = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            return self.fallback(data)  # e.g. truncated data: PIL gives it its status
+        return self.preprocess(pixels)
+
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [3, H, W] to the normalised, centre-cropped model input."""
+        size = self.transform.size
+        image = TF.resize(pixels, size, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        image = TF.center_crop(image, [size, size])
+        image = image.float().div_(255.0)
+        return (image - self.mean) / self.std
+
+
+def make_image_loader(
+    preprocess: T.Compose, device: torch.device, decoder: str, max_pixels: int
+) -> ImageLoader:
+    """The loader for ``decoder`` (auto: the GPU's JPEG decoder on CUDA, Pillow otherwise)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    pil = PilImageLoader(preprocess, max_pixels)
+    if decoder == "cuda" and device.type != "cuda":
+        raise ValueError(f"decoder cuda needs a CUDA device, the model is on {device}")
+    if decoder == "cpu" or device.type != "cuda":
+        return pil
+    transform = EvalTransform.from_compose(preprocess)
+    if transform is None:
+        logger.info("JPEG decode stays on the CPU: the model's transform is not a plain resize")
+        return pil
+    return TensorJpegLoader(transform, device, pil, max_pixels)

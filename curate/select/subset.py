@@ -1,0 +1,296 @@
+"""Select a subset of a run: filters, a score cut, exact provenance of every drop.
+
+Writes ``RUN/subsets/NAME/``:
+
+- ``uids.npy``: DataComp subset file (``u8,u8``, sorted ascending);
+- ``manifest.parquet``: the kept samples (uid, shard, key, url, text, every score);
+- ``dropped.parquet``: every dropped sample with its first failing filter and all of them;
+- ``selection.json``: the command, filters and resolved thresholds, counts, scorers and their
+  models, fingerprints of the inputs, the files written and the sha256 of ``uids.npy``.
+
+``--uids-only`` writes ``uids.npy`` and ``selection.json`` alone (what DataComp's
+``baselines.py`` writes, plus the record): the manifest copies every kept caption and URL, and
+the dropped table every dropped uid, most of a select's time on a large pool.
+
+``--fraction F`` follows DataComp's ``baselines.py`` exactly: over the non-null scores,
+threshold = scores sorted descending at index ``int(N * F)``; keep ``score >= threshold``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import curate
+from curate.errors import UserError
+from curate.filters import FilterSpec, evaluate_filters
+from curate.io.uids import save_uid_file
+from curate.io.workspace import RunPaths, staged_directory
+from curate.select.outputs import write_outputs
+from curate.tables.views import connect, samples_layout, score_names
+
+logger = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+FINGERPRINT_TAIL = 64 * 1024
+MAX_FILTERS = 63  # a row's failing filters are one bit each of a uint64
+LOOKUP_FILTERS = 16  # up to this many filters, rows map to failure groups by a lookup table
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """A subset request: a score cut (``by`` with ``fraction`` or ``threshold``), filters,
+    a SQL condition; all must hold for a sample to be kept."""
+
+    run: Path
+    name: str
+    by: str | None = None
+    fraction: float | None = None
+    threshold: float | None = None
+    filters: tuple[FilterSpec, ...] = ()
+    where: str | None = None
+    overwrite: bool = False
+    uids_only: bool = False  # no manifest.parquet, no dropped.parquet
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run", Path(self.run))
+        object.__setattr__(self, "filters", tuple(self.filters))
+        if not NAME_PATTERN.match(self.name):
+            raise UserError(f"--out '{self.name}': use letters, digits, '_', '-' and '.'")
+        if self.by is None and (self.fraction is not None or self.threshold is not None):
+            raise UserError("--fraction and --threshold need --by COLUMN")
+        if self.by is not None and (self.fraction is None) == (self.threshold is None):
+            raise UserError("--by needs exactly one of --fraction or --threshold")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise UserError(f"--fraction must be in (0, 1], got {self.fraction}")
+
+    def all_filters(self, score_column: str | None) -> list[FilterSpec]:
+        """The user's filters, then the score cut."""
+        specs = list(self.filters)
+        if score_column is not None and self.fraction is not None:
+            specs.append(FilterSpec("fraction", {"column": score_column,
+                                                 "fraction": self.fraction}))
+        elif score_column is not None:
+            specs.append(FilterSpec("threshold", {"column": score_column,
+                                                  "min": self.threshold}))
+        return specs
+
+
+@dataclass
+class SelectSummary:
+    """Counts of one selection and where it was written."""
+
+    name: str
+    path: Path
+    total: int
+    kept: int
+    dropped_first: Counter[str] = field(default_factory=Counter)
+    failing: Counter[str] = field(default_factory=Counter)
+    filters: list[dict[str, Any]] = field(default_factory=list)
+    uids_sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "total": self.total,
+            "kept": self.kept,
+            "dropped": self.total - self.kept,
+            "kept_fraction": self.kept / self.total if self.total else 0.0,
+            "dropped_by_first_failing_filter": dict(self.dropped_first.most_common()),
+            "failing_per_filter": dict(self.failing.most_common()),
+            "filters": self.filters,
+            "uids_sha256": self.uids_sha256,
+        }
+
+
+def resolve_score_column(con: Any, by: str) -> str:
+    """``dfn`` or ``dfn_score`` to the score column; an unknown one names what exists."""
+    columns = [row[0] for row in con.execute("DESCRIBE samples").fetchall()]
+    numeric = [c for c in columns if c.endswith("_score")]
+    for candidate in (by, f"{by}_score"):
+        if candidate in columns:
+            return candidate
+    raise UserError(f"unknown column '{by}'; score columns: {', '.join(numeric) or 'none'}")
+
+
+def fingerprint_inputs(paths: RunPaths, scorers: list[str]) -> dict[str, str]:
+    """A cheap content fingerprint per table: sha256 over each part's name, size and footer."""
+    tables = {"pool": paths.pool_dir} | {f"scores/{s}": paths.scores_dir(s) for s in scorers}
+    out = {"run.json": hashlib.sha256(paths.run_file.read_bytes()).hexdigest()}
+    for label, directory in tables.items():
+        digest = hashlib.sha256()
+        for part in sorted(directory.glob("part-*.parquet")):
+            size = part.stat().st_size
+            with open(part, "rb") as handle:
+                handle.seek(max(0, size - FINGERPRINT_TAIL))
+                tail = handle.read()
+            digest.update(f"{part.name}\t{size}\t".encode())
+            digest.update(tail)
+        out[label] = digest.hexdigest()
+    return out
+
+
+def _scorer_records(paths: RunPaths, scorers: list[str]) -> dict[str, Any]:
+    records = {}
+    for name in scorers:
+        record = paths.scores_dir(name) / "_scorer.json"
+        records[name] = json.loads(record.read_text()) if record.is_file() else None
+    return records
+
+
+def _failure_groups(passed: list[np.ndarray], labels: list[str],
+                    rows: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Per row a group number: 0 for a kept row, else 1 + the index of its set of failing
+    filters in the returned list (each set in filter order). A DataComp fraction select has one
+    group; a handful of filters a few dozen at most."""
+    if len(labels) > MAX_FILTERS:
+        raise UserError(f"at most {MAX_FILTERS} filters in one selection, got {len(labels)}")
+    width = next(t for t in (np.uint8, np.uint16, np.uint64) if np.iinfo(t).bits >= len(labels))
+    code = np.zeros(rows, dtype=width)
+    for j, kept in enumerate(passed):
+        code |= (~kept).view(np.uint8).astype(width) << width(j)
+    if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
+        present = np.flatnonzero(np.bincount(code, minlength=1))
+        lookup = np.zeros(2 ** len(labels), dtype=np.uint16)  # < 2**16 groups
+        lookup[present] = np.arange(len(present))
+        values, group = present.astype(np.uint64), lookup[code]
+    else:
+        values, group = np.unique(code, return_inverse=True)
+    if len(values) and values[0] != 0:  # no kept row: shift so that 0 still means kept
+        values, group = np.concatenate([[np.uint64(0)], values]), group + 1
+    failing = [[labels[j] for j in range(len(labels)) if int(v) >> j & 1] for v in values[1:]]
+    dtype = np.uint16 if len(values) < 2**16 else np.uint32
+    return group.astype(dtype), failing
+
+
+def _resolved_records(decisions: pa.Table) -> list[dict[str, Any]]:
+    """Each filter as evaluated: parameters and what was resolved (a fraction's threshold)."""
+    metadata = decisions.schema.metadata or {}
+    return json.loads(metadata.get(b"curate.filters", b"[]"))
+
+
+def _prepare_output(paths: RunPaths, name: str, overwrite: bool) -> Path:
+    target = paths.root / "subsets" / name
+    if target.exists() and not overwrite:
+        raise UserError(f"subset {target} exists; pass --overwrite to replace it")
+    return target
+
+
+def _passed_masks(decisions: pa.Table, labels: list[str]) -> list[np.ndarray]:
+    """Per filter, True where it kept the sample (a null decision counts as dropped)."""
+    return [pc.fill_null(decisions.column(label), False).to_numpy(zero_copy_only=False)
+            for label in labels]
+
+
+def _drop_counts(ids: np.ndarray, passed: list[np.ndarray], labels: list[str],
+                 in_order: bool) -> tuple[Counter[str], Counter[str]]:
+    """Dropped samples by first failing filter, and failures per filter.
+
+    Counted with NumPy; keys go in in the order a row-by-row pass in ``sample_id`` order meets
+    them, so ``most_common`` breaks ties as a Counter over the dropped rows would."""
+
+    def earliest(mask: np.ndarray) -> int:
+        return int(ids[np.argmax(mask)]) if in_order else int(ids[mask].min())
+
+    first_rows, failing_rows = [], []
+    alive = np.ones(len(ids), dtype=bool)  # no earlier filter failed
+    for j, kept in enumerate(passed):
+        failed = ~kept
+        if n := int(failed.sum()):
+            failing_rows.append((earliest(failed), j, n))
+        first = failed & alive
+        if n := int(first.sum()):
+            first_rows.append((earliest(first), j, n))
+        alive &= kept
+    return (Counter({labels[j]: n for _, j, n in sorted(first_rows)}),
+            Counter({labels[j]: n for _, j, n in sorted(failing_rows)}))
+
+
+def select_subset(config: SelectConfig) -> SelectSummary:
+    """Evaluate the filters over ``samples`` and write ``subsets/NAME/`` atomically.
+
+    Only the filters' decisions are held in memory (per sample: sample_id and one boolean per
+    filter, then sample_id and a failure group); the counts come from them, and DuckDB streams
+    the manifest, the dropped table and the kept uids from ``samples``."""
+    started = time.perf_counter()
+    paths = RunPaths(config.run)
+    target = _prepare_output(paths, config.name, config.overwrite)
+    con = connect(config.run)
+    score_column = resolve_score_column(con, config.by) if config.by else None
+    specs = config.all_filters(score_column)
+    decisions = evaluate_filters(con, specs, where=config.where, with_uid=False)
+    logger.debug("select %s: filters evaluated at %.2f s", config.name,
+                 time.perf_counter() - started)
+    labels = [c for c in decisions.column_names if c not in ("uid", "sample_id")]
+    passed = _passed_masks(decisions, labels)
+    group, failing = _failure_groups(passed, labels, decisions.num_rows)
+    kept = int((group == 0).sum())
+    if not kept:
+        raise UserError("the selection keeps no sample; nothing written")
+    ids = decisions.column("sample_id").to_numpy()
+    in_order = bool((ids[1:] > ids[:-1]).all())
+    dropped_first, failing_counts = _drop_counts(ids, passed, labels, in_order)
+    del passed
+    scorers = score_names(config.run)
+    summary = SelectSummary(
+        name=config.name,
+        path=target,
+        total=decisions.num_rows,
+        kept=kept,
+        dropped_first=dropped_first,
+        failing=failing_counts,
+        filters=_resolved_records(decisions),
+    )
+    groups = pa.table({"sample_id": decisions.column("sample_id"), "_group": group})
+    del decisions, ids
+    layout = samples_layout(con, paths)
+    _write_subset(paths, config, target, summary, scorers, lambda staging: write_outputs(
+        con, paths, layout, staging, groups, failing, scorers, in_order,
+        tables=not config.uids_only))
+    logger.debug("select %s: written at %.2f s", config.name, time.perf_counter() - started)
+    return summary
+
+
+def _write_subset(
+    paths: RunPaths, config: SelectConfig, target: Path, summary: SelectSummary,
+    scorers: list[str], write_tables: Callable[[Path], np.ndarray],
+) -> None:
+    """``write_tables`` writes the Parquet outputs into the staging folder and returns the kept
+    uids (sorted runs); then ``uids.npy`` and ``selection.json``; then the folder is renamed
+    into place."""
+    with staged_directory(target) as staging:
+        uids = write_tables(staging)
+        summary.uids_sha256 = save_uid_file(staging / "uids.npy", uids, runs=True)
+        del uids
+        record = {
+            "command": config.command,
+            "by": config.by,
+            "fraction": config.fraction,
+            "threshold": config.threshold,
+            "where": config.where,
+            "uids_only": config.uids_only,
+            **summary.to_dict(),
+            "path": str(target),
+            "scorers": _scorer_records(paths, scorers),
+            "inputs": fingerprint_inputs(paths, scorers),
+            "created": datetime.now(timezone.utc).isoformat(),
+            "filter_pool_version": curate.__version__,
+        }
+        record["files"] = sorted([*(p.name for p in staging.iterdir()), "selection.json"])
+        (staging / "selection.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    logger.info("subset %s: kept %d of %d", config.name, summary.kept, summary.total)

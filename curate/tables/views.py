@@ -1,0 +1,227 @@
+"""SQL over a run's tables: one DuckDB connection with views over the Parquet files.
+
+Views: ``pool`` (the pool table), one per scorer named after it (``dfn``: uid, dfn_score,
+status, error) and ``samples``: every pool row with ``sample_id`` (part number << 32 | row in
+the part, a stable row identity) and, per scorer S, ``S_score``, ``S_status`` and
+``S_error``. Score parts are row-aligned with pool parts, so ``samples`` joins them by
+(part, row) rather than by uid: pools with repeated uids stay one row per sample.
+
+A scorer that has a part for every pool part, each with the pool part's row count (checked
+on the Parquet footers when connecting), is joined with DuckDB's ``POSITIONAL JOIN`` over
+the same sorted file lists: no hash join, and ``samples`` keeps the pool's order. A
+partly scored run (or any mismatch) falls back to a hash ``LEFT JOIN`` on (part, row).
+
+Such a scorer also gets a view in the schema ``aligned`` (``aligned.dfn``: sample_id, dfn_score,
+dfn_status, dfn_error): the same rows in the same order as ``samples``, read from the scorer's
+parts alone. Filters over one scorer's columns (a fraction or threshold cut) read it instead of
+``samples``, so the pool is not scanned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from curate.errors import UserError
+from curate.io.workspace import RunPaths
+
+ALIGNED = "aligned"  # schema of the scorer views row-aligned with samples
+READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class QueryError(UserError):
+    """SQL that is refused or that DuckDB cannot run; the message is DuckDB's or ours."""
+
+
+def score_names(run: Path) -> list[str]:
+    """Scorers of a run that have at least one score part."""
+    scores = RunPaths(run).root / "scores"
+    if not scores.is_dir():
+        return []
+    return sorted(d.name for d in scores.iterdir() if any(d.glob("part-*.parquet")))
+
+
+def _parts(directory: Path) -> str:
+    return str(directory / "part-*.parquet").replace("'", "''")
+
+
+def file_list_sql(files: list[Path] | tuple[Path, ...]) -> str:
+    quoted = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    return f"[{quoted}]"
+
+
+def _aligned(directory: Path, files: list[Path] | None = None) -> str:
+    """A file's rows with their part number and row number, for the (part, row) join;
+    ``files`` reads exactly those files (in that order) instead of the directory's glob."""
+    source = file_list_sql(files) if files is not None else f"'{_parts(directory)}'"
+    return (
+        f"SELECT *, CAST(regexp_extract(filename, 'part-(\\d+)\\.parquet$', 1) AS INTEGER) "
+        f"AS _part, file_row_number AS _row FROM read_parquet({source}, "
+        "filename = true, file_row_number = true, union_by_name = true)"
+    )
+
+
+def _row_counts(con: duckdb.DuckDBPyConnection, files: list[Path]) -> dict[str, int]:
+    """Part name to row count, from the Parquet footers."""
+    if not files:
+        return {}
+    rows = con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)",
+                       [[str(f) for f in files]]).fetchall()
+    return {Path(name).name: int(count) for name, count in rows}
+
+
+def _positional(pool_rows: dict[str, int], scorer_rows: dict[str, int]) -> bool:
+    """True when the scorer's parts are exactly the pool's parts, row counts included."""
+    return bool(pool_rows) and scorer_rows == pool_rows
+
+
+@dataclass(frozen=True)
+class SamplesLayout:
+    """How ``samples`` is built: the pool's parts and, when every scorer has a part for every
+    pool part with its row count, each scorer's parts (row-aligned: a positional join)."""
+
+    scorers: tuple[str, ...]
+    pool_files: tuple[Path, ...]
+    score_files: dict[str, tuple[Path, ...]]  # scorer -> files, positional scorers only
+    pool_rows: tuple[int, ...] = ()  # per pool file, its row count (Parquet footer)
+
+    @property
+    def positional(self) -> bool:
+        """True when every scorer joins by position (``samples`` has no hash join)."""
+        return len(self.score_files) == len(self.scorers)
+
+
+def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLayout:
+    """The pool parts and which scorers' parts line up with them (Parquet footers)."""
+    pool_files = paths.pool_parts()
+    pool_rows = _row_counts(con, pool_files)
+    scorers = score_names(paths.root)
+    aligned = {}
+    for name in scorers:
+        score_files = sorted(paths.scores_dir(name).glob("part-*.parquet"))
+        if _positional(pool_rows, _row_counts(con, score_files)):
+            aligned[name] = tuple(score_files)
+    return SamplesLayout(tuple(scorers), tuple(pool_files), aligned,
+                         tuple(pool_rows.get(f.name, 0) for f in pool_files))
+
+
+def _sample_id_sql(table: str = "") -> str:
+    """A row's sample_id from ``_aligned``'s columns: part number << 32 | row in its part."""
+    prefix = f"{table}." if table else ""
+    return f"(CAST({prefix}_part AS BIGINT) << 32) + {prefix}_row AS sample_id"
+
+
+def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = None,
+                scorers: Collection[str] | None = None) -> str:
+    """The SELECT behind ``samples``; ``parts`` (positional layouts only) limits it to those
+    pool parts, row-aligned, so that parts can be read side by side; ``scorers`` joins only
+    those scorers' columns (the rows are the same: every join keeps each pool row once)."""
+    if parts is not None and not layout.positional:
+        raise ValueError("samples over a range of parts needs a positional layout")
+    chosen = slice(None) if parts is None else parts
+    columns = [
+        "p.* EXCLUDE (filename, file_row_number, _part, _row)",
+        _sample_id_sql("p"),
+    ]
+    positional, hashed = [], []
+    for name in layout.scorers:
+        if scorers is not None and name not in scorers:
+            continue
+        columns += [f'"{name}"."{name}_score"', f'"{name}".status AS "{name}_status"',
+                    f'"{name}".error AS "{name}_error"']
+        if name in layout.score_files:
+            files = list(layout.score_files[name][chosen])
+            positional.append(f'POSITIONAL JOIN (SELECT "{name}_score", status, error FROM '
+                              f'read_parquet({file_list_sql(files)})) AS "{name}"')
+        else:
+            hashed.append(f'LEFT JOIN ({_aligned(paths.scores_dir(name))}) AS "{name}" '
+                          f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
+    pool_files = list(layout.pool_files[chosen])
+    pool = _aligned(paths.pool_dir, pool_files if positional or parts is not None else None)
+    return (f"SELECT {', '.join(columns)} "
+            f"FROM ({pool}) AS p {' '.join(positional + hashed)}")
+
+
+def pool_rows_sql(paths: RunPaths, columns: str, where: str) -> str:
+    """A SELECT of ``sample_id`` and ``columns`` straight from the pool parts, for the rows
+    matching ``where`` (over ``_row``, the row in its part, and the pool's columns). No join:
+    DuckDB tests a ``_row`` condition inside the Parquet scan and decodes the other columns of
+    matching rows only."""
+    return (f"SELECT {_sample_id_sql()}, {columns} "
+            f"FROM ({_aligned(paths.pool_dir)}) WHERE {where}")
+
+
+def pool_has_columns(con: duckdb.DuckDBPyConnection, paths: RunPaths,
+                     columns: Sequence[str]) -> bool:
+    """True when every pool part has every one of ``columns`` (from the Parquet footers)."""
+    files = [str(f) for f in paths.pool_parts()]
+    if not files:
+        return False
+    found = con.execute("SELECT count(*) FROM (SELECT DISTINCT file_name, name "
+                        "FROM parquet_schema(?) WHERE list_contains(?, name))",
+                        [files, list(columns)]).fetchall()[0][0]
+    return int(found) == len(files) * len(set(columns))
+
+
+def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the run's views (pool, each scorer, samples)."""
+    paths = RunPaths(Path(run))
+    paths.read_run()
+    if not paths.pool_parts():
+        raise UserError(f"run {paths.root} has no pool table (pool/part-*.parquet)")
+    con = duckdb.connect()
+    con.execute(
+        f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_parts(paths.pool_dir)}', "
+        "union_by_name = true)"
+    )
+    layout = samples_layout(con, paths)
+    for name in layout.scorers:
+        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM '
+                    f"read_parquet('{_parts(paths.scores_dir(name))}')")
+    con.execute(f"CREATE VIEW samples AS {samples_sql(paths, layout)}")
+    con.execute(f"CREATE SCHEMA {ALIGNED}")
+    for name, files in layout.score_files.items():
+        con.execute(f'CREATE VIEW {ALIGNED}."{name}" AS SELECT {_sample_id_sql()}, '
+                    f'"{name}_score", status AS "{name}_status", error AS "{name}_error" '
+                    f"FROM ({_aligned(paths.scores_dir(name), list(files))})")
+    return con
+
+
+def aligned_source(con: duckdb.DuckDBPyConnection, columns: Collection[str]) -> str:
+    """The narrowest relation with ``samples``'s rows, in its order, that has ``columns``: an
+    ``aligned`` scorer view when one holds them all, else ``samples``."""
+    views = con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = ? "
+                        "ORDER BY view_name", [ALIGNED]).fetchall()
+    for (name,) in views:
+        source = f'{ALIGNED}."{name}"'
+        have = {row[0] for row in con.execute(f"DESCRIBE {source}").fetchall()}
+        if set(columns) <= have:
+            return source
+    return "samples"
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but one SELECT (or EXPLAIN) statement."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from exc
+    if len(statements) != 1:
+        raise QueryError(f"one statement at a time, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_ONLY_STATEMENTS:
+        raise QueryError(f"queries are read-only: {kind.name} statements are refused")
+
+
+def run_query(run: Path | str, sql: str) -> pa.Table:
+    """Run one read-only statement over the run's views; DuckDB's errors become QueryError."""
+    con = connect(run)
+    check_read_only(con, sql)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from exc

@@ -1,0 +1,1 @@
+"""Test-only generators of pools, DataComp metadata and shape sets (also used by benchmarks)."""
