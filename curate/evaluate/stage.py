@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
-from curate.io.workspace import write_json_atomic
+from curate.io.workspace import SUBSET_MANIFEST, RunPaths, write_json_atomic
 from curate.train import TrainConfig, train_clip
 from curate.train.reinforced import DistillConfig, ReinforcedSource
 from curate.train.report import TRAIN_FILE
@@ -80,7 +80,7 @@ class EvaluateConfig:
 
     @property
     def subset_dir(self) -> Path:
-        return self.run / "subsets" / self.subset
+        return RunPaths(self.run).subset_dir(self.subset)
 
     def tag(self, seed: int) -> str:
         """The folder of one seed's training run: student, data path, budget, lr and seed."""
@@ -193,7 +193,7 @@ def _train_one(config: EvaluateConfig, seed: int) -> dict[str, Any]:
 def _check_reinforced(config: EvaluateConfig, reinforced: Path) -> None:
     """The reinforced directory is sound and holds only samples of the subset (by uid)."""
     source = ReinforcedSource(reinforced)
-    manifest = config.subset_dir / "manifest.parquet"
+    manifest = config.subset_dir / SUBSET_MANIFEST
     try:
         subset_uids = set(pq.read_table(manifest, columns=["uid"]).column("uid").to_pylist())
     except Exception as exc:  # pyarrow raises several kinds for bad files
@@ -220,7 +220,7 @@ def _store(path: Path, evaluation: Evaluation) -> None:
 
 def evaluate_subset(config: EvaluateConfig) -> Evaluation:
     """Train one student per seed on the subset and collect their metrics."""
-    if not (config.subset_dir / "manifest.parquet").is_file():
+    if not (config.subset_dir / SUBSET_MANIFEST).is_file():
         raise UserError(
             f"subset '{config.subset}' not found: {config.subset_dir} has no "
             "manifest.parquet (make it with `filter-pool select`, without --uids-only)"

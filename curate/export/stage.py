@@ -49,7 +49,13 @@ from curate.io.statuses import (
     UNSUPPORTED_FORMAT,
     SampleError,
 )
-from curate.io.workspace import RunPaths, staged_directory, write_json_atomic
+from curate.io.workspace import (
+    SUBSET_MANIFEST,
+    SUBSET_RECORD,
+    RunPaths,
+    staged_directory,
+    write_json_atomic,
+)
 from curate.tables.views import connect
 
 logger = logging.getLogger(__name__)
@@ -337,7 +343,7 @@ def _sample_members(
 def _prepare_out(config: ExportConfig) -> None:
     """Refuse an existing non-empty DIR (unless overwrite) and a DIR holding the run or subset."""
     out = config.out.resolve()
-    for inside in (config.run.resolve(), (config.run / "subsets" / config.subset).resolve()):
+    for inside in (config.run.resolve(), RunPaths(config.run).subset_dir(config.subset).resolve()):
         if out == inside or out in inside.parents:
             raise UserError(f"output {config.out} would replace {inside}; choose another")
     if out.exists() and not out.is_dir():
@@ -350,7 +356,7 @@ def _info(
     config: ExportConfig, summary: ExportSummary, shards: list[tuple[str, int]]
 ) -> dict[str, Any]:
     out = config.out.resolve()
-    selection = config.run / "subsets" / config.subset / "selection.json"
+    selection = RunPaths(config.run).subset_dir(config.subset) / SUBSET_RECORD
     info: dict[str, Any] = {
         "subset": config.subset,
         "run": str(config.run.resolve()),
@@ -377,10 +383,10 @@ def _info(
 def export_subset(config: ExportConfig) -> ExportSummary:
     """Write ``RUN/subsets/NAME`` as webdataset shards into ``config.out`` (see module docs)."""
     run_record = RunPaths(config.run).read_run()
-    subset_dir = config.run / "subsets" / config.subset
+    subset_dir = RunPaths(config.run).subset_dir(config.subset)
     if not subset_dir.is_dir():
         raise UserError(f"subset {config.subset!r} not found: {subset_dir} does not exist")
-    table = _read_manifest(subset_dir / "manifest.parquet")
+    table = _read_manifest(subset_dir / SUBSET_MANIFEST)
     _prepare_out(config)
     table = _with_pool_metadata(config.run, table)
     score_columns = [c for c in table.column_names if c.endswith(SCORE_SUFFIX)]

@@ -29,6 +29,7 @@ from curate.io.schema import POOL_SCHEMA, TEXT_CHARS, text_chars, uid_halves
 from curate.io.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
 from curate.io.uids import is_valid_uid, uid_from_url_caption
 from curate.io.workspace import RunPaths, atomic_path, remove_stale_temporaries, write_json_atomic
+from curate.tables.views import duckdb_file
 
 logger = logging.getLogger(__name__)
 
@@ -199,13 +200,13 @@ def _count_duplicate_uids(paths: RunPaths) -> int:
     DuckDB's memory is capped (it spills to a temporary folder in the run, removed after), so
     a pool of millions of rows is counted in bounded memory.
     """
-    pattern = str(paths.pool_dir / "part-*.parquet")
+    files = [duckdb_file(f) for f in paths.pool_parts()]  # never a glob over the run's path
     query = "SELECT count(*) - count(DISTINCT uid) FROM read_parquet(?)"
     spill = paths.root / ".duckdb-tmp"
     config = {"memory_limit": DUCKDB_MEMORY_LIMIT, "temp_directory": str(spill)}
     try:
         with duckdb.connect(config=config) as connection:
-            return int(connection.execute(query, [pattern]).fetchone()[0])
+            return int(connection.execute(query, [files]).fetchone()[0])
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,26 @@ from curate.errors import UserError
 RUN_FILE = "run.json"
 SCORER_FILE = "_scorer.json"  # scores/<name>/_scorer.json: what made the scores
 DONE_DIR = "_done"  # scores/<name>/_done/part-NNNNN.json: completion records, written last
+# A subset folder, RUN/subsets/NAME/ (written by select, read by export, evaluate, report, ...)
+SUBSET_UIDS = "uids.npy"
+SUBSET_MANIFEST = "manifest.parquet"
+SUBSET_DROPPED = "dropped.parquet"
+SUBSET_RECORD = "selection.json"
+
+
+SCORER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # becomes SQL columns: <name>_score, ...
+OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # subsets, sweeps: one path component
+
+
+def check_name(name: str, kind: str, pattern: re.Pattern[str] = OUTPUT_NAME) -> str:
+    """``name`` when it is a valid name of ``kind`` (never a path: no '/', no '..' alone, no
+    leading '.' or '-'), else a one-line error naming it."""
+    if not isinstance(name, str) or not pattern.match(name) or name in {".", ".."}:
+        allowed = ("lower-case letters, digits and '_', starting with a letter"
+                   if pattern is SCORER_NAME else "letters, digits, '_', '.' and '-', "
+                   "starting with a letter or digit")
+        raise UserError(f"{kind} {name!r} is not a valid name (use {allowed})")
+    return name
 
 
 def part_name(shard_index: int) -> str:
@@ -39,10 +60,17 @@ class RunPaths:
         return self.root / "pool"
 
     def scores_dir(self, scorer: str) -> Path:
-        return self.root / "scores" / scorer
+        return self.root / "scores" / check_name(scorer, "scorer", SCORER_NAME)
 
     def embeddings_dir(self, scorer: str) -> Path:
-        return self.root / "embeddings" / scorer
+        return self.root / "embeddings" / check_name(scorer, "scorer", SCORER_NAME)
+
+    def subset_dir(self, name: str) -> Path:
+        """``RUN/subsets/NAME``: ``name`` must be a name, not a path."""
+        return self.root / "subsets" / check_name(name, "subset")
+
+    def sweep_dir(self, name: str) -> Path:
+        return self.root / "sweeps" / check_name(name, "sweep")
 
     def pool_part(self, shard_index: int) -> Path:
         return self.pool_dir / f"{part_name(shard_index)}.parquet"

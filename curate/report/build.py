@@ -32,7 +32,7 @@ from curate.report.data import (
     scored,
 )
 from curate.report.thumbnails import read_thumbnails
-from curate.tables.views import connect, score_names
+from curate.tables.views import connect, path_literal, score_names
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def _scorer_section(
         f'max("{column}") FROM samples WHERE {scored(column)}'
     ).fetchall()[0]
     if subset is not None:
-        kept = f"(shard, key) IN (SELECT (shard, key) FROM read_parquet('{subset.manifest}'))"
+        manifest = path_literal(subset.manifest)
+        kept = f"(shard, key) IN (SELECT (shard, key) FROM read_parquet({manifest}))"
         series = {f"kept in {subset.name}": kept, "dropped": f"NOT {kept}"}
     else:
         series = {"scored": "TRUE"}
@@ -212,9 +213,10 @@ def _grids(con, column: str, cut: float, subset: SubsetInfo | None, size: int) -
             Grid("Just below the cut (dropped)", f"score < {cut:.4f}", grid_rows(con, below)),
         ]
     else:
-        kept_source = f"samples SEMI JOIN read_parquet('{subset.manifest}') m USING (shard, key)"
+        manifest = path_literal(subset.manifest)
+        kept_source = f"samples SEMI JOIN read_parquet({manifest}) m USING (shard, key)"
         # dropped.parquet holds uid and reasons (DataComp pools: the uid names the sample)
-        dropped_source = f"samples JOIN read_parquet('{subset.dropped}') d USING (uid)"
+        dropped_source = f"samples JOIN read_parquet({path_literal(subset.dropped)}) d USING (uid)"
         kept = base.format(reason="NULL", source=kept_source)
         dropped = base.format(reason="d.first_failed_filter", source=dropped_source)
         grids += [

@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 
 from curate.errors import UserError
+from curate.io.workspace import SUBSET_DROPPED, SUBSET_MANIFEST, SUBSET_RECORD, RunPaths
 
 HISTOGRAM_BINS = 40
 CURVE_POINTS = 101
@@ -48,12 +49,12 @@ class SubsetInfo:
 
     @classmethod
     def read(cls, run: Path, name: str) -> SubsetInfo:
-        directory = run / "subsets" / name
-        record_file = directory / "selection.json"
+        directory = RunPaths(run).subset_dir(name)
+        record_file = directory / SUBSET_RECORD
         if not record_file.is_file():
             raise UserError(f"subset '{name}' not found: {record_file} does not exist")
         record = json.loads(record_file.read_text())
-        return cls(name, record, directory / "manifest.parquet", directory / "dropped.parquet")
+        return cls(name, record, directory / SUBSET_MANIFEST, directory / SUBSET_DROPPED)
 
     def cut(self) -> tuple[str, float] | None:
         """(score column, threshold) of the subset's score filter, if it has one."""

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from curate.errors import UserError
 from curate.io.schema import UID_HIGH, UID_LOW
 from curate.io.uids import UID_DTYPE, pairs_to_uid_strings, sort_uid_array, uids_to_array
-from curate.io.workspace import RunPaths
+from curate.io.workspace import SUBSET_DROPPED, SUBSET_MANIFEST, RunPaths
 from curate.tables.chunks import ordered_map, part_chunks
 from curate.tables.views import SamplesLayout, file_list_sql, pool_has_columns, samples_sql
 
@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 # Sizes and sha256 stay in the pool table (export reads them from there): on a DataComp-small
 # pool they were a third of what select read and wrote.
 MANIFEST_COLUMNS = ("uid", "shard", "key", "url", "text")
-MANIFEST = "manifest.parquet"
-DROPPED = "dropped.parquet"
+MANIFEST = SUBSET_MANIFEST
+DROPPED = SUBSET_DROPPED
 CHUNKS = 32  # pool parts are read in about this many chunks
 # Hex digests and ids: snappy saves ~10% on them at twice the write time (measured on 3.84M
 # DataComp-style rows), so they are written uncompressed; every other column uses snappy.

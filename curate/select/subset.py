@@ -38,7 +38,7 @@ import curate
 from curate.errors import UserError
 from curate.filters import FilterSpec, evaluate_filters
 from curate.io.uids import save_uid_file
-from curate.io.workspace import RunPaths, staged_directory
+from curate.io.workspace import SUBSET_RECORD, SUBSET_UIDS, RunPaths, staged_directory
 from curate.select.outputs import write_outputs
 from curate.tables.views import connect, samples_layout, score_names
 
@@ -185,7 +185,7 @@ def _resolved_records(decisions: pa.Table) -> list[dict[str, Any]]:
 
 
 def _prepare_output(paths: RunPaths, name: str, overwrite: bool) -> Path:
-    target = paths.root / "subsets" / name
+    target = paths.subset_dir(name)
     if target.exists() and not overwrite:
         raise UserError(f"subset {target} exists; pass --overwrite to replace it")
     return target
@@ -275,7 +275,7 @@ def _write_subset(
     into place."""
     with staged_directory(target) as staging:
         uids = write_tables(staging)
-        summary.uids_sha256 = save_uid_file(staging / "uids.npy", uids, runs=True)
+        summary.uids_sha256 = save_uid_file(staging / SUBSET_UIDS, uids, runs=True)
         del uids
         record = {
             "command": config.command,
@@ -291,6 +291,6 @@ def _write_subset(
             "created": datetime.now(timezone.utc).isoformat(),
             "filter_pool_version": curate.__version__,
         }
-        record["files"] = sorted([*(p.name for p in staging.iterdir()), "selection.json"])
-        (staging / "selection.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        record["files"] = sorted([*(p.name for p in staging.iterdir()), SUBSET_RECORD])
+        (staging / SUBSET_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     logger.info("subset %s: kept %d of %d", config.name, summary.kept, summary.total)

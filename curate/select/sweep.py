@@ -325,7 +325,7 @@ def sweep(config: SweepConfig) -> SweepResult:
     con = connect(config.run)
     column = resolve_score_column(con, config.by)
     name = config.name or column
-    target = RunPaths(config.run).root / "sweeps" / name
+    target = RunPaths(config.run).sweep_dir(name)
     if target.exists() and not config.overwrite:
         raise UserError(f"sweep {target} exists; pass --overwrite or another --name")
     queries, tables = _candidate_queries(con, config, column)

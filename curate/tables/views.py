@@ -15,6 +15,13 @@ Such a scorer also gets a view in the schema ``aligned`` (``aligned.dfn``: sampl
 dfn_status, dfn_error): the same rows in the same order as ``samples``, read from the scorer's
 parts alone. Filters over one scorer's columns (a fraction or threshold cut) read it instead of
 ``samples``, so the pool is not scanned.
+
+The connection is a sandbox (DuckDB's own switches, set before any user SQL runs): files can be
+read only inside the run and the pool it was ingested from (``allowed_directories`` with
+``enable_external_access`` off), extensions are neither installed nor loaded, and the
+configuration is locked, so no query or ``--where`` can change it back. Views read explicit
+file lists, never a glob built from a path, so a run path holding ``[``, ``*`` or ``?`` reads
+its own files and nothing else. Scorer folder names reach SQL only after validation and quoting.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import duckdb
 import pyarrow as pa
 
 from curate.errors import UserError
-from curate.io.workspace import RunPaths
+from curate.io.workspace import SCORER_NAME, RunPaths, check_name
 
 ALIGNED = "aligned"  # schema of the scorer views row-aligned with samples
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -38,26 +45,49 @@ class QueryError(UserError):
 
 
 def score_names(run: Path) -> list[str]:
-    """Scorers of a run that have at least one score part."""
+    """Scorers of a run that have at least one score part; a folder under ``scores/`` whose
+    name is not a valid scorer name is refused, naming it."""
     scores = RunPaths(run).root / "scores"
     if not scores.is_dir():
         return []
-    return sorted(d.name for d in scores.iterdir() if any(d.glob("part-*.parquet")))
+    names = sorted(d.name for d in scores.iterdir()
+                   if d.is_dir() and not d.name.startswith(".") and _part_files(d))
+    for name in names:
+        try:
+            check_name(name, "scorer", SCORER_NAME)
+        except UserError as exc:
+            raise UserError(f"{scores / name}: {exc}") from None
+    return names
 
 
-def _parts(directory: Path) -> str:
-    return str(directory / "part-*.parquet").replace("'", "''")
+def _part_files(directory: Path) -> list[Path]:
+    """``directory``'s part files, sorted (the directory is literal, never a glob pattern)."""
+    return sorted(directory.glob("part-*.parquet"))
+
+
+_GLOB_ESCAPES = str.maketrans({"[": "[[]", "*": "[*]", "?": "[?]"})
+
+
+def duckdb_file(path: Path | str) -> str:
+    """``path`` as DuckDB's file readers take it: they expand globs in every file name, so
+    ``[``, ``*`` and ``?`` are escaped as one-character classes (``run[1]`` reads itself, never
+    ``run1``)."""
+    return str(path).translate(_GLOB_ESCAPES)
+
+
+def path_literal(path: Path | str) -> str:
+    """``path`` as a quoted SQL string literal naming exactly that file."""
+    return "'" + duckdb_file(path).replace("'", "''") + "'"
 
 
 def file_list_sql(files: list[Path] | tuple[Path, ...]) -> str:
-    quoted = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-    return f"[{quoted}]"
+    return f"[{', '.join(path_literal(f) for f in files)}]"
 
 
 def _aligned(directory: Path, files: list[Path] | None = None) -> str:
     """A file's rows with their part number and row number, for the (part, row) join;
-    ``files`` reads exactly those files (in that order) instead of the directory's glob."""
-    source = file_list_sql(files) if files is not None else f"'{_parts(directory)}'"
+    ``files`` reads exactly those files (in that order), else the directory's part files."""
+    source = file_list_sql(files if files is not None else _part_files(directory))
     return (
         f"SELECT *, CAST(regexp_extract(filename, 'part-(\\d+)\\.parquet$', 1) AS INTEGER) "
         f"AS _part, file_row_number AS _row FROM read_parquet({source}, "
@@ -70,7 +100,7 @@ def _row_counts(con: duckdb.DuckDBPyConnection, files: list[Path]) -> dict[str, 
     if not files:
         return {}
     rows = con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)",
-                       [[str(f) for f in files]]).fetchall()
+                       [[duckdb_file(f) for f in files]]).fetchall()
     return {Path(name).name: int(count) for name, count in rows}
 
 
@@ -158,7 +188,7 @@ def pool_rows_sql(paths: RunPaths, columns: str, where: str) -> str:
 def pool_has_columns(con: duckdb.DuckDBPyConnection, paths: RunPaths,
                      columns: Sequence[str]) -> bool:
     """True when every pool part has every one of ``columns`` (from the Parquet footers)."""
-    files = [str(f) for f in paths.pool_parts()]
+    files = [duckdb_file(f) for f in paths.pool_parts()]
     if not files:
         return False
     found = con.execute("SELECT count(*) FROM (SELECT DISTINCT file_name, name "
@@ -167,21 +197,44 @@ def pool_has_columns(con: duckdb.DuckDBPyConnection, paths: RunPaths,
     return int(found) == len(files) * len(set(columns))
 
 
+def _readable_roots(paths: RunPaths, record: dict) -> list[str]:
+    """The folders SQL may read: the run, and the local pool it was ingested from."""
+    roots = [paths.root.resolve()]
+    source = (record.get("source") or {}).get("path")
+    if isinstance(source, str) and "://" not in source and Path(source).is_dir():
+        roots.append(Path(source).resolve())
+    # DuckDB checks a file pattern before expanding it: a root with glob characters is allowed
+    # in the escaped form that names it too (duckdb_file), which expands to the root alone
+    return sorted({form.rstrip("/") + "/" for root in roots
+                   for form in (str(root), duckdb_file(root))})
+
+
+def sandboxed_connection(readable: list[str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that reads files under ``readable`` only, installs and loads no
+    extension, and whose configuration is locked."""
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
+    con.execute("SET allowed_directories = ?", [readable])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
 def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the run's views (pool, each scorer, samples)."""
+    """A sandboxed in-memory DuckDB connection with the run's views (pool, each scorer,
+    samples); see the module docs for what it may read."""
     paths = RunPaths(Path(run))
-    paths.read_run()
-    if not paths.pool_parts():
+    record = paths.read_run()
+    pool_files = paths.pool_parts()
+    if not pool_files:
         raise UserError(f"run {paths.root} has no pool table (pool/part-*.parquet)")
-    con = duckdb.connect()
-    con.execute(
-        f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_parts(paths.pool_dir)}', "
-        "union_by_name = true)"
-    )
+    con = sandboxed_connection(_readable_roots(paths, record))
+    con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet({file_list_sql(pool_files)}, "
+                "union_by_name = true)")
     layout = samples_layout(con, paths)
     for name in layout.scorers:
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM '
-                    f"read_parquet('{_parts(paths.scores_dir(name))}')")
+                    f"read_parquet({file_list_sql(_part_files(paths.scores_dir(name)))})")
     con.execute(f"CREATE VIEW samples AS {samples_sql(paths, layout)}")
     con.execute(f"CREATE SCHEMA {ALIGNED}")
     for name, files in layout.score_files.items():
@@ -204,17 +257,47 @@ def aligned_source(con: duckdb.DuckDBPyConnection, columns: Collection[str]) -> 
     return "samples"
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but one SELECT (or EXPLAIN) statement."""
+def _one_statement(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(str(exc).splitlines()[0]) from exc
     if len(statements) != 1:
         raise QueryError(f"one statement at a time, got {len(statements)}")
-    kind = statements[0].type
-    if kind not in READ_ONLY_STATEMENTS:
-        raise QueryError(f"queries are read-only: {kind.name} statements are refused")
+    return statements[0]
+
+
+def _explained(sql: str) -> str:
+    """What ``EXPLAIN [(options)] [ANALYZE] statement`` wraps: the statement's text."""
+    tokens = [(start, sql[start:]) for start, kind in duckdb.tokenize(sql)
+              if kind != duckdb.token_type.comment]
+    position = 0
+    if tokens and tokens[0][1][:7].upper() == "EXPLAIN":
+        position = 1
+    if position < len(tokens) and tokens[position][1].startswith("("):
+        depth = 0
+        for index in range(position, len(tokens)):
+            text = tokens[index][1][:1]
+            depth += {"(": 1, ")": -1}.get(text, 0)
+            if depth == 0:
+                position = index + 1
+                break
+    if position < len(tokens) and tokens[position][1][:7].upper() == "ANALYZE":
+        position += 1
+    return tokens[position][1] if position < len(tokens) else ""
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but one SELECT, or one EXPLAIN [ANALYZE] of a SELECT (EXPLAIN ANALYZE
+    runs the statement it wraps)."""
+    statement = _one_statement(con, sql)
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        inner = _one_statement(con, _explained(statement.query))
+        if inner.type != duckdb.StatementType.SELECT:
+            raise QueryError(f"queries are read-only: EXPLAIN may wrap a SELECT only, "
+                             f"not {inner.type.name}")
+    elif statement.type not in READ_ONLY_STATEMENTS:
+        raise QueryError(f"queries are read-only: {statement.type.name} statements are refused")
 
 
 def run_query(run: Path | str, sql: str) -> pa.Table:

@@ -31,7 +31,7 @@ from curate.executor import ExecutorConfig
 from curate.export.stage import ExportConfig, export_subset
 from curate.filters import parse_filter_spec
 from curate.ingest.stage import IngestConfig, ingest_pool
-from curate.io.workspace import write_json_atomic
+from curate.io.workspace import SUBSET_MANIFEST, RunPaths, write_json_atomic
 from curate.models import ModelSpec
 from curate.score.stage import ScoreConfig, score_run
 from curate.select.subset import SelectConfig, select_subset
@@ -195,7 +195,7 @@ def _subset_requests(run: Path, dfn30_size: int) -> dict[str, SelectConfig]:
 
 def _label_mix(run: Path, labels: Path, subset: str) -> dict[str, int]:
     """Hidden ground truth of a subset's samples: count per label (clean or noise kind)."""
-    manifest = pl.read_parquet(run / "subsets" / subset / "manifest.parquet", columns=["uid"])
+    manifest = pl.read_parquet(RunPaths(run).subset_dir(subset) / SUBSET_MANIFEST, columns=["uid"])
     truth = pl.read_parquet(labels, columns=["uid", "label"])
     joined = manifest.join(truth, on="uid", how="left").with_columns(
         pl.col("label").fill_null("unlabelled")

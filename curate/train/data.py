@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from curate.errors import UserError
 from curate.io.shards import IMAGE_EXTENSIONS, find_shards, split_member_name
-from curate.io.workspace import RunPaths
+from curate.io.workspace import SUBSET_MANIFEST, RunPaths
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def index_shards(pool: Path, progress: bool = False) -> PairIndex:
 
 def _subset_dir(data: Path, subset: str | None) -> Path:
     if subset is not None:
-        return data / "subsets" / subset
+        return RunPaths(data).subset_dir(subset)
     return data
 
 
@@ -189,7 +189,7 @@ def index_subset(data: Path, subset: str | None = None, progress: bool = False) 
     ``run.json`` says where each shard's tar is.
     """
     subset_dir = _subset_dir(Path(data), subset)
-    manifest = subset_dir / "manifest.parquet"
+    manifest = subset_dir / SUBSET_MANIFEST
     if not manifest.is_file():
         raise UserError(f"subset {subset_dir} has no manifest.parquet (make it with `select`)")
     run = subset_dir.parent.parent
@@ -228,7 +228,7 @@ def index_data(data: Path, subset: str | None = None, progress: bool = False) ->
     data = Path(data)
     if not data.exists():
         raise UserError(f"training data {data} does not exist")
-    if subset is not None or (data / "manifest.parquet").is_file():
+    if subset is not None or (data / SUBSET_MANIFEST).is_file():
         index = index_subset(data, subset, progress)
     elif (data / "run.json").is_file():
         raise UserError(f"{data} is a run; name the subset to train on with --subset NAME")
