@@ -34,10 +34,12 @@ import pyarrow.parquet as pq
 from curate.io.schema import (
     POOL_SCHEMA,
     TEXT_CHARS,
+    clash_renames,
     score_column,
     score_schema,
     text_chars,
     uid_halves,
+    with_renames,
 )
 from curate.io.shards import PoolError
 from curate.io.statuses import MISSING_SCORE, OK
@@ -278,10 +280,13 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
                                      FACE_BBOXES)
     else:
         columns[FACE_BBOXES] = pa.nulls(n, FACE_BBOXES_TYPE)
-    for name in batch.column_names:
-        if name not in columns and name not in SCORE_COLUMNS:
-            columns[name] = batch.column(name)
-    return pa.table(columns)
+    consumed = {"uid", FACE_BBOXES, *SCORE_COLUMNS} | (set(POOL_SCHEMA.names) - set(fixed)
+                                                        - {TEXT_CHARS})
+    carried = [name for name in batch.column_names if name not in consumed]  # none lost
+    renames = clash_renames(carried, list(columns))
+    for name in carried:
+        columns[renames.get(name, name)] = batch.column(name)
+    return with_renames(pa.table(columns), renames)
 
 
 def _score_batch(batch: pa.Table, uids: pa.ChunkedArray, scorer: DataCompScorer,

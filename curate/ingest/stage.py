@@ -25,7 +25,15 @@ import pyarrow.parquet as pq
 
 import curate
 from curate.ingest import datacomp
-from curate.io.schema import POOL_SCHEMA, TEXT_CHARS, text_chars, uid_halves
+from curate.io.schema import (
+    POOL_SCHEMA,
+    TEXT_CHARS,
+    clash_renames,
+    read_renames,
+    text_chars,
+    uid_halves,
+    with_renames,
+)
 from curate.io.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
 from curate.io.uids import is_valid_uid, uid_from_url_caption
 from curate.io.workspace import RunPaths, atomic_path, remove_stale_temporaries, write_json_atomic
@@ -36,6 +44,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("key", "url", "caption", "status")
 DROPPED_COLUMNS = ("exif",)  # large and unused downstream
 RENAMED = {"caption": "text"}
+DERIVED_COLUMNS = ("uid_high", "uid_low", "text_chars", "shard")  # made here, never read
 DUCKDB_MEMORY_LIMIT = "512MB"  # for the duplicate-uid count over the whole pool
 
 
@@ -63,6 +72,7 @@ class IngestSummary:
     skipped_shards: int = 0
     source: str = "webdataset"
     score_tables: list[str] = field(default_factory=list)  # precomputed ones (DataComp)
+    renamed_columns: dict[str, str] = field(default_factory=dict)  # clashing pool columns
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +83,7 @@ class IngestSummary:
             "by_status": dict(self.by_status),
             "duplicate_uids": self.duplicate_uids,
             "skipped_shards": self.skipped_shards,
+            "renamed_columns": dict(self.renamed_columns),
         }
 
 
@@ -113,13 +124,14 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
             columns[name] = table.column(name).cast(target)
         else:
             columns[name] = pa.nulls(table.num_rows, target)
-    extras = [
+    carried = [  # the source's own columns, derived names among them, none lost
         c for c in table.column_names
-        if c not in POOL_SCHEMA.names and c not in DROPPED_COLUMNS
+        if (c not in POOL_SCHEMA.names or c in DERIVED_COLUMNS) and c not in DROPPED_COLUMNS
     ]
-    for name in extras:
-        columns[name] = table.column(name)
-    return pa.table(columns)
+    renames = clash_renames(carried, POOL_SCHEMA.names)
+    for name in carried:
+        columns[renames.get(name, name)] = table.column(name)
+    return with_renames(pa.table(columns), renames)
 
 
 def _table_from_tar(shard: Shard) -> pa.Table:
@@ -249,8 +261,13 @@ def ingest_pool(config: IngestConfig) -> IngestSummary:
 
 def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind: str,
             entries: list[dict[str, Any]]) -> None:
-    """Count duplicate uids, write run.json, log the outcome."""
+    """Count duplicate uids, collect column renames, write run.json, log the outcome."""
     summary.duplicate_uids = _count_duplicate_uids(paths)
+    for part in paths.pool_parts():
+        summary.renamed_columns.update(read_renames(pq.read_schema(part)))
+    for old, new in sorted(summary.renamed_columns.items()):
+        logger.warning("pool column %r clashes with a name filter-pool derives or reserves; "
+                       "it is %r in the run", old, new)
     write_json_atomic(paths.run_file, _run_record(config, kind, entries))
     if summary.duplicate_uids:
         logger.warning("%d samples share a uid with an earlier sample", summary.duplicate_uids)

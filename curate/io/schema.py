@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,6 +40,53 @@ TEXT_CHARS = "text_chars"
 # values a subset's uids.npy holds. A select reads these 16 bytes per row instead of parsing
 # every kept uid's 32 hex characters.
 UID_HIGH, UID_LOW = "uid_high", "uid_low"
+
+
+# Names the project derives or reserves in a run's views: DuckDB's read_parquet options
+# (filename, file_row_number), the (part, row) identity and the derived pool columns. A pool
+# column with one of these names, or ending like a scorer's columns, is renamed at ingest.
+RESERVED_COLUMNS = frozenset({"sample_id", "filename", "file_row_number", "_part", "_row",
+                              "uid_high", "uid_low", "text_chars", "shard"})
+SCORER_SUFFIXES = ("_score", "_status", "_error")
+RENAME_SUFFIX = "_pool"
+
+
+def clash_renames(carried: list[str], taken: list[str]) -> dict[str, str]:
+    """New names for pool columns carried into the run (``carried``) that would clash with a
+    reserved or derived name, or with a column already ``taken``; DuckDB compares names
+    without case, so this does too. Renamed columns get ``_pool`` appended (again if needed)."""
+    used = {name.lower() for name in taken}
+    renames: dict[str, str] = {}
+    for name in carried:
+        lower = name.lower()
+        clashes = (lower in RESERVED_COLUMNS or lower.endswith(SCORER_SUFFIXES)
+                   or lower in used)
+        new = name
+        while clashes:
+            new += RENAME_SUFFIX
+            lower = new.lower()
+            clashes = lower in RESERVED_COLUMNS or lower in used
+        if new != name:
+            renames[name] = new
+        used.add(new.lower())
+    return renames
+
+
+RENAMED_KEY = b"curate.renamed_columns"  # pool part metadata: {source name: run name}
+
+
+def with_renames(table: pa.Table, renames: dict[str, str]) -> pa.Table:
+    """``table`` recording ``renames`` in its schema metadata (kept in its Parquet footer)."""
+    if not renames:
+        return table
+    metadata = {**(table.schema.metadata or {}), RENAMED_KEY: json.dumps(renames).encode()}
+    return table.replace_schema_metadata(metadata)
+
+
+def read_renames(schema: pa.Schema) -> dict[str, str]:
+    """The renames a pool part's schema records."""
+    raw = (schema.metadata or {}).get(RENAMED_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def uid_halves(uids: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
