@@ -307,6 +307,8 @@ def _sample_members(
     row: dict[str, Any], sample: TarSample, score_columns: list[str], quality: int
 ) -> tuple[list[tuple[str, bytes]], bool]:
     """The jpg, txt and json members of one selected sample; SampleError when unusable."""
+    if sample.problem is not None:  # an unsafe member, a duplicate key: nothing of it is used
+        raise sample.problem
     image = sample.image()
     if image is None:
         raise SampleError(MISSING_IMAGE, f"no image member ({', '.join(sorted(sample.members))})")

@@ -2,6 +2,11 @@
 
 img2dataset writes, per shard, ``NNNNN.tar`` (members ``{key}.jpg``, ``{key}.txt``,
 ``{key}.json``), ``NNNNN.parquet`` (one row per attempted sample) and ``NNNNN_stats.json``.
+
+A shard may come from someone else, so reading it is bounded and never trusts a member: a
+member's declared size is checked against a cap before it is read, links, devices and
+path-like or non-UTF-8 names are not read, a key that occurs twice is reported, and a
+compressed tar (gzip, bzip2, xz) is read as such.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.errors import UserError
+from curate.io.statuses import BAD_MEMBER, DUPLICATE_KEY, TOO_LARGE, SampleError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+MAX_MEMBER_BYTES = 64 * 1024 * 1024  # a member declaring more is not read (images are far less)
+_COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 
 
 class PoolError(UserError):
@@ -87,6 +95,12 @@ class TarSample:
 
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
+    problem: SampleError | None = None  # set: the sample must not be used (status, reason)
+
+    def refuse(self, status: str, reason: str) -> None:
+        """Mark the sample unusable; the first problem found is the one reported."""
+        if self.problem is None:
+            self.problem = SampleError(status, reason)
 
     def image(self) -> tuple[str, bytes] | None:
         for extension in IMAGE_EXTENSIONS:
@@ -105,26 +119,73 @@ class TarReadResult:
 
     error: str | None = None
     samples_read: int = 0
+    duplicate_keys: set[str] = field(default_factory=set)  # keys seen in two places
+
+
+def compression(path: Path) -> str | None:
+    """The compression of a tar file by its first bytes (gzip, bzip2, xz), or None."""
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    return next((name for magic, name in _COMPRESSION_MAGIC.items() if head.startswith(magic)),
+                None)
 
 
 def _missing_end_marker(path: Path, archive: tarfile.TarFile) -> bool:
     """A plain tar ends with two zero blocks after its last member; a cut one does not."""
-    if path.suffix != ".tar":
-        return False
     return path.stat().st_size < archive.offset + 2 * tarfile.BLOCKSIZE
 
 
-def iter_tar_samples(path: Path, result: TarReadResult) -> Iterator[TarSample]:
-    """Stream complete samples from a tar in order.
+def _name_problem(name: str) -> str | None:
+    """Why a member name cannot name a sample: not UTF-8, absolute, or with '.', '..' or
+    empty path components or control characters; None when it is fine."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if name.startswith("/") or any(part in {"", ".", ".."} for part in name.split("/")):
+        return "is path-like"
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        return "holds control characters"
+    return None
+
+
+def _read_member(archive: tarfile.TarFile, info: tarfile.TarInfo, sample: TarSample,
+                 extension: str, max_member_bytes: int) -> None:
+    """Read one member into ``sample``, or mark the sample (bounded: nothing unsafe is read)."""
+    shown = repr(info.name)
+    if problem := _name_problem(info.name):
+        sample.refuse(BAD_MEMBER, f"member {shown} {problem}")
+    elif not info.isfile():
+        kind = "link" if info.issym() or info.islnk() else "device or special file"
+        sample.refuse(BAD_MEMBER, f"member {shown} is a {kind}, not a file")
+    elif info.size > max_member_bytes:
+        sample.refuse(TOO_LARGE, f"member {shown} declares {info.size} bytes, above the cap "
+                                 f"of {max_member_bytes}")
+    elif extension in sample.members:
+        sample.refuse(DUPLICATE_KEY, f"member {shown} occurs twice")
+    else:
+        handle = archive.extractfile(info)
+        sample.members[extension] = handle.read() if handle else b""
+
+
+def iter_tar_samples(path: Path, result: TarReadResult,
+                     max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[TarSample]:
+    """Stream complete samples from a tar (plain or compressed) in order.
 
     A truncated or unreadable tar stops the stream: the samples completed before the damage
     are yielded, the sample being read when it broke is not, and ``result.error`` says why.
+    A sample with an unusable member carries ``problem``; a key met again after other keys
+    is yielded with a ``duplicate_key`` problem and listed in ``result.duplicate_keys``, so
+    the caller can void its first copy too.
     """
     current: TarSample | None = None
+    seen: set[str] = set()
+    compressed = None
     try:
+        compressed = compression(path)
         with tarfile.open(path, mode="r|*") as archive:
             for info in archive:
-                if not info.isfile():
+                if info.isdir():
                     continue
                 key, extension = split_member_name(info.name)
                 if current is not None and key != current.key:
@@ -133,13 +194,19 @@ def iter_tar_samples(path: Path, result: TarReadResult) -> Iterator[TarSample]:
                     current = None
                 if current is None:
                     current = TarSample(key=key)
-                handle = archive.extractfile(info)
-                current.members[extension] = handle.read() if handle else b""
-            if _missing_end_marker(path, archive):
+                    if key in seen:
+                        result.duplicate_keys.add(key)
+                        current.refuse(DUPLICATE_KEY, f"key {key!r} occurs twice in the shard")
+                    seen.add(key)
+                _read_member(archive, info, current, extension, max_member_bytes)
+                if current.problem is not None and current.problem.status == DUPLICATE_KEY:
+                    result.duplicate_keys.add(key)
+            if compressed is None and _missing_end_marker(path, archive):
                 result.error = f"{path.name}: truncated tar (ends after member data, no end marker)"
                 return
     except (tarfile.TarError, EOFError, OSError) as exc:
-        result.error = f"{path.name}: unreadable or truncated tar ({exc})"
+        kind = f"{compressed}-compressed tar" if compressed else "tar"
+        result.error = f"{path.name}: unreadable or truncated {kind} ({exc})"
         return
     if current is not None:
         result.samples_read += 1

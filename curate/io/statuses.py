@@ -9,6 +9,8 @@ UNSUPPORTED_FORMAT = "unsupported_format"
 TOO_LARGE = "too_large"  # refused by size before decoding (decompression bomb guard)
 SHARD_TRUNCATED = "shard_truncated"  # the tar ended before this sample
 MISSING_SCORE = "missing_score"  # an ingested score column (DataComp) had no value
+DUPLICATE_KEY = "duplicate_key"  # the key occurs twice in the shard: no copy is scored
+BAD_MEMBER = "bad_member"  # a link, device or path-like / non-UTF-8 member name in the tar
 
 ALL = (
     OK,
@@ -20,6 +22,8 @@ ALL = (
     TOO_LARGE,
     SHARD_TRUNCATED,
     MISSING_SCORE,
+    DUPLICATE_KEY,
+    BAD_MEMBER,
 )
 
 

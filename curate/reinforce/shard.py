@@ -70,6 +70,8 @@ class _Prepared:
 
 def _prepare(sample: TarSample, task: ReinforceTask) -> _Prepared:
     """Decode and augment one sample; SampleError when it cannot be used."""
+    if sample.problem is not None:  # an unsafe member, a duplicate key: nothing of it is used
+        raise sample.problem
     if "jpg" not in sample.members:  # hand-off shards carry RGB JPEGs, passed through as is
         raise SampleError(MISSING_IMAGE, "no .jpg member")
     caption = sample.caption()

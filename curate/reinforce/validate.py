@@ -201,6 +201,8 @@ def _check_shard(tar: Path, expect: _Expect) -> ShardReport:
     for sample in iter_tar_samples(tar, result):
         report.samples += 1
         problems = check_sample(sample, expect)
+        if sample.problem is not None:
+            problems = [sample.problem.reason, *problems]
         if problems:
             report.bad_samples += 1
             for problem in problems:

@@ -43,7 +43,7 @@ def read_thumbnails(
         result = TarReadResult()
         for sample in iter_tar_samples(Path(tar), result):
             if sample.key in keys:
-                member = sample.image()
+                member = sample.image() if sample.problem is None else None
                 found[(shard, sample.key)] = thumbnail_uri(member[1]) if member else None
                 if len(keys) == sum(1 for s, _ in found if s == shard):
                     break

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,6 +101,19 @@ class _ShardRows:
         for row in done:
             self.mark(row, st.OK, None)
 
+    def void_duplicates(self, tar_duplicates: set[str]) -> None:
+        """Rows whose key occurs twice, in the pool part or in the tar: no copy keeps a score
+        (which copy's image or caption it came from is unknowable)."""
+        counts = Counter(self.keys)
+        for row, key in enumerate(self.keys):
+            if counts[key] > 1 or key in tar_duplicates:
+                where = "the pool table" if counts[key] > 1 else "the tar"
+                self.scores[row] = np.nan
+                if len(self.image_embeddings):
+                    self.image_embeddings[row] = np.nan
+                    self.text_embeddings[row] = np.nan
+                self.mark(row, st.DUPLICATE_KEY, f"key {key!r} occurs more than once in {where}")
+
     def mark(self, row: int, status: str, error: str | None) -> None:
         self.status[row] = status
         self.error[row] = error
@@ -169,6 +182,9 @@ def _readable_samples(
         row = rows.row_of_key.get(sample.key)
         if row is None:
             stats.unlisted_samples += 1
+            continue
+        if sample.problem is not None:
+            rows.mark(row, sample.problem.status, sample.problem.reason)
             continue
         caption = sample.caption()
         if caption is None:
@@ -342,6 +358,7 @@ def score_shard(task: ShardTask, scorer: Scorer, progress: ProgressFn | None = N
         decided = rows.decided_count()
         progress(decided - reported)
         reported = decided
+    rows.void_duplicates(tar_result.duplicate_keys)
     for row in rows.undecided():
         if tar_result.error:
             rows.mark(row, st.SHARD_TRUNCATED, tar_result.error)
