@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import curate
+from curate.errors import UserError
 from curate.ingest import datacomp
 from curate.io.schema import (
     POOL_SCHEMA,
@@ -36,7 +39,13 @@ from curate.io.schema import (
 )
 from curate.io.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
 from curate.io.uids import is_valid_uid, uid_from_url_caption
-from curate.io.workspace import RunPaths, atomic_path, remove_stale_temporaries, write_json_atomic
+from curate.io.workspace import (
+    RUN_FILE,
+    RunPaths,
+    atomic_path,
+    remove_stale_temporaries,
+    write_json_atomic,
+)
 from curate.tables.views import duckdb_file
 
 logger = logging.getLogger(__name__)
@@ -45,6 +54,8 @@ REQUIRED_COLUMNS = ("key", "url", "caption", "status")
 DROPPED_COLUMNS = ("exif",)  # large and unused downstream
 RENAMED = {"caption": "text"}
 DERIVED_COLUMNS = ("uid_high", "uid_low", "text_chars", "shard")  # made here, never read
+STAGING_SUFFIX = ".ingest"  # .RUN.ingest/ beside RUN: a new run until it is complete
+STAGING_MARKER = "_ingest.json"  # inside it: which pool it is being filled from
 DUCKDB_MEMORY_LIMIT = "512MB"  # for the duplicate-uid count over the whole pool
 
 
@@ -102,6 +113,16 @@ def _uids(table: pa.Table, source: Path) -> list[str]:
     return [uid_from_url_caption(url, text) for url, text in zip(urls, texts, strict=True)]
 
 
+def _cast(column: pa.ChunkedArray, target: pa.DataType, source: Path,
+          name: str) -> pa.ChunkedArray:
+    """``column`` as ``target``; a PoolError naming the file and column when it is not."""
+    try:
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise PoolError(f"{source}: column {name} cannot be read as {target} ({first})") from exc
+
+
 def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     """Rename, type and order columns as POOL_SCHEMA; extra columns follow it unchanged."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names and RENAMED.get(c, c)
@@ -109,6 +130,9 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     if missing:
         raise PoolError(f"{source}: missing column(s) {', '.join(missing)}")
     table = table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
+    for name in ("url", "text"):
+        table = table.set_column(table.column_names.index(name), name,
+                                 _cast(table.column(name), pa.string(), source, name))
     uids = pa.array(_uids(table, source), pa.string())
     derived = {"uid": uids, **uid_halves(uids)}
     columns: dict[str, pa.Array] = {}
@@ -121,7 +145,7 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
         elif name == TEXT_CHARS:
             columns[name] = text_chars(columns["text"])
         elif name in table.column_names:
-            columns[name] = table.column(name).cast(target)
+            columns[name] = _cast(table.column(name), target, source, name)
         else:
             columns[name] = pa.nulls(table.num_rows, target)
     carried = [  # the source's own columns, derived names among them, none lost
@@ -172,8 +196,9 @@ def read_shard_table(shard: Shard) -> pa.Table:
     if shard.parquet is not None:
         try:
             raw = pq.read_table(shard.parquet)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise PoolError(f"{shard.parquet}: unreadable parquet ({exc})") from exc
+        except (pa.ArrowException, OSError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PoolError(f"{shard.parquet}: unreadable parquet ({first})") from exc
         return _conform(raw, shard, shard.parquet)
     return _conform(_table_from_tar(shard), shard, shard.tar)
 
@@ -191,19 +216,70 @@ def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]]) -
     }
 
 
-def _prepare_run_dir(config: IngestConfig, paths: RunPaths) -> None:
+def _check_overlap(config: IngestConfig) -> None:
+    """Refuse a run that is, lies inside or contains the pool, with or without --overwrite."""
+    pool, run = config.pool.resolve(), config.run.resolve()
+    if run == pool or pool in run.parents or run in pool.parents:
+        relation = "is" if run == pool else "lies inside" if pool in run.parents else "contains"
+        raise PoolError(f"--run {config.run} {relation} the pool {config.pool}; choose a run "
+                        "folder outside it")
+
+
+def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
+    """True for a finished run of the same pool (ingest finishes any missing parts in place);
+    else checks that the run may be replaced: a finished run only with --overwrite and only when
+    it holds nothing but what ingest wrote; any other non-empty folder never."""
     if not paths.run_file.is_file():
-        if paths.root.exists() and any(paths.root.iterdir()):
-            if not config.overwrite:
-                raise PoolError(f"run {paths.root} exists and is not a run; use --overwrite")
-            shutil.rmtree(paths.root)
-        return
+        if paths.root.exists() and (not paths.root.is_dir() or any(paths.root.iterdir())):
+            raise PoolError(f"--run {paths.root} exists and is not a run made by filter-pool "
+                            "ingest; it is left untouched (choose another --run)")
+        return False
     previous = paths.read_run()["source"]["path"]
     if previous == str(config.pool.resolve()) and not config.overwrite:
-        return  # the same pool again: finish any missing parts
+        return True
     if not config.overwrite:
         raise PoolError(f"run {paths.root} already holds pool {previous}; use --overwrite")
-    shutil.rmtree(paths.root)
+    made_by_ingest = {RUN_FILE, "pool", "scores", "embeddings"}
+    ingested_tables = {s.name for s in datacomp.SCORERS}
+    foreign = sorted(
+        [e.name for e in paths.root.iterdir() if e.name not in made_by_ingest]
+        + [f"{kind}/{e.name}" for kind in ("scores", "embeddings")
+           if (paths.root / kind).is_dir()
+           for e in (paths.root / kind).iterdir() if e.name not in ingested_tables])
+    if foreign:
+        raise PoolError(f"--overwrite replaces only what ingest made; run {paths.root} also "
+                        f"holds {', '.join(foreign[:3])}: remove them or choose another --run")
+    return False
+
+
+def _staging(config: IngestConfig) -> Path:
+    """The folder a new run is ingested into before it is renamed into place: a killed ingest
+    of the same pool resumes from it, one of another pool is discarded."""
+    staging = config.run.with_name(f".{config.run.name}{STAGING_SUFFIX}")
+    marker = staging / STAGING_MARKER
+    source = str(config.pool.resolve())
+    if staging.exists():
+        try:
+            same = json.loads(marker.read_text())["source"] == source
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        if not same:
+            shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"source": source})
+    return staging
+
+
+def _publish(staging: Path, run: Path) -> None:
+    """Rename the finished staging folder into place (replacing a run being overwritten)."""
+    (staging / STAGING_MARKER).unlink()
+    previous = None
+    if run.exists():
+        previous = run.with_name(f".{run.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(run, previous)
+    os.replace(staging, run)
+    if previous is not None:
+        shutil.rmtree(previous)
 
 
 def _count_duplicate_uids(paths: RunPaths) -> int:
@@ -224,12 +300,34 @@ def _count_duplicate_uids(paths: RunPaths) -> int:
 
 
 def ingest_pool(config: IngestConfig) -> IngestSummary:
-    """Build ``RUN/pool/part-NNNNN.parquet`` for every shard of a pool or DataComp folder."""
-    if datacomp.is_datacomp_metadata(config.pool):
-        return _ingest_datacomp(config)
+    """Build ``RUN/pool/part-NNNNN.parquet`` for every shard of a pool or DataComp folder.
+
+    All or nothing: a new run is written into a staging folder beside RUN and renamed into
+    place when every part is written; a bad shard anywhere leaves no run behind.
+    """
+    is_datacomp = datacomp.is_datacomp_metadata(config.pool)
+    if not is_datacomp:
+        find_shards(config.pool)  # a missing or empty pool: one line before anything is made
+    _check_overlap(config)
+    if _continues_finished_run(config, RunPaths(config.run)):
+        return _ingest(config, RunPaths(config.run), is_datacomp)
+    staging = _staging(config)
+    try:
+        summary = _ingest(config, RunPaths(staging), is_datacomp)
+    except UserError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _publish(staging, config.run)
+    return summary
+
+
+def _ingest(config: IngestConfig, paths: RunPaths, is_datacomp: bool) -> IngestSummary:
+    return (_ingest_datacomp if is_datacomp else _ingest_shards)(config, paths)
+
+
+def _ingest_shards(config: IngestConfig, paths: RunPaths) -> IngestSummary:
+    """Pool parts for every shard of an img2dataset webdataset pool."""
     shards = find_shards(config.pool)
-    paths = RunPaths(config.run)
-    _prepare_run_dir(config, paths)
     remove_stale_temporaries(paths.pool_dir)
     summary = IngestSummary(shards=len(shards))
     counts: dict[str, int] = {}
@@ -272,14 +370,12 @@ def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind:
     if summary.duplicate_uids:
         logger.warning("%d samples share a uid with an earlier sample", summary.duplicate_uids)
     logger.info("ingested %d samples from %d shards into %s", summary.samples, len(entries),
-                paths.root)
+                config.run)
 
 
-def _ingest_datacomp(config: IngestConfig) -> IngestSummary:
+def _ingest_datacomp(config: IngestConfig, paths: RunPaths) -> IngestSummary:
     """Pool, score and embedding parts for every file of a DataComp metadata folder."""
     plans = [datacomp.inspect_file(f) for f in datacomp.find_metadata_files(config.pool)]
-    paths = RunPaths(config.run)
-    _prepare_run_dir(config, paths)
     datacomp.prepare_run(paths)
     summary = IngestSummary(shards=len(plans), source="datacomp",
                             score_tables=[s.name for s in datacomp.SCORERS])
