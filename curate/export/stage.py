@@ -49,6 +49,7 @@ from curate.io.statuses import (
     UNSUPPORTED_FORMAT,
     SampleError,
 )
+from curate.io.uids import UID_PATTERN
 from curate.io.workspace import (
     SUBSET_MANIFEST,
     SUBSET_RECORD,
@@ -242,16 +243,12 @@ def _read_manifest(path: Path) -> pa.Table:
             table = table.set_column(
                 table.schema.get_field_index(name), name, pc.cast(column, pa.string())
             )
-    uids = table.column("uid")
-    bad = pc.or_(
-        pc.or_(pc.match_substring(uids, "."), pc.match_substring(uids, "/")),
-        pc.equal(pc.utf8_length(uids), 0),
-    )
+    uids = table.column("uid")  # they name tar members: 32 lowercase hex, nothing else
+    bad = pc.invert(pc.fill_null(pc.match_substring_regex(uids, UID_PATTERN.pattern), False))
     if pc.any(bad).as_py():
         first = uids.filter(bad)[0].as_py()
-        raise UserError(
-            f"{path}: uid {first!r} cannot name tar members (empty, or holds '.' or '/')"
-        )
+        raise UserError(f"{path}: uid {first!r} is not a uid (32 lowercase hex characters), "
+                        "so it cannot name tar members")
     return table
 
 

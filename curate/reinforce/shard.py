@@ -23,6 +23,7 @@ from PIL import Image
 from curate.io.image import DEFAULT_MAX_PIXELS, decode_image
 from curate.io.shards import TarReadResult, TarSample, add_tar_member, iter_tar_samples
 from curate.io.statuses import MISSING_CAPTION, MISSING_IMAGE, SampleError
+from curate.io.uids import is_valid_uid
 from curate.io.workspace import atomic_path, write_json_atomic
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig, augment
@@ -152,6 +153,9 @@ def reinforce_shard(
             chunk_index += 1
 
         for sample in iter_tar_samples(Path(task.tar), tar_result):
+            if not is_valid_uid(sample.key):  # it would name the output members
+                raise ValueError(f"{task.tar}: member key {sample.key!r} is not a uid (32 "
+                                 "lowercase hex characters); hand-off shards name samples by uid")
             stats.samples += 1
             try:
                 chunk.append(_prepare(sample, task))
