@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -107,8 +108,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
 @contextmanager
 def staged_directory(target: Path) -> Iterator[Path]:
     """Yield an empty staging directory beside ``target``; on success it replaces ``target``
-    (the old one is moved aside first, then deleted), on failure it is removed."""
+    (the old one is moved aside first, then deleted), on failure it is removed. Staging and
+    set-aside folders that a killed command left beside ``target`` are removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target)
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     staging.mkdir()
     try:
@@ -123,6 +126,26 @@ def staged_directory(target: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+_STAGING_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{8}\.(tmp|old)$")
+
+
+def remove_stale_staging(target: Path) -> int:
+    """Delete ``.<name>.<8 hex>.tmp`` / ``.old`` siblings of ``target`` (what staged_directory
+    and atomic_path leave when killed); return how many. Nothing else is touched."""
+    removed = 0
+    if target.parent.is_dir():
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+            match = _STAGING_NAME.match(leftover.name)
+            if match is None or match["target"] != target.name:
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            removed += 1
+    return removed
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
