@@ -62,6 +62,7 @@ class IngestSummary:
     skipped_shards: int = 0
     source: str = "webdataset"
     score_tables: list[str] = field(default_factory=list)  # precomputed ones (DataComp)
+    run: Path | None = None  # the run folder written (not part of to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,11 @@ class IngestSummary:
             "duplicate_uids": self.duplicate_uids,
             "skipped_shards": self.skipped_shards,
         }
+
+    def text(self) -> str:
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items()))
+        return (f"ingested {self.samples} samples from {self.shards} shards into {self.run}"
+                f" ({statuses}; {self.duplicate_uids} duplicate uids)")
 
 
 def _uids(table: pa.Table, source: Path) -> list[str]:
@@ -249,6 +255,7 @@ def ingest_pool(config: IngestConfig) -> IngestSummary:
 def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind: str,
             entries: list[dict[str, Any]]) -> None:
     """Count duplicate uids, write run.json, log the outcome."""
+    summary.run = config.run
     summary.duplicate_uids = _count_duplicate_uids(paths)
     write_json_atomic(paths.run_file, _run_record(config, kind, entries))
     if summary.duplicate_uids:
