@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -51,6 +52,17 @@ def user_errors(command: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def resume_hint(out: Path) -> Iterator[None]:
+    """Ctrl-C: say how to resume from the checkpoint in ``out``; exit code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: run the same command again to resume from the last "
+                   f"checkpoint in {out}", err=True)
+        raise typer.Exit(code=130) from None
 
 
 def show(result: Result, as_json: bool, *, failed: bool = False) -> None:
@@ -433,20 +445,15 @@ def train_dfn(
     fine-tuned; `filter-pool score --model DIR` loads the result."""
     from curate.train import TrainConfig, train_clip
 
-    config = TrainConfig(
-        data=data, out=out, subset=subset, model=model, init=init, steps=steps,
-        epochs=epochs, samples=samples, batch_size=batch_size, accum=accum, lr=lr,
-        warmup=warmup, weight_decay=weight_decay, holdout=holdout, eval_set=eval_set,
-        val_every=val_every, checkpoint_every=checkpoint_every, workers=workers,
-        device=device, precision=precision, seed=seed, overwrite=overwrite,
-        progress=progress, decoded_cache=decoded_cache,
-    )
-    try:
-        result = train_clip(config)
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: run the same command again to resume from the last "
-                   f"checkpoint in {out}", err=True)
-        raise typer.Exit(code=130) from None
+    with resume_hint(out):
+        result = train_clip(TrainConfig(
+            data=data, out=out, subset=subset, model=model, init=init, steps=steps,
+            epochs=epochs, samples=samples, batch_size=batch_size, accum=accum, lr=lr,
+            warmup=warmup, weight_decay=weight_decay, holdout=holdout, eval_set=eval_set,
+            val_every=val_every, checkpoint_every=checkpoint_every, workers=workers,
+            device=device, precision=precision, seed=seed, overwrite=overwrite,
+            progress=progress, decoded_cache=decoded_cache,
+        ))
     show(result, as_json)
 
 
@@ -496,15 +503,11 @@ def evaluate_command(
                "teacher_logit_scales": tuple(teacher_logit_scale or ()) or None,
                "synthetic_captions": synthetic_captions}
     given = {k: v for k, v in options.items() if v is not None}
-    if given and reinforced is None:
-        raise UserError("--clip-weight, --distill-weight, --teacher-logit-scale and "
-                        "--synthetic-captions need --reinforced DIR")
     show(evaluate_subset(EvaluateConfig(
         run=run, subset=subset, eval_set=eval_set, samples_seen=samples_seen,
         seeds=tuple(seed or (0,)), model=model, batch_size=batch_size, lr=lr,
         workers=workers, device=device, overwrite=overwrite, progress=progress,
-        reinforced=reinforced,
-        distill=DistillConfig(**given) if reinforced is not None else None,
+        reinforced=reinforced, distill=DistillConfig(**given) if given else None,
         decoded_cache=decoded_cache,
     )), as_json)
 

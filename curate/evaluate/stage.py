@@ -67,7 +67,8 @@ class EvaluateConfig:
             object.__setattr__(self, "reinforced", Path(self.reinforced))
             object.__setattr__(self, "distill", self.distill or DistillConfig())
         elif self.distill is not None:
-            raise UserError("distillation options need --reinforced DIR")
+            raise UserError("--clip-weight, --distill-weight, --teacher-logit-scale and "
+                            "--synthetic-captions need --reinforced DIR")
         if self.reinforced is not None and self.decoded_cache:
             raise UserError("--decoded-cache does not apply to --reinforced data")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
