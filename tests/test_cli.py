@@ -87,7 +87,6 @@ def test_models_lists_packaged_configs() -> None:
 def _bad_inputs(tmp: Path) -> dict[str, list]:
     """One command line per command that fails with a UserError before any real work."""
     missing = tmp / "missing"
-    (tmp / "not-a-world").mkdir(exist_ok=True)
     return {
         "ingest": ["ingest", missing, "--run", tmp / "run"],
         "score": ["score", missing, "--model", "fp-tiny-vit", "--random-init", "--workers", "0"],
@@ -114,6 +113,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list]:
 @pytest.mark.parametrize("case", sorted(_bad_inputs(Path("/unused"))))
 def test_user_error_in_any_command_is_one_stderr_line_and_exit_2(tmp_path: Path,
                                                                   case: str) -> None:
+    (tmp_path / "not-a-world").mkdir()
     result = invoke(*_bad_inputs(tmp_path)[case])
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
