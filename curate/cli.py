@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 
@@ -15,8 +18,7 @@ from curate.executor import ExecutorConfig
 from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.image import DEFAULT_MAX_PIXELS
 
-if TYPE_CHECKING:  # torch and open_clip load only in the commands that need them (~5 s)
-    from curate.score.stage import ScoreSummary
+# torch, open_clip and dask load only inside the commands that need them (~5 s)
 
 app = typer.Typer(
     name="filter-pool",
@@ -25,18 +27,50 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-USER_ERRORS = (UserError,)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def fail(message: str) -> NoReturn:
-    """One line on stderr naming the problem; exit code 2."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+class Result(Protocol):
+    """What every library function a command calls returns: a result that prints itself."""
+
+    def text(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
-def emit(payload: dict[str, Any], as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(payload, indent=2, sort_keys=True) if as_json else text)
+def user_errors(command: F) -> F:
+    """A :class:`UserError` (any subclass) raised by ``command`` becomes one line on stderr,
+    ``error: <message>``, and exit code 2; anything else propagates."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def resume_hint(out: Path) -> Iterator[None]:
+    """Ctrl-C: say how to resume from the checkpoint in ``out``; exit code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: run the same command again to resume from the last "
+                   f"checkpoint in {out}", err=True)
+        raise typer.Exit(code=130) from None
+
+
+def show(result: Result, as_json: bool, *, failed: bool = False) -> None:
+    """Print ``result`` (``text()``, or ``to_dict()`` as JSON); exit code 1 when ``failed``."""
+    typer.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True) if as_json
+               else result.text())
+    if failed:
+        raise typer.Exit(code=1)
 
 
 @app.callback()
@@ -52,6 +86,7 @@ def main(
 
 
 @app.command()
+@user_errors
 def toyworld(
     out: Annotated[Path, typer.Option(help="Folder for the generated world.")],
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives identical files.")] = 0,
@@ -71,23 +106,14 @@ def toyworld(
     """Generate the toy web world: HQ shards, a noisy POOL to serve, EVAL, ground truth."""
     from curate.toyworld.world import ToyWorldConfig, write_toy_world
 
-    try:
-        sizes = {"hq_size": hq, "pool_size": pool, "eval_per_class": eval_per_class}
-        overrides = {k: v for k, v in sizes.items() if v is not None}
-        config = ToyWorldConfig.for_scale(scale, seed=seed, workers=workers, **overrides)
-        world = write_toy_world(out, config, overwrite=overwrite, progress=progress)
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    kinds = ", ".join(f"{k} {v}" for k, v in world.pool_kinds.items())
-    emit(
-        world.to_dict(),
-        as_json,
-        f"toy world in {out}: hq {world.counts['hq']}, pool {world.counts['pool']} ({kinds}), "
-        f"eval {world.counts['eval']} images of {world.to_dict()['classes']} classes",
-    )
+    sizes = {"hq_size": hq, "pool_size": pool, "eval_per_class": eval_per_class}
+    overrides = {k: v for k, v in sizes.items() if v is not None}
+    config = ToyWorldConfig.for_scale(scale, seed=seed, workers=workers, **overrides)
+    show(write_toy_world(out, config, overwrite=overwrite, progress=progress), as_json)
 
 
 @app.command()
+@user_errors
 def download(
     urls: Annotated[
         Path,
@@ -117,39 +143,21 @@ def download(
     as_json: JsonOption = False,
 ) -> None:
     """Download a URL list with img2dataset into webdataset shards that `ingest` reads."""
-    from curate.io.download import DownloadConfig, download_urls
-    from curate.toyworld.download import download_toy_pool
-    from curate.toyworld.world import WORLD_FILE
+    from curate.toyworld.download import download_pool
 
     options: dict[str, Any] = dict(
         processes=processes, threads=threads, image_size=image_size, resize_mode=resize_mode,
         resize_only_if_bigger=resize_only_if_bigger, timeout=timeout, retries=retries,
         overwrite=overwrite,
     )  # fmt: skip
-    if shard_size is not None:
+    if shard_size is not None:  # the toy world's default differs from a URL list's
         options["shard_size"] = shard_size
-    try:
-        if urls.is_dir() and (urls / WORLD_FILE).is_file():
-            summary = download_toy_pool(urls, out, **options)
-        elif urls.is_dir():
-            fail(f"{urls} is a folder but not a toy world (no {WORLD_FILE}); pass a URL list")
-        else:
-            summary = download_urls(
-                DownloadConfig(urls=urls, out=out, url_col=url_col, caption_col=caption_col,
-                               **options)
-            )  # fmt: skip
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items()))
-    emit(
-        summary.to_dict(),
-        as_json,
-        f"downloaded {summary.successes} of {summary.count} samples in {summary.shards} shards "
-        f"into {out} ({statuses})",
-    )
+    summary = download_pool(urls, out, url_col=url_col, caption_col=caption_col, **options)
+    show(summary, as_json)
 
 
 @app.command()
+@user_errors
 def ingest(
     pool: Annotated[
         Path, typer.Argument(help="img2dataset webdataset output or a DataComp metadata folder.")
@@ -160,38 +168,11 @@ def ingest(
 ) -> None:
     """Read a pool into the run's tables (one row per sample); DataComp metadata also brings
     its precomputed scores (clip_b32, clip_l14) and embeddings."""
-    try:
-        summary = ingest_pool(IngestConfig(pool=pool, run=run, overwrite=overwrite))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items()))
-    emit(
-        summary.to_dict(),
-        as_json,
-        f"ingested {summary.samples} samples from {summary.shards} shards into {run}"
-        f" ({statuses}; {summary.duplicate_uids} duplicate uids)",
-    )
-
-
-def _summary_text(summary: ScoreSummary) -> str:
-    stats = summary.stats
-    lines = [
-        f"scored '{summary.name}': {stats.samples} samples in {summary.shards_total} shards "
-        f"({summary.shards_skipped} already done)",
-        f"  {summary.samples_scored} scored now in {summary.wall_seconds:.1f} s "
-        f"({summary.samples_per_second:.1f} samples/s)",
-        f"  ok {stats.ok}, failed {stats.failed}",
-    ]
-    lines += [f"    {status}: {count}" for status, count in sorted(stats.by_status.items())
-              if status != "ok"]
-    if stats.unlisted_samples:
-        lines.append(f"  {stats.unlisted_samples} tar samples not in the pool table were ignored")
-    for shard, reason in sorted(summary.failed_shards.items()):
-        lines.append(f"  FAILED shard {shard}: {reason}")
-    return "\n".join(lines)
+    show(ingest_pool(IngestConfig(pool=pool, run=run, overwrite=overwrite)), as_json)
 
 
 @app.command()
+@user_errors
 def score(
     run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest`.")],
     model: Annotated[str, typer.Option(help="ARCH, hf-hub:org/name, or a model directory.")],
@@ -250,28 +231,14 @@ def score(
     from curate.models import ModelSpec
     from curate.score.stage import ScoreConfig, score_run
 
-    try:
-        config = ScoreConfig(
-            run=run,
-            model=ModelSpec(model, pretrained, quick_gelu, random_init),
-            name=name,
-            batch_size=batch_size,
-            executor=ExecutorConfig(workers=workers, scheduler=scheduler),
-            device=device,
-            save_embeddings=save_embeddings,
-            overwrite=overwrite,
-            max_image_pixels=max_image_pixels,
-            precision=precision,
-            plain_encoders=plain_encoders,
-            decoder=decode,
-            progress=progress,
-        )
-        summary = score_run(config)
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    emit(summary.to_dict(), as_json, _summary_text(summary))
-    if summary.failed_shards:
-        raise typer.Exit(code=1)
+    summary = score_run(ScoreConfig(
+        run=run, model=ModelSpec(model, pretrained, quick_gelu, random_init), name=name,
+        batch_size=batch_size, executor=ExecutorConfig(workers=workers, scheduler=scheduler),
+        device=device, save_embeddings=save_embeddings, overwrite=overwrite,
+        max_image_pixels=max_image_pixels, precision=precision, plain_encoders=plain_encoders,
+        decoder=decode, progress=progress,
+    ))
+    show(summary, as_json, failed=bool(summary.failed_shards))
 
 
 def _csv_floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -280,7 +247,7 @@ def _csv_floats(text: str | None, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        fail(f"{option} takes comma-separated numbers, got '{text}'")
+        raise UserError(f"{option} takes comma-separated numbers, got '{text}'") from None
 
 
 def _filter_specs(texts: list[str] | None) -> tuple:
@@ -297,6 +264,7 @@ WhereOption = Annotated[str | None, typer.Option(help="SQL condition over `sampl
 
 
 @app.command()
+@user_errors
 def query(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     sql: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
@@ -310,44 +278,22 @@ def query(
     from curate.tables.output import write_result
     from curate.tables.views import run_query
 
-    try:
-        result = run_query(run, sql)
-        text = write_result(result, output_format, out, overwrite)
-    except USER_ERRORS as exc:
-        fail(str(exc))
+    text = write_result(run_query(run, sql), output_format, out, overwrite)
     if text:
         typer.echo(text)
 
 
 @app.command("filters")
+@user_errors
 def list_filters_command(as_json: JsonOption = False) -> None:
     """List the named filters and their parameters."""
-    from curate.filters import list_filters
+    from curate.filters import describe_filters
 
-    entries = [
-        {
-            "name": f.name,
-            "description": f.description,
-            "params": [
-                {"name": p.name, "type": p.type_name, "default": p.default, "help": p.help,
-                 "required": p.required}
-                for p in f.params
-            ],
-        }
-        for f in list_filters()
-    ]
-    lines = []
-    for entry in entries:
-        lines.append(f"{entry['name']}: {entry['description']}")
-        lines += [
-            f"    {p['name']} ({p['type']}{', required' if p['required'] else ''}"
-            f"{'' if p['default'] is None else ', default ' + str(p['default'])}): {p['help']}"
-            for p in entry["params"]
-        ]
-    emit({"filters": entries}, as_json, "\n".join(lines))
+    show(describe_filters(), as_json)
 
 
 @app.command("sweep")
+@user_errors
 def sweep_command(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     by: Annotated[str, typer.Option(help="Score column (dfn or dfn_score).")],
@@ -370,34 +316,17 @@ def sweep_command(
     """Kept counts and kept-sample statistics at DataComp fractions and thresholds."""
     from curate.select.sweep import SweepConfig, sweep
 
-    try:
-        chosen = (tuple((i + 1) / points for i in range(points)) if points
-                  else _csv_floats(fractions, "--fractions"))
-        result = sweep(SweepConfig(
-            run=run, by=by, fractions=chosen,
-            thresholds=_csv_floats(thresholds, "--thresholds"), filters=_filter_specs(filters),
-            where=where, name=name, overwrite=overwrite, stats_sample=stats_sample,
-        ))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    header = f"{'fraction':>9} {'threshold':>10} {'kept':>10} {'kept%':>7} {'chars':>7} " \
-             f"{'english':>8} {'classes':>8}"
-
-    def cell(value: Any, fmt: str) -> str:
-        return format(value, fmt) if value is not None else "-"
-
-    lines = [f"sweep of {result.column} over {result.candidates} samples -> {result.path}",
-             header]
-    for row in result.table.to_pylist():
-        lines.append(
-            f"{cell(row['fraction'], '9.3f')} {row['threshold']:10.4f} {row['kept']:10d} "
-            f"{100 * row['kept_fraction']:6.2f}% {cell(row['mean_caption_chars'], '7.1f')} "
-            f"{cell(row['english_share'], '8.3f')} {cell(row['class_match_share'], '8.3f')}"
-        )
-    emit(result.to_dict(), as_json, "\n".join(lines))
+    chosen = (tuple((i + 1) / points for i in range(points)) if points
+              else _csv_floats(fractions, "--fractions"))
+    show(sweep(SweepConfig(
+        run=run, by=by, fractions=chosen,
+        thresholds=_csv_floats(thresholds, "--thresholds"), filters=_filter_specs(filters),
+        where=where, name=name, overwrite=overwrite, stats_sample=stats_sample,
+    )), as_json)
 
 
 @app.command("select")
+@user_errors
 def select_command(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     out: Annotated[str, typer.Option(help="Subset name: writes RUN/subsets/NAME/.")],
@@ -417,23 +346,15 @@ def select_command(
     """Select a subset: uids.npy (DataComp), manifest, dropped samples with reasons."""
     from curate.select.subset import SelectConfig, select_subset
 
-    try:
-        summary = select_subset(SelectConfig(
-            run=run, name=out, by=by, fraction=fraction, threshold=threshold,
-            filters=_filter_specs(filters), where=where, overwrite=overwrite,
-            uids_only=uids_only, command=" ".join(["filter-pool", *sys.argv[1:]]),
-        ))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    payload = summary.to_dict()
-    lines = [f"subset '{summary.name}': kept {summary.kept} of {summary.total} "
-             f"({100 * payload['kept_fraction']:.2f}%) -> {summary.path}"]
-    lines += [f"  dropped first by {label}: {count}"
-              for label, count in summary.dropped_first.most_common()]
-    emit(payload, as_json, "\n".join(lines))
+    show(select_subset(SelectConfig(
+        run=run, name=out, by=by, fraction=fraction, threshold=threshold,
+        filters=_filter_specs(filters), where=where, overwrite=overwrite,
+        uids_only=uids_only, command=" ".join(["filter-pool", *sys.argv[1:]]),
+    )), as_json)
 
 
 @app.command("export")
+@user_errors
 def export_command(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
@@ -446,24 +367,14 @@ def export_command(
     """Write the subset as webdataset shards named by uid, for the reinforcement stage."""
     from curate.export.stage import ExportConfig, export_subset
 
-    try:
-        summary = export_subset(ExportConfig(run=run, subset=subset, out=out,
-                                             shard_size=shard_size, overwrite=overwrite,
-                                             progress=progress))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    payload = summary.to_dict()
-    text = (f"exported {summary.exported} of {summary.selected} samples in {summary.shards} "
-            f"shards -> {summary.out}")
-    if summary.missing:
-        text += "\n  missing from the pool: " + ", ".join(
-            f"{reason} {count}" for reason, count in summary.missing.most_common())
-    emit(payload, as_json, text)
-    if summary.missing:
-        raise typer.Exit(code=1)
+    summary = export_subset(ExportConfig(run=run, subset=subset, out=out,
+                                         shard_size=shard_size, overwrite=overwrite,
+                                         progress=progress))
+    show(summary, as_json, failed=bool(summary.missing))
 
 
 @app.command("report")
+@user_errors
 def report_command(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     out: Annotated[Path, typer.Option(help="The HTML file to write.")],
@@ -481,44 +392,13 @@ def report_command(
     """Write one self-contained HTML report: statuses, score plots, images around the cut."""
     from curate.report import ReportConfig, build_report
 
-    try:
-        summary = build_report(ReportConfig(run=run, out=out, subset=subset, scorer=scorer,
-                                            fraction=fraction, grid_size=grid_size,
-                                            overwrite=overwrite))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    emit(summary.to_dict(), as_json,
-         f"report -> {summary.out} ({summary.images} images, {summary.bytes / 1e6:.1f} MB)")
-
-
-def _train_text(result: Any) -> str:
-    record = result.record
-    metrics = result.metrics
-    lines = [f"trained {record['model']['architecture']} for {record['steps']} steps "
-             f"({record['samples_seen']} samples seen) -> {result.out}"]
-    if metrics.get("loss_first") is not None:
-        lines.append(f"  loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}")
-    if "image_to_text_r1" in metrics:
-        lines.append(f"  held-out recall@1 ({metrics['heldout_pairs']} pairs, chance "
-                     f"{metrics['recall_chance']:.4f}): image->text "
-                     f"{metrics['image_to_text_r1']:.4f}, text->image "
-                     f"{metrics['text_to_image_r1']:.4f}")
-    if "zero_shot_top1" in metrics:
-        lines.append(f"  zero-shot top-1 on {metrics['eval_set']}: {metrics['zero_shot_top1']:.4f}"
-                     f" (chance {metrics['zero_shot_chance']:.4f})")
-    throughput = record["throughput"]
-    if throughput["steps_per_second"]:
-        lines.append(f"  {throughput['steps_per_second']:.2f} steps/s, "
-                     f"{throughput['samples_per_second']:.1f} samples/s, waiting on data "
-                     f"{100 * throughput['data_wait_fraction']:.1f}% of the time")
-    skipped = record["data"]["skipped"]
-    if skipped:
-        lines.append("  skipped samples: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
-    lines.append(f"  score with: filter-pool score RUN --model {result.out}")
-    return "\n".join(lines)
+    show(build_report(ReportConfig(run=run, out=out, subset=subset, scorer=scorer,
+                                   fraction=fraction, grid_size=grid_size,
+                                   overwrite=overwrite)), as_json)
 
 
 @app.command("train-dfn")
+@user_errors
 def train_dfn(
     data: Annotated[Path, typer.Argument(
         help="webdataset shards (img2dataset layout), a run subset folder RUN/subsets/NAME, "
@@ -565,7 +445,7 @@ def train_dfn(
     fine-tuned; `filter-pool score --model DIR` loads the result."""
     from curate.train import TrainConfig, train_clip
 
-    try:
+    with resume_hint(out):
         result = train_clip(TrainConfig(
             data=data, out=out, subset=subset, model=model, init=init, steps=steps,
             epochs=epochs, samples=samples, batch_size=batch_size, accum=accum, lr=lr,
@@ -574,36 +454,11 @@ def train_dfn(
             device=device, precision=precision, seed=seed, overwrite=overwrite,
             progress=progress, decoded_cache=decoded_cache,
         ))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: run the same command again to resume from the last "
-                   f"checkpoint in {out}", err=True)
-        raise typer.Exit(code=130) from None
-    emit(result.to_dict(), as_json, _train_text(result))
-
-
-def _evaluation_text(evaluation: Any) -> str:
-    lines = [f"subset {evaluation.subset}: {evaluation.settings['model']} trained on "
-             f"{evaluation.settings['samples_seen']} samples seen per seed"]
-    reinforced = evaluation.settings.get("reinforced")
-    if reinforced:
-        lines[0] += (f", distilled from {reinforced['path']} (clip weight "
-                     f"{reinforced['clip_weight']:g}, distill weight "
-                     f"{reinforced['distill_weight']:g})")
-    for run in evaluation.runs:
-        lines.append(f"  seed {run['seed']}: zero-shot top-1 {run['zero_shot_top1']:.4f}, "
-                     f"recall@1 i->t {run['image_to_text_r1']:.4f} t->i "
-                     f"{run['text_to_image_r1']:.4f} ({run['subset_pairs']} pairs, "
-                     f"{run['epochs_seen']:.1f} epochs)")
-    top1 = evaluation.summary().get("zero_shot_top1")
-    if top1:
-        lines.append(f"  zero-shot top-1 mean {top1['mean']:.4f} (std {top1['std']:.4f}, "
-                     f"min {top1['min']:.4f}, max {top1['max']:.4f})")
-    return "\n".join(lines)
+    show(result, as_json)
 
 
 @app.command("evaluate")
+@user_errors
 def evaluate_command(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
@@ -648,44 +503,26 @@ def evaluate_command(
                "teacher_logit_scales": tuple(teacher_logit_scale or ()) or None,
                "synthetic_captions": synthetic_captions}
     given = {k: v for k, v in options.items() if v is not None}
-    if given and reinforced is None:
-        fail("--clip-weight, --distill-weight, --teacher-logit-scale and "
-             "--synthetic-captions need --reinforced DIR")
-    try:
-        evaluation = evaluate_subset(EvaluateConfig(
-            run=run, subset=subset, eval_set=eval_set, samples_seen=samples_seen,
-            seeds=tuple(seed or (0,)), model=model, batch_size=batch_size, lr=lr,
-            workers=workers, device=device, overwrite=overwrite, progress=progress,
-            reinforced=reinforced,
-            distill=DistillConfig(**given) if reinforced is not None else None,
-            decoded_cache=decoded_cache,
-        ))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    emit(evaluation.to_dict(), as_json, _evaluation_text(evaluation))
+    show(evaluate_subset(EvaluateConfig(
+        run=run, subset=subset, eval_set=eval_set, samples_seen=samples_seen,
+        seeds=tuple(seed or (0,)), model=model, batch_size=batch_size, lr=lr,
+        workers=workers, device=device, overwrite=overwrite, progress=progress,
+        reinforced=reinforced, distill=DistillConfig(**given) if given else None,
+        decoded_cache=decoded_cache,
+    )), as_json)
 
 
 @app.command()
+@user_errors
 def models(as_json: JsonOption = False) -> None:
     """List the packaged tiny configs and open_clip's architectures and pretrained tags."""
-    import open_clip
+    from curate.models import describe_models
 
-    from curate.models import list_packaged_configs
-    from curate.models.spec import _register_packaged_configs
-
-    _register_packaged_configs()
-    packaged = list_packaged_configs()
-    tags: dict[str, list[str]] = {}
-    for arch, tag in open_clip.list_pretrained():
-        tags.setdefault(arch, []).append(tag)
-    architectures = [m for m in open_clip.list_models() if m not in packaged]
-    payload = {"packaged": packaged, "architectures": architectures, "pretrained": tags}
-    lines = ["packaged: " + ", ".join(packaged), "open_clip architectures (pretrained tags):"]
-    lines += [f"  {arch}: {', '.join(tags.get(arch, [])) or '-'}" for arch in architectures]
-    emit(payload, as_json, "\n".join(lines))
+    show(describe_models(), as_json)
 
 
 @app.command()
+@user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the world, pool, run and results.")] = Path(
         "demo-run"
@@ -700,12 +537,8 @@ def demo(
     export, and compare subsets by training a small CLIP on each."""
     from curate.toyworld.demo import DemoConfig, run_demo
 
-    try:
-        result = run_demo(DemoConfig(out=out, scale=scale, workers=workers, seed=seed,
-                                     progress=progress))
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    emit(result.to_dict(), as_json, result.text())
+    show(run_demo(DemoConfig(out=out, scale=scale, workers=workers, seed=seed,
+                             progress=progress)), as_json)
 
 
 def _specs(text: str, option: str, random_init: bool) -> tuple:
@@ -713,11 +546,12 @@ def _specs(text: str, option: str, random_init: bool) -> tuple:
 
     parts = [part.strip() for part in text.split(",")]
     if not all(parts):
-        fail(f"{option} '{text}': an empty model name in the list")
+        raise UserError(f"{option} '{text}': an empty model name in the list")
     return tuple(parse_model_spec(part, random_init=random_init) for part in parts)
 
 
 @app.command("reinforce")
+@user_errors
 def reinforce_command(
     shards: Annotated[Path, typer.Argument(help="Hand-off shards from `filter-pool export`.")],
     out: Annotated[Path, typer.Option(help="Output folder for the reinforced shards.")],
@@ -754,41 +588,20 @@ def reinforce_command(
     from curate.reinforce.captioner import SamplingConfig
     from curate.reinforce.stage import ReinforceConfig, reinforce
 
-    try:
-        config = ReinforceConfig(
-            shards=shards,
-            out=out,
-            teachers=_specs(teachers, "--teachers", random_init),
-            augmentations=augmentations,
-            captioner=_specs(captioner, "--captioner", random_init)[0] if captioner else None,
-            sampling=SamplingConfig(num_captions=captions, top_p=top_p),
-            image_size=image_size,
-            bf16=bf16,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            executor=ExecutorConfig(workers=workers, scheduler=scheduler),
-            overwrite=overwrite,
-            progress=progress,
-        )
-        summary = reinforce(config)
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    stats = summary.stats
-    lines = [
-        f"reinforced {stats.written} of {stats.samples} samples in {summary.shards_total} shards "
-        f"({summary.shards_skipped} already done) -> {summary.out}",
-        f"  {summary.written_now} written now in {summary.wall_seconds:.1f} s",
-    ]
-    lines += [f"  dropped {reason}: {count}" for reason, count in sorted(stats.dropped.items())]
-    lines += [f"  FAILED shard {shard}: {reason}"
-              for shard, reason in sorted(summary.failed_shards.items())]
-    emit(summary.to_dict(), as_json, "\n".join(lines))
-    if summary.failed_shards:
-        raise typer.Exit(code=1)
+    summary = reinforce(ReinforceConfig(
+        shards=shards, out=out, teachers=_specs(teachers, "--teachers", random_init),
+        augmentations=augmentations,
+        captioner=_specs(captioner, "--captioner", random_init)[0] if captioner else None,
+        sampling=SamplingConfig(num_captions=captions, top_p=top_p), image_size=image_size,
+        bf16=bf16, seed=seed, batch_size=batch_size, device=device,
+        executor=ExecutorConfig(workers=workers, scheduler=scheduler), overwrite=overwrite,
+        progress=progress,
+    ))
+    show(summary, as_json, failed=bool(summary.failed_shards))
 
 
 @app.command("validate-reinforced")
+@user_errors
 def validate_reinforced_command(
     directory: Annotated[Path, typer.Argument(help="Output of `filter-pool reinforce`.")],
     as_json: JsonOption = False,
@@ -796,19 +609,8 @@ def validate_reinforced_command(
     """Check every reinforced sample against config.json; report per shard (exit 1 if bad)."""
     from curate.reinforce.validate import validate_reinforced
 
-    try:
-        report = validate_reinforced(directory)
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    lines = [f"config: {error}" for error in report.config_errors]
-    for shard in report.shards:
-        state = "ok" if shard.ok else f"{shard.error_count} violations"
-        lines.append(f"{shard.shard}: {shard.samples} samples, {state}")
-        lines += [f"  {error}" for error in shard.errors]
-    lines.append("valid" if report.ok else "INVALID")
-    emit(report.to_dict(), as_json, "\n".join(lines))
-    if not report.ok:
-        raise typer.Exit(code=1)
+    report = validate_reinforced(directory)
+    show(report, as_json, failed=not report.ok)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from curate.cli import app
@@ -81,3 +82,97 @@ def test_models_lists_packaged_configs() -> None:
     payload = json.loads(result.output)
     assert "fp-tiny-vit" in payload["packaged"]
     assert "dfn2b" in payload["pretrained"]["ViT-L-14"]
+
+
+def _bad_inputs(tmp: Path) -> dict[str, list]:
+    """One command line per command that fails with a UserError before any real work."""
+    missing = tmp / "missing"
+    return {
+        "ingest": ["ingest", missing, "--run", tmp / "run"],
+        "score": ["score", missing, "--model", "fp-tiny-vit", "--random-init", "--workers", "0"],
+        "query": ["query", missing, "SELECT 1"],
+        "sweep": ["sweep", missing, "--by", "dfn"],
+        "sweep-fractions": ["sweep", missing, "--by", "dfn", "--fractions", "a,b"],
+        "select": ["select", missing, "--out", "s", "--by", "dfn", "--fraction", "0.1"],
+        "export": ["export", missing, "--subset", "s", "--out", tmp / "export"],
+        "report": ["report", missing, "--out", tmp / "report.html"],
+        "download": ["download", tmp / "missing.parquet", "--out", tmp / "dl"],
+        "download-folder": ["download", tmp / "not-a-world", "--out", tmp / "dl"],
+        "toyworld": ["toyworld", "--out", tmp / "world", "--scale", "huge"],
+        "demo": ["demo", "--out", tmp / "demo", "--scale", "huge"],
+        "train-dfn": ["train-dfn", missing, "--out", tmp / "model"],
+        "evaluate": ["evaluate", missing, "--subset", "s", "--eval", missing],
+        "evaluate-options": ["evaluate", missing, "--subset", "s", "--eval", missing,
+                             "--clip-weight", "0.5"],
+        "reinforce": ["reinforce", missing, "--out", tmp / "rf", "--teachers", "a,,b",
+                      "--augmentations", "2"],
+        "validate-reinforced": ["validate-reinforced", missing],
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_inputs(Path("/unused"))))
+def test_user_error_in_any_command_is_one_stderr_line_and_exit_2(tmp_path: Path,
+                                                                  case: str) -> None:
+    (tmp_path / "not-a-world").mkdir()
+    result = invoke(*_bad_inputs(tmp_path)[case])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) > 10, lines
+    assert not (tmp_path / "run").exists() and not (tmp_path / "world").exists()
+
+
+def test_every_command_turns_user_errors_into_exit_2() -> None:
+    """A command added later gets the same error handling: each one is wrapped."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    assert len(commands) >= 16
+    assert set(_bad_inputs(Path("/unused"))) >= set(commands) - {"filters", "models"}
+    unwrapped = [name for name, c in commands.items()
+                 if getattr(c.callback, "__wrapped__", None) is None]
+    assert unwrapped == []
+
+
+def test_json_output_is_the_summary_to_dict(tmp_path: Path, pool: SyntheticPool) -> None:
+    from curate.filters import describe_filters
+    from curate.ingest.stage import IngestConfig, ingest_pool
+
+    result = invoke("filters", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == json.loads(json.dumps(describe_filters().to_dict()))
+    assert invoke("filters").stdout.rstrip("\n") == describe_filters().text()
+
+    result = invoke("ingest", pool.root, "--run", tmp_path / "cli", "--json")
+    assert result.exit_code == 0, result.output
+    summary = ingest_pool(IngestConfig(pool=pool.root, run=tmp_path / "library"))
+    assert json.loads(result.stdout) == summary.to_dict()
+    text = invoke("ingest", pool.root, "--run", tmp_path / "text").stdout.rstrip("\n")
+    assert text == summary.text().replace(str(tmp_path / "library"), str(tmp_path / "text"))
+
+
+def test_commands_print_what_the_library_returns(tmp_path: Path, monkeypatch) -> None:
+    """The CLI adds nothing: --json is to_dict(), plain output is text(), for any result."""
+    from collections import Counter
+
+    import curate.export.stage
+    import curate.select.subset
+    from curate.export.stage import ExportSummary
+    from curate.select.subset import SelectSummary
+
+    chosen = SelectSummary(name="top", path=tmp_path / "subsets" / "top", total=10, kept=3,
+                           dropped_first=Counter({"dfn": 5, "basic": 2}))
+    monkeypatch.setattr(curate.select.subset, "select_subset", lambda config: chosen)
+    args = ("select", tmp_path, "--out", "top", "--by", "dfn", "--fraction", "0.3")
+    assert json.loads(invoke(*args, "--json").stdout) == chosen.to_dict()
+    assert invoke(*args).stdout.rstrip("\n") == chosen.text()
+    assert chosen.text().splitlines()[0] == f"subset 'top': kept 3 of 10 (30.00%) -> {chosen.path}"
+
+    exported = ExportSummary(out=tmp_path / "out", selected=4, exported=3, shards=1,
+                             missing=Counter({"not_ok": 1}))
+    monkeypatch.setattr(curate.export.stage, "export_subset", lambda config: exported)
+    args = ("export", tmp_path, "--subset", "top", "--out", tmp_path / "out")
+    result = invoke(*args, "--json")
+    assert result.exit_code == 1  # missing samples: exit 1, as before
+    assert json.loads(result.stdout) == exported.to_dict()
+    assert invoke(*args).stdout.rstrip("\n") == exported.text()

@@ -67,7 +67,8 @@ class EvaluateConfig:
             object.__setattr__(self, "reinforced", Path(self.reinforced))
             object.__setattr__(self, "distill", self.distill or DistillConfig())
         elif self.distill is not None:
-            raise UserError("distillation options need --reinforced DIR")
+            raise UserError("--clip-weight, --distill-weight, --teacher-logit-scale and "
+                            "--synthetic-captions need --reinforced DIR")
         if self.reinforced is not None and self.decoded_cache:
             raise UserError("--decoded-cache does not apply to --reinforced data")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -141,6 +142,25 @@ class Evaluation:
             "runs": self.runs,
             "summary": self.summary(),
         }
+
+    def text(self) -> str:
+        lines = [f"subset {self.subset}: {self.settings['model']} trained on "
+                 f"{self.settings['samples_seen']} samples seen per seed"]
+        reinforced = self.settings.get("reinforced")
+        if reinforced:
+            lines[0] += (f", distilled from {reinforced['path']} (clip weight "
+                         f"{reinforced['clip_weight']:g}, distill weight "
+                         f"{reinforced['distill_weight']:g})")
+        for run in self.runs:
+            lines.append(f"  seed {run['seed']}: zero-shot top-1 {run['zero_shot_top1']:.4f}, "
+                         f"recall@1 i->t {run['image_to_text_r1']:.4f} t->i "
+                         f"{run['text_to_image_r1']:.4f} ({run['subset_pairs']} pairs, "
+                         f"{run['epochs_seen']:.1f} epochs)")
+        top1 = self.summary().get("zero_shot_top1")
+        if top1:
+            lines.append(f"  zero-shot top-1 mean {top1['mean']:.4f} (std {top1['std']:.4f}, "
+                         f"min {top1['min']:.4f}, max {top1['max']:.4f})")
+        return "\n".join(lines)
 
 
 def _seed_result(record: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:

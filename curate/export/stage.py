@@ -128,6 +128,14 @@ class ExportSummary:
             "missing": dict(sorted(self.missing.items())),
         }
 
+    def text(self) -> str:
+        text = (f"exported {self.exported} of {self.selected} samples in {self.shards} "
+                f"shards -> {self.out}")
+        if self.missing:
+            text += "\n  missing from the pool: " + ", ".join(
+                f"{reason} {count}" for reason, count in self.missing.most_common())
+        return text
+
 
 def _jpeg_frame_marker(data: bytes) -> int | None:
     """The first start-of-frame marker of a JPEG stream, or None when there is none."""

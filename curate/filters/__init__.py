@@ -13,9 +13,11 @@ from curate.filters.builtin import fraction_threshold, score_column
 from curate.filters.evaluate import METADATA_KEY, evaluate_filters
 from curate.filters.registry import (
     Filter,
+    FilterCatalog,
     FilterSpec,
     Param,
     ResolvedFilter,
+    describe_filters,
     get_filter,
     list_filters,
     parse_filter_spec,
@@ -27,10 +29,12 @@ from curate.filters.text_match import class_pattern, load_classes
 __all__ = [
     "METADATA_KEY",
     "Filter",
+    "FilterCatalog",
     "FilterSpec",
     "Param",
     "ResolvedFilter",
     "class_pattern",
+    "describe_filters",
     "evaluate_filters",
     "fraction_threshold",
     "get_filter",

@@ -170,6 +170,46 @@ def list_filters() -> list[Filter]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+@dataclass(frozen=True)
+class FilterCatalog:
+    """The registered filters and their parameters, as ``filter-pool filters`` shows them."""
+
+    filters: list[Filter]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "filters": [
+                {
+                    "name": f.name,
+                    "description": f.description,
+                    "params": [
+                        {"name": p.name, "type": p.type_name, "default": p.default,
+                         "help": p.help, "required": p.required}
+                        for p in f.params
+                    ],
+                }
+                for f in self.filters
+            ]
+        }
+
+    def text(self) -> str:
+        lines = []
+        for entry in self.to_dict()["filters"]:
+            lines.append(f"{entry['name']}: {entry['description']}")
+            lines += [
+                f"    {p['name']} ({p['type']}{', required' if p['required'] else ''}"
+                f"{'' if p['default'] is None else ', default ' + str(p['default'])}): "
+                f"{p['help']}"
+                for p in entry["params"]
+            ]
+        return "\n".join(lines)
+
+
+def describe_filters() -> FilterCatalog:
+    """Every registered filter with its parameters (``filter-pool filters``)."""
+    return FilterCatalog(list_filters())
+
+
 def _format_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 

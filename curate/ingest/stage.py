@@ -84,6 +84,7 @@ class IngestSummary:
     source: str = "webdataset"
     score_tables: list[str] = field(default_factory=list)  # precomputed ones (DataComp)
     renamed_columns: dict[str, str] = field(default_factory=dict)  # clashing pool columns
+    run: Path | None = None  # the run folder written (not part of to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +97,13 @@ class IngestSummary:
             "skipped_shards": self.skipped_shards,
             "renamed_columns": dict(self.renamed_columns),
         }
+
+    def text(self) -> str:
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items()))
+        renamed = "".join(f"\npool column {old!r} is {new!r} in the run (the name is derived "
+                          "or reserved)" for old, new in sorted(self.renamed_columns.items()))
+        return (f"ingested {self.samples} samples from {self.shards} shards into {self.run}"
+                f" ({statuses}; {self.duplicate_uids} duplicate uids){renamed}")
 
 
 def _uids(table: pa.Table, source: Path) -> list[str]:
@@ -360,6 +368,7 @@ def _ingest_shards(config: IngestConfig, paths: RunPaths) -> IngestSummary:
 def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind: str,
             entries: list[dict[str, Any]]) -> None:
     """Count duplicate uids, collect column renames, write run.json, log the outcome."""
+    summary.run = config.run
     summary.duplicate_uids = _count_duplicate_uids(paths)
     for part in paths.pool_parts():
         summary.renamed_columns.update(read_renames(pq.read_schema(part)))

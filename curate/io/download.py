@@ -94,6 +94,11 @@ class DownloadSummary:
             "base_url": self.base_url,
         }
 
+    def text(self) -> str:
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items()))
+        return (f"downloaded {self.successes} of {self.count} samples in {self.shards} shards "
+                f"into {self.out} ({statuses})")
+
 
 def _input_format(urls: Path) -> str:
     fmt = URL_LIST_FORMATS.get(urls.suffix.lower())

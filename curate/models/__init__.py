@@ -2,8 +2,10 @@
 
 from curate.models.spec import (
     LoadedModel,
+    ModelCatalog,
     ModelError,
     ModelSpec,
+    describe_models,
     list_packaged_configs,
     load_model,
     parse_model_spec,
@@ -11,8 +13,10 @@ from curate.models.spec import (
 
 __all__ = [
     "LoadedModel",
+    "ModelCatalog",
     "ModelError",
     "ModelSpec",
+    "describe_models",
     "list_packaged_configs",
     "load_model",
     "parse_model_spec",

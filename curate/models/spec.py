@@ -59,6 +59,38 @@ def list_packaged_configs() -> list[str]:
 
 
 @dataclass(frozen=True)
+class ModelCatalog:
+    """The packaged tiny configs and open_clip's other architectures with their pretrained
+    tags, as ``filter-pool models`` shows them."""
+
+    packaged: list[str]
+    architectures: list[str]
+    pretrained: dict[str, list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"packaged": self.packaged, "architectures": self.architectures,
+                "pretrained": self.pretrained}
+
+    def text(self) -> str:
+        lines = ["packaged: " + ", ".join(self.packaged),
+                 "open_clip architectures (pretrained tags):"]
+        lines += [f"  {arch}: {', '.join(self.pretrained.get(arch, [])) or '-'}"
+                  for arch in self.architectures]
+        return "\n".join(lines)
+
+
+def describe_models() -> ModelCatalog:
+    """Every model a spec can name: the packaged configs, open_clip's architectures and tags."""
+    _register_packaged_configs()
+    packaged = list_packaged_configs()
+    tags: dict[str, list[str]] = {}
+    for arch, tag in open_clip.list_pretrained():
+        tags.setdefault(arch, []).append(tag)
+    architectures = [m for m in open_clip.list_models() if m not in packaged]
+    return ModelCatalog(packaged, architectures, tags)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Which filter network to load; ``id`` is its canonical string for provenance."""
 

@@ -158,6 +158,18 @@ class ReinforceSummary:
             "shards_skipped": self.shards_skipped,
         }
 
+    def text(self) -> str:
+        stats = self.stats
+        lines = [
+            f"reinforced {stats.written} of {stats.samples} samples in {self.shards_total} "
+            f"shards ({self.shards_skipped} already done) -> {self.out}",
+            f"  {self.written_now} written now in {self.wall_seconds:.1f} s",
+        ]
+        lines += [f"  dropped {reason}: {count}" for reason, count in sorted(stats.dropped.items())]
+        lines += [f"  FAILED shard {shard}: {reason}"
+                  for shard, reason in sorted(self.failed_shards.items())]
+        return "\n".join(lines)
+
 
 def _describe_models(config: ReinforceConfig) -> tuple[list[dict], dict | None]:
     """Load each model once here (CPU, strictly) to check it and record its dims, image size and

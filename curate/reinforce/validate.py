@@ -81,6 +81,15 @@ class ValidationReport:
             "shards": [s.to_dict() for s in self.shards],
         }
 
+    def text(self) -> str:
+        lines = [f"config: {error}" for error in self.config_errors]
+        for shard in self.shards:
+            state = "ok" if shard.ok else f"{shard.error_count} violations"
+            lines.append(f"{shard.shard}: {shard.samples} samples, {state}")
+            lines += [f"  {error}" for error in shard.errors]
+        lines.append("valid" if self.ok else "INVALID")
+        return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class _Expect:

@@ -83,6 +83,9 @@ class ReportSummary:
             "grids": self.grids,
         }
 
+    def text(self) -> str:
+        return f"report -> {self.out} ({self.images} images, {self.bytes / 1e6:.1f} MB)"
+
 
 def _pool_section(con, run: dict[str, Any]) -> str:
     total = con.execute("SELECT count(*) FROM pool").fetchall()[0][0]

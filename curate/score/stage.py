@@ -130,6 +130,24 @@ class ScoreSummary:
             "shards_skipped": self.shards_skipped,
         }
 
+    def text(self) -> str:
+        stats = self.stats
+        lines = [
+            f"scored '{self.name}': {stats.samples} samples in {self.shards_total} shards "
+            f"({self.shards_skipped} already done)",
+            f"  {self.samples_scored} scored now in {self.wall_seconds:.1f} s "
+            f"({self.samples_per_second:.1f} samples/s)",
+            f"  ok {stats.ok}, failed {stats.failed}",
+        ]
+        lines += [f"    {status}: {count}" for status, count in sorted(stats.by_status.items())
+                  if status != "ok"]
+        if stats.unlisted_samples:
+            lines.append(f"  {stats.unlisted_samples} tar samples not in the pool table were "
+                         "ignored")
+        for shard, reason in sorted(self.failed_shards.items()):
+            lines.append(f"  FAILED shard {shard}: {reason}")
+        return "\n".join(lines)
+
 
 def run_score_task(
     scorer_config: ScorerConfig, task: ShardTask, progress: ProgressFn

@@ -117,6 +117,14 @@ class SelectSummary:
             "uids_sha256": self.uids_sha256,
         }
 
+    def text(self) -> str:
+        kept_fraction = self.kept / self.total if self.total else 0.0
+        lines = [f"subset '{self.name}': kept {self.kept} of {self.total} "
+                 f"({100 * kept_fraction:.2f}%) -> {self.path}"]
+        lines += [f"  dropped first by {label}: {count}"
+                  for label, count in self.dropped_first.most_common()]
+        return "\n".join(lines)
+
 
 def resolve_score_column(con: Any, by: str) -> str:
     """``dfn`` or ``dfn_score`` to the score column; an unknown one names what exists."""

@@ -98,6 +98,21 @@ class SweepResult:
             "rows": self.table.to_pylist(),
         }
 
+    def text(self) -> str:
+        def cell(value: Any, fmt: str) -> str:
+            return format(value, fmt) if value is not None else "-"
+
+        lines = [f"sweep of {self.column} over {self.candidates} samples -> {self.path}",
+                 f"{'fraction':>9} {'threshold':>10} {'kept':>10} {'kept%':>7} {'chars':>7} "
+                 f"{'english':>8} {'classes':>8}"]
+        lines += [
+            f"{cell(row['fraction'], '9.3f')} {row['threshold']:10.4f} {row['kept']:10d} "
+            f"{100 * row['kept_fraction']:6.2f}% {cell(row['mean_caption_chars'], '7.1f')} "
+            f"{cell(row['english_share'], '8.3f')} {cell(row['class_match_share'], '8.3f')}"
+            for row in self.table.to_pylist()
+        ]
+        return "\n".join(lines)
+
 
 SCAN_CHUNKS = 8  # pool parts per unfiltered scan, read two at a time (see curate.tables.chunks)
 

@@ -14,7 +14,13 @@ from curate.io.download import DownloadConfig, DownloadSummary, download_urls
 from curate.io.serve import serve_directory
 from curate.io.uids import uid_from_url_caption
 from curate.io.workspace import atomic_path
-from curate.toyworld.world import POOL_FILES, POOL_INDEX, POOL_LABELS, read_world_record
+from curate.toyworld.world import (
+    POOL_FILES,
+    POOL_INDEX,
+    POOL_LABELS,
+    WORLD_FILE,
+    read_world_record,
+)
 
 POOL_URLS = "pool_urls.parquet"  # written into a toy world by download_toy_pool
 TOY_SHARD_SIZE = 2500  # a toy pool is small: more shards keep every process busy
@@ -65,3 +71,20 @@ def download_toy_pool(world: Path | str, out: Path | str, **options: Any) -> Dow
         summary = download_urls(config)
     summary.base_url = base_url
     return summary
+
+
+def download_pool(
+    urls: Path | str, out: Path | str, *, url_col: str = "url", caption_col: str = "caption",
+    **options: Any,
+) -> DownloadSummary:
+    """``filter-pool download``: a toy world folder is served and downloaded
+    (:func:`download_toy_pool`; its URL list has fixed columns), anything else is a URL list
+    for img2dataset. ``options`` are :class:`DownloadConfig` fields."""
+    urls = Path(urls)
+    if urls.is_dir() and (urls / WORLD_FILE).is_file():
+        return download_toy_pool(urls, out, **options)
+    if urls.is_dir():
+        raise UserError(f"{urls} is a folder but not a toy world (no {WORLD_FILE}); "
+                        "pass a URL list")
+    return download_urls(DownloadConfig(urls=urls, out=Path(out), url_col=url_col,
+                                        caption_col=caption_col, **options))

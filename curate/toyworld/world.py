@@ -182,6 +182,11 @@ class ToyWorld:
             "classes": len(CLASSES),
         }
 
+    def text(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in self.pool_kinds.items())
+        return (f"toy world in {self.root}: hq {self.counts['hq']}, pool {self.counts['pool']} "
+                f"({kinds}), eval {self.counts['eval']} images of {len(CLASSES)} classes")
+
 
 def kind_counts(pool_size: int, noise: Mapping[str, float]) -> dict[str, int]:
     """Samples per kind: each noise kind gets its fraction of ``pool_size`` (largest

@@ -186,6 +186,32 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), **self.record}
 
+    def text(self) -> str:
+        record, metrics = self.record, self.metrics
+        lines = [f"trained {record['model']['architecture']} for {record['steps']} steps "
+                 f"({record['samples_seen']} samples seen) -> {self.out}"]
+        if metrics.get("loss_first") is not None:
+            lines.append(f"  loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}")
+        if "image_to_text_r1" in metrics:
+            lines.append(f"  held-out recall@1 ({metrics['heldout_pairs']} pairs, chance "
+                         f"{metrics['recall_chance']:.4f}): image->text "
+                         f"{metrics['image_to_text_r1']:.4f}, text->image "
+                         f"{metrics['text_to_image_r1']:.4f}")
+        if "zero_shot_top1" in metrics:
+            lines.append(f"  zero-shot top-1 on {metrics['eval_set']}: "
+                         f"{metrics['zero_shot_top1']:.4f} (chance "
+                         f"{metrics['zero_shot_chance']:.4f})")
+        throughput = record["throughput"]
+        if throughput["steps_per_second"]:
+            lines.append(f"  {throughput['steps_per_second']:.2f} steps/s, "
+                         f"{throughput['samples_per_second']:.1f} samples/s, waiting on data "
+                         f"{100 * throughput['data_wait_fraction']:.1f}% of the time")
+        skipped = record["data"]["skipped"]
+        if skipped:
+            lines.append("  skipped samples: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+        lines.append(f"  score with: filter-pool score RUN --model {self.out}")
+        return "\n".join(lines)
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":
