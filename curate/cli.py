@@ -144,7 +144,8 @@ def download(
     emit(
         summary.to_dict(),
         as_json,
-        f"downloaded {summary.successes} of {summary.count} samples in {summary.shards} shards "
+        f"{'done: already ' if summary.reused else ''}downloaded {summary.successes} of "
+        f"{summary.count} samples in {summary.shards} shards "
         f"into {out} ({statuses})",
     )
 
@@ -427,7 +428,8 @@ def select_command(
         fail(str(exc))
     payload = summary.to_dict()
     lines = [f"subset '{summary.name}': kept {summary.kept} of {summary.total} "
-             f"({100 * payload['kept_fraction']:.2f}%) -> {summary.path}"]
+             f"({100 * payload['kept_fraction']:.2f}%) -> {summary.path}"
+             + (" (done: made with the same settings)" if summary.reused else "")]
     lines += [f"  dropped first by {label}: {count}"
               for label, count in summary.dropped_first.most_common()]
     emit(payload, as_json, "\n".join(lines))
@@ -494,7 +496,8 @@ def report_command(
 def _train_text(result: Any) -> str:
     record = result.record
     metrics = result.metrics
-    lines = [f"trained {record['model']['architecture']} for {record['steps']} steps "
+    lines = [f"{'done: already trained' if result.reused else 'trained'} "
+             f"{record['model']['architecture']} for {record['steps']} steps "
              f"({record['samples_seen']} samples seen) -> {result.out}"]
     if metrics.get("loss_first") is not None:
         lines.append(f"  loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}")
