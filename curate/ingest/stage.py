@@ -180,7 +180,8 @@ def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]]) -
 
 def _prepare_run_dir(config: IngestConfig, paths: RunPaths) -> None:
     if not paths.run_file.is_file():
-        if paths.root.exists() and any(paths.root.iterdir()):
+        # a recipe records itself in RUN/recipes/ before its ingest stage makes the run
+        if paths.root.exists() and any(p.name != "recipes" for p in paths.root.iterdir()):
             if not config.overwrite:
                 raise PoolError(f"run {paths.root} exists and is not a run; use --overwrite")
             shutil.rmtree(paths.root)
