@@ -127,7 +127,8 @@ def train_dfn(
     from curate.train import TrainConfig, train_clip
 
     result = train_clip(TrainConfig(
-        data=data, out=out, subset=subset, model=model, init=init, steps=steps, epochs=epochs,
+        data=data, out=out, subset=subset, model=model, init=init or None,  # "": from scratch
+        steps=steps, epochs=epochs,
         samples=samples, batch_size=batch_size, accum=accum, lr=lr, warmup=warmup,
         weight_decay=weight_decay, holdout=holdout, eval_set=eval, val_every=val_every,
         checkpoint_every=checkpoint_every, workers=workers, device=device, precision=precision,

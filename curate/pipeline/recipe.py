@@ -121,7 +121,8 @@ def load_recipe(path: Path | str) -> Recipe:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
         found = re.search(r"at line (\d+)", str(exc))
-        where = f"{path}:{found.group(1)}" if found else str(path)
+        line = found.group(1) if found else len(text.splitlines()) or 1  # "at end of document"
+        where = f"{path}:{line}"
         raise RecipeError(f"{where}: invalid TOML ({exc})") from exc
     lines = text.splitlines()
     blocks = _stage_blocks(lines)
