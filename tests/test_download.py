@@ -69,6 +69,7 @@ def test_every_url_has_a_row_and_the_noise_survives(downloaded: Downloaded) -> N
     assert sorted(p.name for p in downloaded.pool.iterdir()) == [
         "00000.parquet", "00000.tar", "00000_stats.json",
         "00001.parquet", "00001.tar", "00001_stats.json",
+        "_download.json",  # the list and settings used: a rerun of the same is reused
     ]  # fmt: skip
     for label in downloaded.labels:
         row = by_url[label["url"]]
