@@ -613,5 +613,33 @@ def validate_reinforced_command(
     show(report, as_json, failed=not report.ok)
 
 
+@app.command("run")
+@user_errors
+def run_command(
+    recipe: Annotated[Path, typer.Argument(help="A recipe: pipelines/NAME.toml.")],
+    assignments: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE: set a recipe variable (repeatable).")] = None,
+    run: Annotated[Path | None, typer.Option(
+        "--run", help="The run (where the recipe is recorded): the same as --set run=RUN.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the stages with their resolved settings and which are done; "
+                          "run nothing.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a recipe's stages in order: finished ones are done, a killed one resumes; the
+    recipe and its resolved settings are recorded in RUN/recipes/."""
+    import curate.toyworld.stages  # noqa: F401  (registers toyworld, download, demo kinds)
+    from curate.pipeline import parse_assignment, run_recipe
+
+    overrides = dict(parse_assignment(text) for text in assignments or [])
+    if run is not None:
+        overrides["run"] = str(run)
+    result = run_recipe(recipe, overrides, dry_run=dry_run, progress=progress,
+                        on_stage=None if as_json or dry_run else lambda r: typer.echo(r.line()))
+    show(result, as_json, failed=not result.ok)
+
+
 if __name__ == "__main__":
     app()

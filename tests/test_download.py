@@ -69,6 +69,7 @@ def test_every_url_has_a_row_and_the_noise_survives(downloaded: Downloaded) -> N
     assert sorted(p.name for p in downloaded.pool.iterdir()) == [
         "00000.parquet", "00000.tar", "00000_stats.json",
         "00001.parquet", "00001.tar", "00001_stats.json",
+        "_download.json",  # the list and settings used: a rerun of the same is reused
     ]  # fmt: skip
     for label in downloaded.labels:
         row = by_url[label["url"]]
@@ -197,8 +198,18 @@ def test_cli_generates_and_downloads_a_toy_world(tmp_path: Path) -> None:
     assert summary["successes"] == 50 - made["pool_kinds"]["corrupt"]
     rows = pq.read_table(pool / "00000.parquet").num_rows
     assert rows == 50
-    result = runner.invoke(app, ["download", str(world), "--out", str(pool)])
-    assert result.exit_code == 2 and "exists; use --overwrite" in result.output
+    result = runner.invoke(app, ["download", str(world), "--out", str(pool), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["reused"]  # the same: done
+    assert json.loads(result.stdout)["count"] == 50
+    result = runner.invoke(app, ["download", str(world), "--out", str(pool),
+                                 "--image-size", "256"])
+    assert result.exit_code == 2 and "image_size: was 512, now 256" in result.output
+    result = runner.invoke(app, ["toyworld", "--out", str(world), "--hq", "4", "--pool", "50",
+                                 "--eval-per-class", "1", "--seed", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output  # the same world: reused
+    result = runner.invoke(app, ["toyworld", "--out", str(world), "--hq", "4", "--pool", "50",
+                                 "--eval-per-class", "1", "--seed", "4", "--no-progress"])
+    assert result.exit_code == 2 and "seed: was 3, now 4" in result.output
 
 
 def test_failed_downloads_keep_their_rows_through_ingest(tmp_path: Path) -> None:

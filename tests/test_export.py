@@ -301,11 +301,17 @@ def test_existing_output_is_refused_unless_overwrite(run_dir: Path, pool: Synthe
                                                      tmp_path: Path):
     write_subset(run_dir, good_rows(run_dir, pool))
     out = tmp_path / "out"
-    export(run_dir, out, shard_size=100)
+    first = export(run_dir, out, shard_size=100)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    with pytest.raises(UserError, match="already exists"):
+    again = export(run_dir, out, shard_size=100)  # the same settings: reused, nothing written
+    assert again.reused and again.to_dict() == {**first.to_dict(), "reused": True}
+    with pytest.raises(UserError, match="other settings .shard_size: was 100, now 5"):
         export(run_dir, out, shard_size=5)
+    (out / "info.json").unlink()
+    with pytest.raises(UserError, match="already exists"):
+        export(run_dir, out, shard_size=100)
+    (out / "info.json").write_bytes(before["info.json"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
 

@@ -689,8 +689,7 @@ def test_train_clip_on_reinforced_data_minimises_the_distillation_loss(
         with pytest.raises(UserError, match="another configuration") as error:
             train_clip(other)
         assert "reinforced" in str(error.value)
-    with pytest.raises(UserError, match="finished run of this configuration"):
-        train_clip(config)
+    assert train_clip(config).reused  # the finished run of this configuration: reused
     with pytest.raises(UserError, match="--accum 1"):
         replace(config, accum=2)
     with pytest.raises(UserError, match="need --reinforced"):

@@ -230,9 +230,14 @@ def test_cli_query_select_sweep(tmp_path: Path, datacomp_run: tuple[Path, pa.Tab
                                  "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["kept"] > 0
-    again = runner.invoke(app, ["select", str(run), "--out", "cli30", "--by", "clip_l14",
-                                "--fraction", "0.3"])
-    assert again.exit_code == 2 and "exists" in again.output
+    again = runner.invoke(app, ["select", str(run), "--out", "cli30", "--by",
+                                "clip_l14_similarity_score", "--fraction", "0.3", "--filter",
+                                "caption_length:min_words=2"])  # DataComp's name: the same
+    assert again.exit_code == 0 and "done" in again.output, again.output
+    other = runner.invoke(app, ["select", str(run), "--out", "cli30", "--by", "clip_l14",
+                                "--fraction", "0.2"])
+    assert other.exit_code == 2 and "fraction: was 0.3, now 0.2" in other.output
+    assert "filters: was" in other.output
     result = runner.invoke(app, ["sweep", str(run), "--by", "clip_l14", "--points", "10",
                                  "--name", "cli", "--stats-sample", "100"])
     assert result.exit_code == 0, result.output

@@ -183,7 +183,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "w"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    with pytest.raises(UserError, match="exists"):
+    with pytest.raises(UserError, match="exists; use --overwrite"):
         write_toy_world(out, ToyWorldConfig(**TINY_WORLD), progress=False)
     with pytest.raises(UserError, match="not a toy world"):
         write_toy_world(out, ToyWorldConfig(**TINY_WORLD), overwrite=True, progress=False)

@@ -154,8 +154,8 @@ def test_interrupted_run_resumes_at_the_right_step(shapes_pool: Path, tmp_path: 
         straight = [float(r["loss"]) for r in csv.DictReader(f1)]
         continued = [float(r["loss"]) for r in csv.DictReader(f2)]
     assert np.allclose(straight, continued, atol=1e-5)
-    with pytest.raises(UserError, match="finished run"):
-        train_clip(_config(shapes_pool, out, **settings))
+    again = train_clip(_config(shapes_pool, out, **settings))  # finished: reused, not retrained
+    assert again.reused and again.model is None and again.record == resumed.record
 
 
 def test_gradient_accumulation_gives_the_full_batch_gradient() -> None:

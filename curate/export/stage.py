@@ -54,6 +54,7 @@ from curate.io.workspace import (
     SUBSET_MANIFEST,
     SUBSET_RECORD,
     RunPaths,
+    refuse_other_settings,
     staged_directory,
     write_json_atomic,
 )
@@ -117,6 +118,7 @@ class ExportSummary:
     shards: int = 0
     reencoded: int = 0
     missing: Counter[str] = field(default_factory=Counter)
+    reused: bool = False  # an existing export of the same subset and settings
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +128,7 @@ class ExportSummary:
             "shards": self.shards,
             "reencoded": self.reencoded,
             "missing": dict(sorted(self.missing.items())),
+            "reused": self.reused,
         }
 
     def text(self) -> str:
@@ -347,8 +350,9 @@ def _sample_members(
     return members, reencoded
 
 
-def _prepare_out(config: ExportConfig) -> None:
-    """Refuse an existing non-empty DIR (unless overwrite) and a DIR holding the run or subset."""
+def _prepare_out(config: ExportConfig) -> ExportSummary | None:
+    """Refuse a DIR holding the run or subset, and an existing non-empty DIR (unless overwrite)
+    that is not an export of the same subset and settings; return that export's summary."""
     out = config.out.resolve()
     for inside in (config.run.resolve(), RunPaths(config.run).subset_dir(config.subset).resolve()):
         if out == inside or out in inside.parents:
@@ -356,7 +360,39 @@ def _prepare_out(config: ExportConfig) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output {config.out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        return _finished(config)
+    return None
+
+
+def _request(config: ExportConfig) -> dict[str, Any]:
+    """What an export is made of (kept in info.json; a rerun must match it)."""
+    selection = RunPaths(config.run).subset_dir(config.subset) / SUBSET_RECORD
+    return {
+        "subset": config.subset,
+        "run": str(config.run.resolve()),
+        "shard_size": config.shard_size,
+        "jpeg_quality": config.jpeg_quality,
+        "selection_sha256": (hashlib.sha256(selection.read_bytes()).hexdigest()
+                             if selection.is_file() else None),
+    }
+
+
+def _finished(config: ExportConfig) -> ExportSummary:
+    """The existing export of the same subset and settings (reused), else a UserError naming
+    what differs."""
+    info_file = config.out / "info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if "num_samples" not in info:
         raise UserError(f"output {config.out} already exists; use --overwrite to replace it")
+    current = _request(config)
+    refuse_other_settings(f"export {config.out}", {k: info.get(k) for k in current}, current,
+                          "use --overwrite to replace it")
+    logger.info("export %s: made from the same subset with the same settings, reused",
+                config.out)
+    return ExportSummary(out=config.out, selected=info["num_selected"],
+                         exported=info["num_samples"], shards=info["num_shards"],
+                         reencoded=info.get("reencoded", 0), missing=Counter(info["missing"]),
+                         reused=True)
 
 
 def _info(
@@ -371,6 +407,7 @@ def _info(
         "num_shards": len(shards),
         "shard_size": config.shard_size,
         "num_selected": summary.selected,
+        "reencoded": summary.reencoded,
         "missing": dict(sorted(summary.missing.items())),
         "jpeg_quality": config.jpeg_quality,
         "created": datetime.now(timezone.utc).isoformat(),
@@ -394,7 +431,9 @@ def export_subset(config: ExportConfig) -> ExportSummary:
     if not subset_dir.is_dir():
         raise UserError(f"subset {config.subset!r} not found: {subset_dir} does not exist")
     table = _read_manifest(subset_dir / SUBSET_MANIFEST)
-    _prepare_out(config)
+    finished = _prepare_out(config)
+    if finished is not None:
+        return finished
     table = _with_pool_metadata(config.run, table)
     score_columns = [c for c in table.column_names if c.endswith(SCORE_SUFFIX)]
     tars = {s["name"]: Path(s["tar"]) if s.get("tar") else None for s in run_record["shards"]}

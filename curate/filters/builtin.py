@@ -26,6 +26,7 @@ from curate.filters.registry import (
     register_filter,
 )
 from curate.filters.sqltext import RE2_NONSPACE, RE2_SPACE, double, floats, ident, strings
+from curate.io.schema import canonical_score_column
 from curate.tables.views import aligned_source
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def aspect_ratio(batch: Batch, p: Mapping[str, Any]) -> np.ndarray:
 def score_column(con: Any, column: str, filter_name: str) -> str:
     """``column`` (or ``column_score``) as a numeric column of ``samples``; UserError naming
     the score columns otherwise."""
+    column = canonical_score_column(column)  # DataComp's clip_l14_similarity_score too
     if con is None:
         return column
     types = {row[0]: str(row[1]) for row in con.execute("DESCRIBE samples").fetchall()}

@@ -54,6 +54,7 @@ REQUIRED_COLUMNS = ("key", "url", "caption", "status")
 DROPPED_COLUMNS = ("exif",)  # large and unused downstream
 RENAMED = {"caption": "text"}
 DERIVED_COLUMNS = ("uid_high", "uid_low", "text_chars", "shard")  # made here, never read
+KEPT_ON_REPLACE = ("recipes",)  # records of `filter-pool run`, carried into the new run
 STAGING_SUFFIX = ".ingest"  # .RUN.ingest/ beside RUN: a new run until it is complete
 STAGING_MARKER = "_ingest.json"  # inside it: which pool it is being filled from
 DUCKDB_MEMORY_LIMIT = "512MB"  # for the duplicate-uid count over the whole pool
@@ -238,7 +239,9 @@ def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
     else checks that the run may be replaced: a finished run only with --overwrite and only when
     it holds nothing but what ingest wrote; any other non-empty folder never."""
     if not paths.run_file.is_file():
-        if paths.root.exists() and (not paths.root.is_dir() or any(paths.root.iterdir())):
+        # a recipe records itself in RUN/recipes/ before its ingest stage makes the run
+        if paths.root.exists() and (not paths.root.is_dir() or any(
+                p.name not in KEPT_ON_REPLACE for p in paths.root.iterdir())):
             raise PoolError(f"--run {paths.root} exists and is not a run made by filter-pool "
                             "ingest; it is left untouched (choose another --run)")
         return False
@@ -247,7 +250,7 @@ def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
         return True
     if not config.overwrite:
         raise PoolError(f"run {paths.root} already holds pool {previous}; use --overwrite")
-    made_by_ingest = {RUN_FILE, "pool", "scores", "embeddings"}
+    made_by_ingest = {RUN_FILE, "pool", "scores", "embeddings", *KEPT_ON_REPLACE}
     ingested_tables = {s.name for s in datacomp.SCORERS}
     foreign = sorted(
         [e.name for e in paths.root.iterdir() if e.name not in made_by_ingest]
@@ -282,6 +285,9 @@ def _publish(staging: Path, run: Path) -> None:
     """Rename the finished staging folder into place (replacing a run being overwritten)."""
     (staging / STAGING_MARKER).unlink()
     previous = None
+    for name in KEPT_ON_REPLACE:
+        if (run / name).is_dir() and not (staging / name).exists():
+            os.replace(run / name, staging / name)
     if run.exists():
         previous = run.with_name(f".{run.name}.{uuid.uuid4().hex[:8]}.old")
         os.replace(run, previous)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
-from curate.io.workspace import staged_directory
+from curate.io.workspace import refuse_other_settings, staged_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class DownloadSummary:
     successes: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
     base_url: str | None = None  # set when a toy world was served for this download
+    reused: bool = False  # an existing download of the same list and settings
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,11 +93,13 @@ class DownloadSummary:
             "successes": self.successes,
             "by_status": dict(self.by_status),
             "base_url": self.base_url,
+            "reused": self.reused,
         }
 
     def text(self) -> str:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items()))
-        return (f"downloaded {self.successes} of {self.count} samples in {self.shards} shards "
+        return (f"{'done: already ' if self.reused else ''}downloaded {self.successes} of "
+                f"{self.count} samples in {self.shards} shards "
                 f"into {self.out} ({statuses})")
 
 
@@ -189,11 +192,39 @@ def _summarize(out: Path) -> DownloadSummary:
     return summary
 
 
-def download_urls(config: DownloadConfig) -> DownloadSummary:
-    """Download a URL list into webdataset shards at ``config.out`` with img2dataset."""
-    fmt = _check_url_list(config)
-    if config.out.exists() and not config.overwrite:
+DOWNLOAD_RECORD = "_download.json"  # OUT/_download.json: the list and settings used
+
+
+def _request(config: DownloadConfig) -> dict[str, Any]:
+    """What shapes a download's shards (not processes, threads, timeout or retries)."""
+    keys = ("url_col", "caption_col", "image_size", "resize_mode", "resize_only_if_bigger",
+            "encode_format", "shard_size")
+    return {"urls": str(config.urls.resolve()), **{k: getattr(config, k) for k in keys}}
+
+
+def finished_download(config: DownloadConfig) -> DownloadSummary:
+    """The download already in ``config.out`` when made from the same list with the same
+    settings (reused), else a UserError naming what differs."""
+    record_file = config.out / DOWNLOAD_RECORD
+    if not record_file.is_file():
         raise UserError(f"{config.out} exists; use --overwrite to replace it")
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    refuse_other_settings(f"download {config.out}", record["request"], _request(config),
+                          "use --overwrite to replace it")
+    summary = _summarize(config.out)
+    summary.base_url, summary.reused = record.get("base_url"), True
+    logger.info("download %s: made from the same list with the same settings, reused",
+                config.out)
+    return summary
+
+
+def download_urls(config: DownloadConfig, base_url: str | None = None) -> DownloadSummary:
+    """Download a URL list into webdataset shards at ``config.out`` with img2dataset; an
+    existing download of the same list and settings is reused (``base_url``: where a served
+    toy world was, recorded)."""
+    if config.out.exists() and not config.overwrite:
+        return finished_download(config)
+    fmt = _check_url_list(config)
     with staged_directory(config.out) as stage:
         output = stage / "shards"  # img2dataset wants to create its folder itself
         _run_img2dataset(config, fmt, output)
@@ -202,6 +233,8 @@ def download_urls(config: DownloadConfig) -> DownloadSummary:
         for item in output.iterdir():
             item.rename(stage / item.name)
         output.rmdir()
+        write_json_atomic(stage / DOWNLOAD_RECORD,
+                          {"request": _request(config), "base_url": base_url})
     summary = _summarize(config.out)
     logger.info("downloaded %d of %d samples into %s", summary.successes, summary.count,
                 config.out)  # fmt: skip

@@ -36,6 +36,19 @@ POOL_SCHEMA = pa.schema(
 TEXT_CHARS = "text_chars"
 
 
+# DataComp's names for its precomputed scores, accepted wherever a score column is asked for
+# (select, sweep, report, recipes): ingest stores them as the score tables clip_l14, clip_b32.
+SCORE_COLUMN_ALIASES = {
+    "clip_l14_similarity_score": "clip_l14_score",
+    "clip_b32_similarity_score": "clip_b32_score",
+}
+
+
+def canonical_score_column(name: str) -> str:
+    """DataComp's column name to ours (``clip_l14_similarity_score`` -> ``clip_l14_score``)."""
+    return SCORE_COLUMN_ALIASES.get(name, name)
+
+
 # Derived at ingest: the uid as DataComp's pair (int(uid[:16], 16), int(uid[16:], 16)), the
 # values a subset's uids.npy holds. A select reads these 16 bytes per row instead of parsing
 # every kept uid's 32 hex characters.

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +162,23 @@ def remove_stale_temporaries(directory: Path) -> int:
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def setting_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: was X, now Y`` for every setting that differs (JSON-normalised: tuples are lists)."""
+    recorded = json.loads(json.dumps(dict(recorded), default=str))
+    current = json.loads(json.dumps(dict(current), default=str))
+    return [
+        f"{key}: was {recorded.get(key)!r}, now {current.get(key)!r}"
+        for key in sorted(set(recorded) | set(current))
+        if recorded.get(key) != current.get(key)
+    ]
+
+
+def refuse_other_settings(what: str, recorded: Mapping[str, Any], current: Mapping[str, Any],
+                          hint: str = "pass --overwrite to replace it") -> None:
+    """Reuse-when-identical: a finished output made with the same settings is reused by the
+    caller; with other settings this raises a UserError naming each difference."""
+    differences = setting_differences(recorded, current)
+    if differences:
+        raise UserError(f"{what} was made with other settings ({'; '.join(differences)}); {hint}")

@@ -31,7 +31,12 @@ from curate.executor import (
     make_executor,
 )
 from curate.io.shards import find_shards
-from curate.io.workspace import DONE_DIR, remove_stale_temporaries, write_json_atomic
+from curate.io.workspace import (
+    DONE_DIR,
+    remove_stale_temporaries,
+    setting_differences,
+    write_json_atomic,
+)
 from curate.models import ModelError, ModelSpec
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig
@@ -227,10 +232,11 @@ def _prepare_out(config: ReinforceConfig, record: dict[str, Any]) -> None:
             )
         else:
             previous = json.loads(config_file.read_text())
-            if previous != json.loads(json.dumps(record)):
+            differences = setting_differences(previous, record)
+            if differences:
                 raise ReinforceError(
-                    f"{config_file} was made with another configuration (teachers, "
-                    "augmentations, captioner or dtype); pass --overwrite to redo it"
+                    f"{config_file} was made with another configuration ("
+                    + "; ".join(differences) + "); pass --overwrite to redo it"
                 )
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)

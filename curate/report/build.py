@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import UserError
+from curate.io.schema import canonical_score_column
 from curate.io.workspace import SCORER_FILE, RunPaths, atomic_path
 from curate.report import charts
 from curate.report import html as H
@@ -260,11 +261,11 @@ def _choose_cut(
     """(scorer, threshold, where the threshold comes from) for the grids and plots."""
     subset_cut = subset.cut() if subset else None
     if config.scorer is not None:
-        if config.scorer not in scorers:
+        name = canonical_score_column(config.scorer).removesuffix("_score")  # dfn, dfn_score
+        if name not in scorers:
             raise UserError(
                 f"--scorer {config.scorer}: the run's scorers are {', '.join(scorers) or 'none'}"
             )
-        name = config.scorer
     elif subset_cut is not None:
         name = subset_cut[0].removesuffix("_score")
     else:

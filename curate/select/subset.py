@@ -37,8 +37,15 @@ import pyarrow.compute as pc
 import curate
 from curate.errors import UserError
 from curate.filters import FilterSpec, evaluate_filters
+from curate.io.schema import canonical_score_column
 from curate.io.uids import save_uid_file
-from curate.io.workspace import SUBSET_RECORD, SUBSET_UIDS, RunPaths, staged_directory
+from curate.io.workspace import (
+    SUBSET_RECORD,
+    SUBSET_UIDS,
+    RunPaths,
+    refuse_other_settings,
+    staged_directory,
+)
 from curate.select.outputs import write_outputs
 from curate.tables.views import connect, samples_layout, score_names
 
@@ -102,6 +109,7 @@ class SelectSummary:
     failing: Counter[str] = field(default_factory=Counter)
     filters: list[dict[str, Any]] = field(default_factory=list)
     uids_sha256: str = ""
+    reused: bool = False  # an existing subset of the same request: nothing written
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,21 +123,25 @@ class SelectSummary:
             "failing_per_filter": dict(self.failing.most_common()),
             "filters": self.filters,
             "uids_sha256": self.uids_sha256,
+            "reused": self.reused,
         }
 
     def text(self) -> str:
         kept_fraction = self.kept / self.total if self.total else 0.0
         lines = [f"subset '{self.name}': kept {self.kept} of {self.total} "
-                 f"({100 * kept_fraction:.2f}%) -> {self.path}"]
+                 f"({100 * kept_fraction:.2f}%) -> {self.path}"
+                 + (" (done: made with the same settings)" if self.reused else "")]
         lines += [f"  dropped first by {label}: {count}"
                   for label, count in self.dropped_first.most_common()]
         return "\n".join(lines)
 
 
 def resolve_score_column(con: Any, by: str) -> str:
-    """``dfn`` or ``dfn_score`` to the score column; an unknown one names what exists."""
+    """``dfn`` or ``dfn_score`` (or DataComp's ``clip_l14_similarity_score``) to the score
+    column; an unknown one names what exists."""
     columns = [row[0] for row in con.execute("DESCRIBE samples").fetchall()]
     numeric = [c for c in columns if c.endswith("_score")]
+    by = canonical_score_column(by)
     for candidate in (by, f"{by}_score"):
         if candidate in columns:
             return candidate
@@ -192,11 +204,39 @@ def _resolved_records(decisions: pa.Table) -> list[dict[str, Any]]:
     return json.loads(metadata.get(b"curate.filters", b"[]"))
 
 
-def _prepare_output(paths: RunPaths, name: str, overwrite: bool) -> Path:
-    target = paths.subset_dir(name)
-    if target.exists() and not overwrite:
+def _request(config: SelectConfig, score_column: str | None) -> dict[str, Any]:
+    """What a subset is made of (recorded in selection.json; a rerun must match it)."""
+    return {
+        "column": score_column,
+        "fraction": config.fraction,
+        "threshold": config.threshold,
+        "filters": [{"name": f.name, "params": dict(f.params)} for f in config.filters],
+        "where": config.where,
+        "uids_only": config.uids_only,
+    }
+
+
+def _finished(paths: RunPaths, target: Path, config: SelectConfig, request: dict[str, Any],
+              scorers: list[str]) -> SelectSummary | None:
+    """The existing subset when it was made with the same request from the same tables; None
+    when there is none (or ``overwrite``); a UserError naming what differs otherwise."""
+    if config.overwrite or not target.exists():
+        return None
+    record_file = target / SUBSET_RECORD
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    if "request" not in record:
         raise UserError(f"subset {target} exists; pass --overwrite to replace it")
-    return target
+    refuse_other_settings(f"subset {target}", record["request"], request)
+    refuse_other_settings(f"subset {target}", {"inputs": record.get("inputs")},
+                          {"inputs": fingerprint_inputs(paths, scorers)},
+                          "the run's tables changed since; pass --overwrite to select again")
+    logger.info("subset %s: made with the same settings, reused", config.name)
+    return SelectSummary(
+        name=config.name, path=target, total=record["total"], kept=record["kept"],
+        dropped_first=Counter(record["dropped_by_first_failing_filter"]),
+        failing=Counter(record["failing_per_filter"]), filters=record["filters"],
+        uids_sha256=record["uids_sha256"], reused=True,
+    )
 
 
 def _passed_masks(decisions: pa.Table, labels: list[str]) -> list[np.ndarray]:
@@ -237,9 +277,13 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     the manifest, the dropped table and the kept uids from ``samples``."""
     started = time.perf_counter()
     paths = RunPaths(config.run)
-    target = _prepare_output(paths, config.name, config.overwrite)
+    target = paths.subset_dir(config.name)
     con = connect(config.run)
     score_column = resolve_score_column(con, config.by) if config.by else None
+    request = _request(config, score_column)
+    finished = _finished(paths, target, config, request, score_names(config.run))
+    if finished is not None:
+        return finished
     specs = config.all_filters(score_column)
     decisions = evaluate_filters(con, specs, where=config.where, with_uid=False)
     logger.debug("select %s: filters evaluated at %.2f s", config.name,
@@ -267,7 +311,8 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     groups = pa.table({"sample_id": decisions.column("sample_id"), "_group": group})
     del decisions, ids
     layout = samples_layout(con, paths)
-    _write_subset(paths, config, target, summary, scorers, lambda staging: write_outputs(
+    _write_subset(paths, config, request, target, summary, scorers,
+                  lambda staging: write_outputs(
         con, paths, layout, staging, groups, failing, scorers, in_order,
         tables=not config.uids_only))
     logger.debug("select %s: written at %.2f s", config.name, time.perf_counter() - started)
@@ -275,7 +320,8 @@ def select_subset(config: SelectConfig) -> SelectSummary:
 
 
 def _write_subset(
-    paths: RunPaths, config: SelectConfig, target: Path, summary: SelectSummary,
+    paths: RunPaths, config: SelectConfig, request: dict[str, Any], target: Path,
+    summary: SelectSummary,
     scorers: list[str], write_tables: Callable[[Path], np.ndarray],
 ) -> None:
     """``write_tables`` writes the Parquet outputs into the staging folder and returns the kept
@@ -292,6 +338,7 @@ def _write_subset(
             "threshold": config.threshold,
             "where": config.where,
             "uids_only": config.uids_only,
+            "request": request,
             **summary.to_dict(),
             "path": str(target),
             "scorers": _scorer_records(paths, scorers),

@@ -13,6 +13,7 @@ scans, and run on the sample while NumPy counts.
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,8 +29,13 @@ import pyarrow.parquet as pq
 from curate.errors import UserError
 from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
 from curate.io.schema import TEXT_CHARS, score_column
-from curate.io.workspace import RunPaths, staged_directory
-from curate.select.subset import NAME_PATTERN, resolve_score_column
+from curate.io.workspace import (
+    RunPaths,
+    refuse_other_settings,
+    staged_directory,
+    write_json_atomic,
+)
+from curate.select.subset import NAME_PATTERN, fingerprint_inputs, resolve_score_column
 from curate.tables.bins import ScoreBins
 from curate.tables.chunks import ordered_map, part_chunks
 from curate.tables.views import (
@@ -38,11 +44,13 @@ from curate.tables.views import (
     pool_rows_sql,
     samples_layout,
     samples_sql,
+    score_names,
 )
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.1, 0.15, 0.2, 0.3)
+SWEEP_RECORD = "sweep.json"  # the settings and inputs a sweep was made with
 HISTOGRAM_BINS = 100
 
 
@@ -88,6 +96,7 @@ class SweepResult:
     table: pa.Table
     path: Path
     files: list[str] = field(default_factory=list)
+    reused: bool = False  # an existing sweep of the same settings: nothing computed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +105,7 @@ class SweepResult:
             "candidates": self.candidates,
             "path": str(self.path),
             "rows": self.table.to_pylist(),
+            "reused": self.reused,
         }
 
     def text(self) -> str:
@@ -335,14 +345,35 @@ def _plot(path: Path, table: pa.Table, edges: np.ndarray, counts: np.ndarray,
     figure.savefig(path, dpi=110)
 
 
+def _finished(name: str, column: str, target: Path, request: dict[str, Any]) -> SweepResult:
+    """The existing sweep when made with the same settings from the same tables, else a
+    UserError naming what differs."""
+    record_file = target / SWEEP_RECORD
+    if not record_file.is_file():
+        raise UserError(f"sweep {target} exists; pass --overwrite or another --name")
+    record = json.loads(record_file.read_text())
+    refuse_other_settings(f"sweep {target}", record["request"], request,
+                          "pass --overwrite or another --name")
+    logger.info("sweep %s: made with the same settings, reused", name)
+    return SweepResult(name, column, record["candidates"], pq.read_table(target / "sweep.parquet"),
+                       target, sorted(p.name for p in target.iterdir()), reused=True)
+
+
 def sweep(config: SweepConfig) -> SweepResult:
     """Compute the sweep table; write ``sweeps/<name>/sweep.parquet`` and ``sweep.png``."""
     con = connect(config.run)
     column = resolve_score_column(con, config.by)
     name = config.name or column
-    target = RunPaths(config.run).sweep_dir(name)
+    paths = RunPaths(config.run)
+    target = paths.sweep_dir(name)
+    request = {
+        "column": column, "fractions": config.fractions, "thresholds": config.thresholds,
+        "filters": [{"name": f.name, "params": dict(f.params)} for f in config.filters],
+        "where": config.where, "stats_sample": config.stats_sample, "seed": config.seed,
+        "plot": config.plot, "inputs": fingerprint_inputs(paths, score_names(config.run)),
+    }
     if target.exists() and not config.overwrite:
-        raise UserError(f"sweep {target} exists; pass --overwrite or another --name")
+        return _finished(name, column, target, request)
     queries, tables = _candidate_queries(con, config, column)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Python-heavy set-up (matplotlib's import, the language model) while DuckDB scans,
@@ -376,6 +407,7 @@ def sweep(config: SweepConfig) -> SweepResult:
     })
     with staged_directory(target) as staging:
         pq.write_table(table, staging / "sweep.parquet")
+        write_json_atomic(staging / SWEEP_RECORD, {"request": request, "candidates": total})
         if config.plot:
             _plot(staging / "sweep.png", table, edges, counts, column)
     return SweepResult(name, column, total, table, target,

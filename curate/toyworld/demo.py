@@ -11,6 +11,9 @@ Subsets: ``no_filter`` (every downloaded sample), ``random`` (same size as DFN 3
 ``basic`` (DataComp's basic filter, the size rule scaled to the toy images), ``web_clip_30``
 (top 30% by the web CLIP), ``dfn_30`` and ``dfn_15``. Only this module reads the world's
 hidden labels, to report each subset's precision; no filter or scorer sees them.
+
+The flow is the recipe ``pipelines/demo.toml`` (``filter-pool run pipelines/demo.toml`` runs
+it too); ``run_demo`` sets its variables from the scale and reads back the comparison.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,23 +29,14 @@ import polars as pl
 
 from curate.errors import UserError
 from curate.evaluate.stage import EvaluateConfig, evaluate_subset
-from curate.executor import ExecutorConfig
-from curate.export.stage import ExportConfig, export_subset
-from curate.filters import parse_filter_spec
-from curate.ingest.stage import IngestConfig, ingest_pool
-from curate.io.workspace import SUBSET_MANIFEST, RunPaths, write_json_atomic
-from curate.models import ModelSpec
-from curate.score.stage import ScoreConfig, score_run
-from curate.select.subset import SelectConfig, select_subset
-from curate.select.sweep import SweepConfig, sweep
-from curate.toyworld.download import download_toy_pool
-from curate.toyworld.world import POOL_LABELS, ToyWorldConfig, write_toy_world
-from curate.train import TrainConfig, train_clip
+from curate.io.workspace import SUBSET_MANIFEST, SUBSET_RECORD, RunPaths, write_json_atomic
+from curate.toyworld.world import POOL_LABELS
 from curate.train.report import TRAIN_FILE
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "demo_results.json"
+DEMO_RECIPE = Path(__file__).resolve().parents[2] / "pipelines" / "demo.toml"
 FILTER_MODEL = "fp-tiny-cnn"  # a timm test_resnet tower: it learns the shapes (student_probe)
 BASIC_MIN_SIDE = 64  # the toy world's clean images are 64-160 px; DataComp's rule says 200
 
@@ -137,62 +130,6 @@ class DemoResult:
         return "\n".join(lines)
 
 
-class _Clock:
-    """Wall seconds per demo stage."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._start = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.timings[stage] = round(now - self._start, 1)
-        logger.info("demo: %s took %.1f s", stage, now - self._start)
-        self._start = now
-
-
-def _train_filter(data: Path, out: Path, config: DemoConfig, eval_set: Path) -> dict[str, Any]:
-    """Train (or reuse) a filter network; return its train.json record."""
-    if (out / TRAIN_FILE).is_file():
-        return json.loads((out / TRAIN_FILE).read_text())
-    scale = config.settings
-    result = train_clip(
-        TrainConfig(
-            data=data,
-            out=out,
-            model=FILTER_MODEL,
-            samples=scale.filter_samples,
-            batch_size=scale.filter_batch_size,
-            lr=2e-3,
-            eval_set=eval_set,
-            decoded_cache=True,
-            seed=config.seed,
-            progress=config.progress,
-        )
-    )
-    return result.record
-
-
-def _subset_requests(run: Path, dfn30_size: int) -> dict[str, SelectConfig]:
-    """The compared subsets (all but random depend only on filters and scores)."""
-    ok = "status = 'success'"
-    random_where = (
-        f"sample_id IN (SELECT sample_id FROM samples WHERE {ok} "
-        f"ORDER BY hash(uid || 'random-subset') LIMIT {dfn30_size})"
-    )
-    basic = parse_filter_spec(f"basic:min_side={BASIC_MIN_SIDE}")
-    return {
-        "no_filter": SelectConfig(run=run, name="no_filter", where=ok, overwrite=True),
-        "random": SelectConfig(run=run, name="random", where=random_where, overwrite=True),
-        "basic": SelectConfig(run=run, name="basic", filters=(basic,), where=ok, overwrite=True),
-        "web_clip_30": SelectConfig(
-            run=run, name="web_clip_30", by="web_clip", fraction=0.3, overwrite=True
-        ),
-        "dfn_30": SelectConfig(run=run, name="dfn_30", by="dfn", fraction=0.3, overwrite=True),
-        "dfn_15": SelectConfig(run=run, name="dfn_15", by="dfn", fraction=0.15, overwrite=True),
-    }
-
-
 def _label_mix(run: Path, labels: Path, subset: str) -> dict[str, int]:
     """Hidden ground truth of a subset's samples: count per label (clean or noise kind)."""
     manifest = pl.read_parquet(RunPaths(run).subset_dir(subset) / SUBSET_MANIFEST, columns=["uid"])
@@ -203,129 +140,105 @@ def _label_mix(run: Path, labels: Path, subset: str) -> dict[str, int]:
     return dict(joined.group_by("label").len().sort("label").iter_rows())
 
 
-def _evaluate_all(
-    config: DemoConfig, run: Path, eval_set: Path, names: list[str]
-) -> dict[str, Any]:
-    scale = config.settings
-    results = {}
-    for name in names:
-        evaluation = evaluate_subset(
-            EvaluateConfig(
-                run=run,
-                subset=name,
-                eval_set=eval_set,
-                samples_seen=scale.student_samples,
-                seeds=scale.seeds,
-                model=FILTER_MODEL,
-                batch_size=scale.batch_size,
-                lr=2e-3,
-                decoded_cache=True,
-                progress=config.progress,
-            )
-        )
-        results[name] = evaluation
-    return results
-
-
-def run_demo(config: DemoConfig) -> DemoResult:
-    """Run the whole flow (each stage reuses what an earlier run finished) and compare."""
+def write_demo_results(
+    out: Path, run: Path, world: Path, subsets: list[str], filters: list[str], eval_set: Path,
+    *, scale: str, model: str, filter_samples: int, samples_seen: int, seeds: tuple[int, ...],
+    batch_size: int, lr: float | None, decoded_cache: bool, basic: str,
+    timings: dict[str, float] | None = None,
+) -> DemoResult:
+    """The comparison table (the demo recipe's last stage): each subset's size, precision
+    against the world's hidden labels and its evaluation (the evaluate stages' finished seeds,
+    reused); writes ``demo_results.json`` and ``demo_report.md``."""
     from curate.toyworld.demo_report import write_demo_report
 
-    out, scale = config.out, config.settings
-    clock = _Clock()
-    world_dir, pool_dir, run = out / "world", out / "pool", out / "run"
-    if not (world_dir / "world.json").is_file():
-        write_toy_world(
-            world_dir,
-            ToyWorldConfig.for_scale(scale.world, seed=config.seed, workers=2),
-            progress=config.progress,
-        )
-    clock.lap("generate world")
-    if not any(pool_dir.glob("*.tar")):
-        download_toy_pool(world_dir, pool_dir, processes=2, threads=8, overwrite=True)
-    clock.lap("serve and download pool")
-    ingest_pool(IngestConfig(pool=pool_dir, run=run))
-    clock.lap("ingest")
-    eval_set = world_dir / "eval"
-    filters = {
-        "dfn": _train_filter(world_dir / "hq", out / "filters" / "dfn", config, eval_set),
-        "web_clip": _train_filter(pool_dir, out / "filters" / "web_clip", config, eval_set),
-    }
-    clock.lap("train filters")
-    for name in filters:
-        score_run(
-            ScoreConfig(
-                run=run,
-                model=ModelSpec(str(out / "filters" / name)),
-                name=name,
-                executor=ExecutorConfig(workers=config.workers),
-                progress=config.progress,
-            )
-        )
-    clock.lap("score pool")
-    sweep(SweepConfig(run=run, by="dfn", name="dfn", fractions=(0.1, 0.15, 0.2, 0.3, 0.5),
-                      overwrite=True))
-    dfn30 = select_subset(_subset_requests(run, 0)["dfn_30"])
-    requests = _subset_requests(run, dfn30.kept)
-    selected = {name: select_subset(request) for name, request in requests.items()}
-    clock.lap("sweep and select")
-    export_subset(
-        ExportConfig(
-            run=run,
-            subset="dfn_30",
-            out=out / "handoff_dfn_30",
-            overwrite=True,
-            progress=config.progress,
-        )
-    )
-    clock.lap("export")
-    evaluations = _evaluate_all(config, run, eval_set, list(requests))
-    clock.lap("evaluate subsets")
     rows = []
-    for name, summary in selected.items():
-        mix = _label_mix(run, world_dir / POOL_LABELS, name)
-        top1 = [r["zero_shot_top1"] for r in evaluations[name].runs]
-        rows.append(
-            {
-                "name": name,
-                "size": summary.kept,
-                "precision": mix.get("clean", 0) / max(1, summary.kept),
-                "label_mix": mix,
-                "top1": top1,
-                "top1_mean": statistics.fmean(top1),
-                "top1_spread": max(top1) - min(top1),
-                "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-                "recall_i2t": [r["image_to_text_r1"] for r in evaluations[name].runs],
-                "seeds": list(scale.seeds),
-            }
-        )
-    filter_summary = {
-        name: {
-            "train_dir": str(out / "filters" / name),
-            "metrics": record.get("final_metrics", {}),
-            "samples_seen": record.get("samples_seen"),
-        }
-        for name, record in filters.items()
-    }
-    result = DemoResult(out, rows, filter_summary, clock.timings)
+    for name in subsets:
+        selection = json.loads((RunPaths(run).subset_dir(name) / SUBSET_RECORD).read_text())
+        evaluation = evaluate_subset(EvaluateConfig(
+            run=run, subset=name, eval_set=eval_set, samples_seen=samples_seen, seeds=seeds,
+            model=model, batch_size=batch_size, lr=lr, decoded_cache=decoded_cache,
+            progress=False,
+        ))
+        mix = _label_mix(run, world / POOL_LABELS, name)
+        top1 = [r["zero_shot_top1"] for r in evaluation.runs]
+        kept = selection["kept"]
+        rows.append({
+            "name": name,
+            "size": kept,
+            "precision": mix.get("clean", 0) / max(1, kept),
+            "label_mix": mix,
+            "top1": top1,
+            "top1_mean": statistics.fmean(top1),
+            "top1_spread": max(top1) - min(top1),
+            "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+            "recall_i2t": [r["image_to_text_r1"] for r in evaluation.runs],
+            "seeds": list(seeds),
+        })
+    filter_summary = {}
+    for name in filters:
+        train_dir = out / "filters" / name
+        record = json.loads((train_dir / TRAIN_FILE).read_text())
+        filter_summary[name] = {"train_dir": str(train_dir),
+                                "metrics": record.get("final_metrics", {}),
+                                "samples_seen": record.get("samples_seen")}
+    result = DemoResult(out, rows, filter_summary, dict(timings or {}))
     payload = {
-        "scale": config.scale,
+        "scale": scale,
         "settings": {
-            "world": scale.world,
-            "filter_model": FILTER_MODEL,
-            "filter_samples": scale.filter_samples,
-            "student_samples": scale.student_samples,
-            "seeds": list(scale.seeds),
-            "basic": f"basic:min_side={BASIC_MIN_SIDE}",
+            "world": SCALES[scale].world if scale in SCALES else scale,
+            "filter_model": model,
+            "filter_samples": filter_samples,
+            "student_samples": samples_seen,
+            "seeds": list(seeds),
+            "basic": basic,
             "eval_set": str(eval_set),
         },
         **result.to_dict(),
     }
     write_json_atomic(out / RESULTS_FILE, payload)
     result.report = write_demo_report(out, payload)
-    clock.lap("report")
-    result.timings = clock.timings
-    write_json_atomic(
-        out / RESULTS_FILE, {**payload, "timings": clock.timings, "report": str(result.report)}
-    )
+    write_json_atomic(out / RESULTS_FILE, {**payload, "report": str(result.report)})
     return result
+
+
+def demo_variables(config: DemoConfig) -> dict[str, Any]:
+    """The demo recipe's variables for ``config`` (its scale's sizes and budgets)."""
+    scale = config.settings
+    return {
+        "out": str(config.out),
+        "world_scale": scale.world,
+        "scale": config.scale,
+        "seed": config.seed,
+        "workers": config.workers,
+        "filter_model": FILTER_MODEL,
+        "filter_samples": scale.filter_samples,
+        "filter_batch_size": scale.filter_batch_size,
+        "student_samples": scale.student_samples,
+        "seeds": list(scale.seeds),
+        "batch_size": scale.batch_size,
+        "basic_min_side": BASIC_MIN_SIDE,
+    }
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Run the demo recipe (``pipelines/demo.toml``: each stage reuses what an earlier run
+    finished) and return its comparison, with the seconds each stage took this time."""
+    import curate.toyworld.stages  # noqa: F401  (registers toyworld, download, the demo's kinds)
+    from curate.pipeline import run_recipe
+
+    result = run_recipe(DEMO_RECIPE, demo_variables(config), progress=config.progress,
+                        on_stage=lambda s: logger.info("demo: %s", s.line()))
+    if not result.ok:
+        failed = next(s for s in result.stages if s.status == "failed")
+        raise UserError(f"demo stage {failed.id} failed: {failed.error}")
+    timings = {s.id: s.seconds for s in result.stages}
+    summary = result.stages[-1].summary or {}
+    results_file = config.out / RESULTS_FILE
+    payload = json.loads(results_file.read_text())
+    payload["timings"] = timings
+    write_json_atomic(results_file, payload)
+    from curate.toyworld.demo_report import write_demo_report
+
+    report = write_demo_report(config.out, payload)
+    return DemoResult(config.out, summary.get("subsets", payload["subsets"]),
+                      payload["filters"], timings, report)

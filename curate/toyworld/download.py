@@ -10,7 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
-from curate.io.download import DownloadConfig, DownloadSummary, download_urls
+from curate.io.download import (
+    DownloadConfig,
+    DownloadSummary,
+    download_urls,
+    finished_download,
+)
 from curate.io.serve import serve_directory
 from curate.io.uids import uid_from_url_caption
 from curate.io.workspace import atomic_path
@@ -65,10 +70,10 @@ def download_toy_pool(world: Path | str, out: Path | str, **options: Any) -> Dow
     options = {"shard_size": TOY_SHARD_SIZE, **options}
     config = DownloadConfig(urls=world / POOL_URLS, out=Path(out), **options)
     if config.out.exists() and not config.overwrite:
-        raise UserError(f"{config.out} exists; use --overwrite to replace it")
+        return finished_download(config)  # the same world and settings: reused
     with serve_directory(world / POOL_FILES) as base_url:  # only the files, never the labels
         write_url_list(world, base_url)
-        summary = download_urls(config)
+        summary = download_urls(config, base_url)
     summary.base_url = base_url
     return summary
 

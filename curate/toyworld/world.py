@@ -42,7 +42,7 @@ from tqdm import tqdm
 import curate
 from curate.errors import UserError
 from curate.io.img2dataset import ShardSample, write_img2dataset_shard
-from curate.io.workspace import staged_directory, write_json_atomic
+from curate.io.workspace import refuse_other_settings, staged_directory, write_json_atomic
 from curate.toyworld.noise import (
     NOISE_KINDS,
     SAMPLE_KINDS,
@@ -359,13 +359,26 @@ def _write_eval(root: Path, config: ToyWorldConfig) -> int:
     return index
 
 
+def _finished(out: Path, config: ToyWorldConfig) -> ToyWorld:
+    """The world already in ``out`` when it was made with the same config (``workers`` aside:
+    it does not change a byte), else a UserError naming what differs."""
+    if not (out / WORLD_FILE).is_file():
+        raise UserError(f"{out} exists; use --overwrite to replace it")
+    record = read_world_record(out)
+    refuse_other_settings(f"toy world {out}", record["config"], config.to_dict(),
+                          "use --overwrite to replace it")
+    logger.info("toy world %s: made with the same config, reused", out)
+    return ToyWorld(root=out, config=config, counts=record["counts"],
+                    pool_kinds=record["pool_kinds"])
+
+
 def write_toy_world(
     out: Path | str, config: ToyWorldConfig, *, overwrite: bool = False, progress: bool = True
 ) -> ToyWorld:
     """Generate the world into ``out`` (staged beside it and renamed into place when done)."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; use --overwrite to replace it")
+        return _finished(out, config)
     if out.exists() and not (out / WORLD_FILE).is_file() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a toy world; refusing to replace it")
     with staged_directory(out) as stage:

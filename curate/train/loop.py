@@ -9,6 +9,7 @@ set, pairs, batches and loss come from :mod:`curate.train.reinforced` (distillat
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -178,6 +179,7 @@ class TrainResult:
     out: Path
     record: dict[str, Any] = field(default_factory=dict)
     model: torch.nn.Module | None = None  # the trained model, in eval mode
+    reused: bool = False  # a finished run of the same configuration: nothing trained, no model
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -188,7 +190,8 @@ class TrainResult:
 
     def text(self) -> str:
         record, metrics = self.record, self.metrics
-        lines = [f"trained {record['model']['architecture']} for {record['steps']} steps "
+        lines = [f"{'done: already trained' if self.reused else 'trained'} "
+                 f"{record['model']['architecture']} for {record['steps']} steps "
                  f"({record['samples_seen']} samples seen) -> {self.out}"]
         if metrics.get("loss_first") is not None:
             lines.append(f"  loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}")
@@ -453,12 +456,20 @@ def _resume(config: TrainConfig, identity: dict[str, Any], total: int) -> dict[s
             + "; ".join(differences)
             + "); pass --overwrite to start over"
         )
-    if checkpoint["step"] >= total and (config.out / TRAIN_FILE).exists():
-        raise UserError(
-            f"--out {config.out} holds a finished run of this configuration "
-            f"({checkpoint['step']} steps); pass --overwrite to train again"
-        )
     return checkpoint
+
+
+def _finished(config: TrainConfig, checkpoint: dict[str, Any] | None,
+              total: int) -> TrainResult | None:
+    """The finished run of this configuration in ``--out`` (its train.json), else None."""
+    if checkpoint is None or checkpoint["step"] < total:
+        return None
+    record_file = config.out / TRAIN_FILE
+    if not record_file.is_file():
+        return None
+    logger.info("%s holds a finished run of this configuration (%d steps): reusing it",
+                config.out, checkpoint["step"])
+    return TrainResult(out=config.out, record=json.loads(record_file.read_text()), reused=True)
 
 
 def _run_validation(
@@ -499,6 +510,9 @@ def train_clip(
     ``loss_fn(image_features, text_features, logit_scale)`` replaces open_clip's ``ClipLoss``;
     ``on_step(step, loss)`` is called after every optimizer step (an exception it raises stops
     the run as an interruption would: the last checkpoint stays).
+
+    A finished run of the same configuration in DIR is not trained again: its record comes
+    back (``reused``, no model); another configuration there is refused, naming what differs.
     """
     started = time.time()
     _check_out(config)
@@ -519,6 +533,9 @@ def train_clip(
     resolved = _resolve(config, len(index))
     identity = config.identity(resolved)
     checkpoint = None if config.overwrite else _resume(config, identity, resolved["total_steps"])
+    finished = _finished(config, checkpoint, resolved["total_steps"])
+    if finished is not None:
+        return finished
     device = _device(config.device)
     dtype = _autocast_dtype(config.precision, device)
     torch.manual_seed(config.seed)
