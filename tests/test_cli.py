@@ -107,6 +107,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list]:
         "reinforce": ["reinforce", missing, "--out", tmp / "rf", "--teachers", "a,,b",
                       "--augmentations", "2"],
         "validate-reinforced": ["validate-reinforced", missing],
+        "run": ["run", tmp / "missing.toml"],
     }
 
 
