@@ -319,8 +319,14 @@ def test_existing_output_is_refused_unless_overwrite(run_dir: Path, pool: Synthe
     assert len(list(out.glob("*.tar"))) == summary.shards > 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
 
-    with pytest.raises(UserError, match="would replace"):
+    with pytest.raises(UserError, match="is the input"):
         export(run_dir, run_dir, overwrite=True)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="was not made by `filter-pool export`"):
+        export(run_dir, foreign, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine"
 
 
 def test_same_input_gives_identical_bytes(run_dir: Path, tmp_path: Path):

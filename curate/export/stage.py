@@ -54,6 +54,8 @@ from curate.io.workspace import (
     SUBSET_MANIFEST,
     SUBSET_RECORD,
     RunPaths,
+    check_apart,
+    check_replaceable,
     refuse_other_settings,
     staged_directory,
     write_json_atomic,
@@ -350,17 +352,18 @@ def _sample_members(
     return members, reencoded
 
 
-def _prepare_out(config: ExportConfig) -> ExportSummary | None:
-    """Refuse a DIR holding the run or subset, and an existing non-empty DIR (unless overwrite)
-    that is not an export of the same subset and settings; return that export's summary."""
-    out = config.out.resolve()
-    for inside in (config.run.resolve(), RunPaths(config.run).subset_dir(config.subset).resolve()):
-        if out == inside or out in inside.parents:
-            raise UserError(f"output {config.out} would replace {inside}; choose another")
-    if out.exists() and not out.is_dir():
+def _prepare_out(config: ExportConfig, run_record: dict[str, Any]) -> ExportSummary | None:
+    """Refuse a DIR that is, holds or lies in the run or the pool's shards, an existing file,
+    and (with overwrite) a DIR that is not an export; without overwrite an existing export of
+    the same subset and settings is returned (reused), any other is refused."""
+    shard_dirs = {Path(s["tar"]).parent for s in run_record["shards"] if s.get("tar")}
+    check_apart(config.out, [config.run, *sorted(shard_dirs)])
+    if config.out.exists() and not config.out.is_dir():
         raise UserError(f"output {config.out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+    if config.out.is_dir() and any(config.out.iterdir()) and not config.overwrite:
         return _finished(config)
+    if config.overwrite:
+        check_replaceable(config.out, ("info.json",), "export")
     return None
 
 
@@ -431,7 +434,7 @@ def export_subset(config: ExportConfig) -> ExportSummary:
     if not subset_dir.is_dir():
         raise UserError(f"subset {config.subset!r} not found: {subset_dir} does not exist")
     table = _read_manifest(subset_dir / SUBSET_MANIFEST)
-    finished = _prepare_out(config)
+    finished = _prepare_out(config, run_record)
     if finished is not None:
         return finished
     table = _with_pool_metadata(config.run, table)

@@ -29,7 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
-from curate.io.workspace import refuse_other_settings, staged_directory, write_json_atomic
+from curate.io.workspace import (
+    check_apart,
+    check_replaceable,
+    refuse_other_settings,
+    staged_directory,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +228,10 @@ def download_urls(config: DownloadConfig, base_url: str | None = None) -> Downlo
     """Download a URL list into webdataset shards at ``config.out`` with img2dataset; an
     existing download of the same list and settings is reused (``base_url``: where a served
     toy world was, recorded)."""
+    check_apart(config.out, [config.urls])
     if config.out.exists() and not config.overwrite:
         return finished_download(config)
+    check_replaceable(config.out, (DOWNLOAD_RECORD,), "download")
     fmt = _check_url_list(config)
     with staged_directory(config.out) as stage:
         output = stage / "shards"  # img2dataset wants to create its folder itself

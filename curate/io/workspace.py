@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,33 @@ def check_name(name: str, kind: str, pattern: re.Pattern[str] = OUTPUT_NAME) -> 
                    "starting with a letter or digit")
         raise UserError(f"{kind} {name!r} is not a valid name (use {allowed})")
     return name
+
+
+def check_apart(output: Path, inputs: Iterable[Path], option: str = "--out") -> None:
+    """Refuse an output that is, contains or lies inside one of the command's inputs (with or
+    without --overwrite): writing or replacing it would destroy what the command reads."""
+    out = Path(output).resolve()
+    for source in inputs:
+        held = Path(source).resolve()
+        if out == held or held in out.parents or out in held.parents:
+            relation = ("is" if out == held else "lies inside" if held in out.parents
+                        else "contains")
+            raise UserError(f"{option} {output} {relation} the input {source}; choose an "
+                            "output apart from the inputs")
+
+
+def check_replaceable(output: Path, markers: Iterable[str], command: str,
+                      option: str = "--out") -> None:
+    """With --overwrite, an existing non-empty output is replaced only when it holds one of
+    ``markers`` (what ``filter-pool command`` writes there); anything else is left untouched."""
+    out = Path(output)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if out.is_dir() and any((out / marker).exists() for marker in markers):
+        return
+    raise UserError(f"{option} {out} exists and was not made by `filter-pool {command}`; "
+                    "--overwrite replaces only that command's own output, so it is left "
+                    "untouched (choose another output)")
 
 
 def part_name(shard_index: int) -> str:

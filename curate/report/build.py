@@ -19,7 +19,7 @@ from typing import Any
 
 from curate.errors import UserError
 from curate.io.schema import canonical_score_column
-from curate.io.workspace import SCORER_FILE, RunPaths, atomic_path
+from curate.io.workspace import SCORER_FILE, RunPaths, atomic_path, check_apart
 from curate.report import charts
 from curate.report import html as H
 from curate.report.data import (
@@ -278,8 +278,12 @@ def _choose_cut(
 
 def build_report(config: ReportConfig) -> ReportSummary:
     """Write the report for ``config.run`` to ``config.out``; return what it holds."""
+    check_apart(config.out, [config.run])
     if config.out.exists() and not config.overwrite:
         raise UserError(f"{config.out} exists; pass --overwrite to replace it")
+    if config.out.exists() and H.GENERATOR.encode() not in config.out.read_bytes()[:4096]:
+        raise UserError(f"--out {config.out} exists and was not made by `filter-pool report`; "
+                        "--overwrite replaces only a report, so it is left untouched")
     paths = RunPaths(config.run)
     run = paths.read_run()
     con = connect(paths.root)

@@ -82,11 +82,15 @@ def grid(block: Grid) -> str:
     )
 
 
+GENERATOR = "filter-pool report"  # marks a file as a report: --overwrite replaces only those
+
+
 def page(title: str, sections: list[tuple[str, str]]) -> str:
     """The whole document: a heading per section, then its HTML."""
     body = "".join(f"<h2>{escape(heading)}</h2>{content}" for heading, content in sections)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="generator" content="{GENERATOR}">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{escape(title)}</h1>{body}"
         '<p class="note" id="image-check"></p>'

@@ -43,6 +43,7 @@ from curate.io.workspace import (
     SUBSET_RECORD,
     SUBSET_UIDS,
     RunPaths,
+    check_replaceable,
     refuse_other_settings,
     staged_directory,
 )
@@ -221,6 +222,7 @@ def _finished(paths: RunPaths, target: Path, config: SelectConfig, request: dict
     """The existing subset when it was made with the same request from the same tables; None
     when there is none (or ``overwrite``); a UserError naming what differs otherwise."""
     if config.overwrite or not target.exists():
+        check_replaceable(target, (SUBSET_RECORD,), "select")
         return None
     record_file = target / SUBSET_RECORD
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}

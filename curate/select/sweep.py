@@ -31,6 +31,7 @@ from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
 from curate.io.schema import TEXT_CHARS, score_column
 from curate.io.workspace import (
     RunPaths,
+    check_replaceable,
     refuse_other_settings,
     staged_directory,
     write_json_atomic,
@@ -374,6 +375,7 @@ def sweep(config: SweepConfig) -> SweepResult:
     }
     if target.exists() and not config.overwrite:
         return _finished(name, column, target, request)
+    check_replaceable(target, (SWEEP_RECORD, "sweep.parquet"), "sweep", "--name")
     queries, tables = _candidate_queries(con, config, column)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Python-heavy set-up (matplotlib's import, the language model) while DuckDB scans,

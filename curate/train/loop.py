@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import curate
 from curate.errors import UserError
+from curate.io.workspace import check_apart, check_replaceable
 from curate.models.directory import CONFIG_NAME, write_model_files
 from curate.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -239,6 +240,8 @@ def _check_out(config: TrainConfig) -> None:
     """Refuse to clobber, before anything is read or written: an existing DIR is resumed,
     replaced (``--overwrite``, only if it is a train-dfn output) or refused."""
     out = config.out
+    check_apart(out, [config.data, *([config.eval_set] if config.eval_set else []),
+                      *([config.reinforced] if config.reinforced else [])])
     if not out.exists():
         return
     if not out.is_dir():
@@ -247,7 +250,7 @@ def _check_out(config: TrainConfig) -> None:
     if ours or not any(out.iterdir()):
         return
     if config.overwrite:
-        raise UserError(f"--out {out} is not a train-dfn output; refusing to delete it")
+        check_replaceable(out, (TRAIN_FILE, CHECKPOINT_DIR, CONFIG_NAME), "train-dfn")
     raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
 
 
