@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -14,9 +14,6 @@ from curate.errors import UserError
 from curate.executor import ExecutorConfig
 from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.image import DEFAULT_MAX_PIXELS
-
-if TYPE_CHECKING:  # torch and open_clip load only in the commands that need them (~5 s)
-    from curate.score.stage import ScoreSummary
 
 app = typer.Typer(
     name="filter-pool",
@@ -173,24 +170,6 @@ def ingest(
     )
 
 
-def _summary_text(summary: ScoreSummary) -> str:
-    stats = summary.stats
-    lines = [
-        f"scored '{summary.name}': {stats.samples} samples in {summary.shards_total} shards "
-        f"({summary.shards_skipped} already done)",
-        f"  {summary.samples_scored} scored now in {summary.wall_seconds:.1f} s "
-        f"({summary.samples_per_second:.1f} samples/s)",
-        f"  ok {stats.ok}, failed {stats.failed}",
-    ]
-    lines += [f"    {status}: {count}" for status, count in sorted(stats.by_status.items())
-              if status != "ok"]
-    if stats.unlisted_samples:
-        lines.append(f"  {stats.unlisted_samples} tar samples not in the pool table were ignored")
-    for shard, reason in sorted(summary.failed_shards.items()):
-        lines.append(f"  FAILED shard {shard}: {reason}")
-    return "\n".join(lines)
-
-
 @app.command()
 def score(
     run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest`.")],
@@ -269,7 +248,7 @@ def score(
         summary = score_run(config)
     except USER_ERRORS as exc:
         fail(str(exc))
-    emit(summary.to_dict(), as_json, _summary_text(summary))
+    emit(summary.to_dict(), as_json, summary.text())
     if summary.failed_shards:
         raise typer.Exit(code=1)
 
@@ -774,16 +753,7 @@ def reinforce_command(
         summary = reinforce(config)
     except USER_ERRORS as exc:
         fail(str(exc))
-    stats = summary.stats
-    lines = [
-        f"reinforced {stats.written} of {stats.samples} samples in {summary.shards_total} shards "
-        f"({summary.shards_skipped} already done) -> {summary.out}",
-        f"  {summary.written_now} written now in {summary.wall_seconds:.1f} s",
-    ]
-    lines += [f"  dropped {reason}: {count}" for reason, count in sorted(stats.dropped.items())]
-    lines += [f"  FAILED shard {shard}: {reason}"
-              for shard, reason in sorted(summary.failed_shards.items())]
-    emit(summary.to_dict(), as_json, "\n".join(lines))
+    emit(summary.to_dict(), as_json, summary.text())
     if summary.failed_shards:
         raise typer.Exit(code=1)
 
