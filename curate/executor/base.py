@@ -174,7 +174,7 @@ def start_workers_early(config: ExecutorConfig) -> None:
 
 
 _LOADED: dict[Hashable, Any] = {}
-_LOADED_LOCK = threading.Lock()
+_LOADED_LOCK = threading.RLock()  # a load may itself load_once (a scorer kind, its model)
 
 
 def load_once(key: Hashable, load: Callable[[], T]) -> T:

@@ -63,7 +63,9 @@ class _Job:
 
 def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], job: _Job,
                     progress: ProgressFn) -> Stats:
-    """Runs on the worker: the stage's shard function, then its completion record."""
+    """Runs on the worker: drop a stale record, run the stage's shard function (which puts
+    its outputs in place), then write the completion record."""
+    Path(job.record).unlink(missing_ok=True)
     stats = task_fn(job.shard.task, progress)
     write_record(job.record, stats)
     return stats
