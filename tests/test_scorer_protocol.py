@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from curate.executor import ExecutorConfig
-from curate.io.shards import TarReadResult
+from curate.io.shards import TarReadResult, iter_tar_samples
 from curate.io.workspace import RunPaths
 from curate.score.registry import IMAGE_BYTES, list_scorers, register_scorer
 from curate.score.stage import ScoreConfig, score_run
@@ -67,5 +67,10 @@ def test_a_registered_scorer_joins_into_samples(run_dir: Path) -> None:
     scored = [r for r in rows if r[3] == "ok"]
     assert all(0.0 <= r[2] < 1.0 for r in scored)
     assert len({r[2] for r in scored}) > len(scored) // 2  # real hashes, not a constant
+    tar = Path(RunPaths(run_dir).read_run()["shards"][0]["tar"])
+    direct = {sample.key: byte_hash(sample.image()[1])
+              for sample in iter_tar_samples(tar, TarReadResult()) if sample.image()}
+    got = {key: score for _, key, score, status in rows if status == "ok" and key in direct}
+    assert got and all(abs(got[key] - direct[key]) < 1e-6 for key in got)
     # the stage and the runner resume it as any other scorer
     assert score_run(config).samples_scored == 0
