@@ -1,7 +1,8 @@
 """The ``filter-pool`` entry point: starts the local workers' forkserver before the CLI loads.
 
 Loading the CLI imports torch and open_clip, about 5 s on one core. A command that starts a
-local Dask cluster (``score``, ``demo``) first starts the forkserver its workers fork from
+local Dask cluster (one that runs a sharded stage, as the stage packages declare in
+``curate.runner.commands``) first starts the forkserver its workers fork from
 (``curate.executor.forkserver``), whose same imports then run on another core meanwhile: the
 workers are ready when the command needs them instead of 5-7 s later.
 """
@@ -11,8 +12,7 @@ from __future__ import annotations
 import sys
 
 from curate.executor.base import available_cores  # light: no Dask, no torch
-
-LOCAL_CLUSTER_COMMANDS = frozenset({"score", "demo"})
+from curate.runner.commands import sharded_commands  # light: reads the stage packages' inits
 
 
 def _option_value(args: list[str], name: str) -> str | None:
@@ -30,7 +30,7 @@ def starts_local_cluster(args: list[str], cores: int | None = None) -> bool:
     """True when ``filter-pool ARGS`` will start local Dask workers (by its command and its
     ``--workers`` and ``--scheduler`` options) on a machine with more than one core."""
     command = next((a for a in args if not a.startswith("-")), None)
-    if command not in LOCAL_CLUSTER_COMMANDS or "--help" in args:
+    if command not in sharded_commands() or "--help" in args:
         return False
     if _option_value(args, "--scheduler") is not None or _option_value(args, "--workers") == "0":
         return False

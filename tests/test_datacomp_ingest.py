@@ -23,7 +23,8 @@ from curate.io.shards import PoolError
 from curate.io.uids import is_valid_uid
 from curate.io.workspace import RunPaths
 from curate.models import ModelSpec
-from curate.score.stage import ScoreConfig, _plan_tasks
+from curate.runner.run import plan
+from curate.score.stage import ScoreConfig, score_stage
 from tests.generators.datacomp import write_datacomp_metadata
 
 DIMS = {"embed_dim_b32": 8, "embed_dim_l14": 12}
@@ -116,8 +117,8 @@ def test_score_tables_equal_the_metadata_columns(tmp_path: Path, metadata: list[
             assert (done["samples"], done["ok"], done["failed_shards"]) == (40, 40, {})
         config = ScoreConfig(run=run, model=ModelSpec("fp-tiny-vit", random_init=True),
                              name=scorer, save_embeddings=True)
-        tasks, done_stats = _plan_tasks(paths, config, paths.read_run()["shards"])
-        assert tasks == [] and done_stats.samples == 120  # the score stage sees them finished
+        jobs, done_stats = plan(score_stage(config, paths.read_run()["shards"]))
+        assert jobs == [] and done_stats.samples == 120  # the score stage sees them finished
 
 
 def test_null_or_nan_score_is_missing_score(tmp_path: Path, copy: Path) -> None:

@@ -44,6 +44,9 @@ def test_local_workers_are_forked_with_torch_and_open_clip_loaded() -> None:
         (["score", "RUN", "--scheduler", "tcp://127.0.0.1:8786"], False),
         (["score", "--help"], False),
         (["demo", "--out", "x"], True),
+        (["reinforce", "SHARDS", "--out", "x"], True),
+        (["reinforce", "SHARDS", "--workers", "0"], False),
+        (["run", "pipelines/demo.toml"], True),
         (["select", "RUN", "--out", "top"], False),
         ([], False),
     ],
@@ -53,3 +56,18 @@ def test_launcher_starts_the_forkserver_only_for_local_workers(
 ) -> None:
     assert starts_local_cluster(args, cores=2) is expected
     assert starts_local_cluster(args, cores=1) is False
+
+
+def test_launcher_decides_without_torch_dask_or_the_cli() -> None:
+    """The commands that need workers come from the stages' declarations, read light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from curate.launch import starts_local_cluster as s; "
+        "assert s(['score', 'R'], cores=2) and s(['reinforce', 'S'], cores=2); "
+        "assert not s(['select', 'R'], cores=2); "
+        "heavy = {'torch', 'dask', 'distributed', 'open_clip', 'curate.cli'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -236,13 +236,13 @@ def test_score_shard_is_a_plain_function(run_dir: Path, tiny_checkpoint: Path) -
     seen: list[int] = []
     stats = score_shard(
         ShardTask(scorer="x", shard_name="00000", tar=str(_tar_of(run_dir, 0)),
-                  pool_part=str(record), scores_part=str(out / "p.parquet"),
-                  done_record=str(out / "done.json"), batch_size=5),
+                  pool_part=str(record), scores_part=str(out / "p.parquet"), batch_size=5),
         scorer,
         seen.append,
     )
     assert sum(seen) == stats.samples == 12
-    assert (out / "done.json").is_file()
+    assert pq.read_table(out / "p.parquet").num_rows == 12
+    assert not (out / "_done").exists()  # the record is the runner's, not the shard's
 
 
 def test_threaded_decoding_gives_the_serial_table(run_dir: Path, tiny_checkpoint: Path) -> None:
@@ -256,8 +256,7 @@ def test_threaded_decoding_gives_the_serial_table(run_dir: Path, tiny_checkpoint
             score_shard(
                 ShardTask(scorer="x", shard_name=f"{shard:05d}", tar=str(_tar_of(run_dir, shard)),
                           pool_part=str(RunPaths(run_dir).pool_parts()[shard]),
-                          scores_part=str(part), done_record=str(out / f"{part.stem}.json"),
-                          batch_size=4, decode_threads=threads),
+                          scores_part=str(part), batch_size=4, decode_threads=threads),
                 scorer,
             )
             tables.append(pq.read_table(part))

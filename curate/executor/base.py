@@ -20,6 +20,7 @@ TaskFn = Callable[[Any, ProgressFn], Any]
 T = TypeVar("T")
 
 _worker_slot = 0
+_task_threads: int | None = None
 
 
 def current_worker_slot() -> int:
@@ -30,6 +31,17 @@ def current_worker_slot() -> int:
 def set_worker_slot(slot: int) -> None:
     global _worker_slot
     _worker_slot = slot
+
+
+def current_task_threads() -> int | None:
+    """The torch threads a task may use here (the executor's ``threads_per_task``; None when
+    the machine decides, as on an existing cluster)."""
+    return _task_threads
+
+
+def set_task_threads(threads: int | None) -> None:
+    global _task_threads
+    _task_threads = threads
 
 
 def available_cores() -> int:
@@ -92,6 +104,7 @@ class InProcessExecutor:
     def map(
         self, fn: TaskFn, tasks: list[Any], progress: ProgressFn
     ) -> Iterator[tuple[Any, TaskOutcome]]:
+        set_task_threads(self.threads_per_task)
         for task in tasks:
             yield task, self._run_with_retries(fn, task, progress)
 
@@ -161,7 +174,7 @@ def start_workers_early(config: ExecutorConfig) -> None:
 
 
 _LOADED: dict[Hashable, Any] = {}
-_LOADED_LOCK = threading.Lock()
+_LOADED_LOCK = threading.RLock()  # a load may itself load_once (a scorer kind, its model)
 
 
 def load_once(key: Hashable, load: Callable[[], T]) -> T:

@@ -22,6 +22,7 @@ from curate.executor.base import (
     TaskOutcome,
     available_cores,
     describe_exception,
+    set_task_threads,
     set_worker_slot,
 )
 from curate.executor.forkserver import set_worker_preload
@@ -52,10 +53,12 @@ def _worker_slot(name: Any) -> int:
         return 0
 
 
-def _run_on_worker(fn: TaskFn, task: Any, topic: str) -> Any:
-    """Runs on a worker: set the worker's slot, forward progress, undo it on failure."""
+def _run_on_worker(fn: TaskFn, task: Any, topic: str, threads: int | None) -> Any:
+    """Runs on a worker: set the worker's slot and threads, forward progress, undo it on
+    failure."""
     worker = get_worker()
     set_worker_slot(_worker_slot(worker.name))
+    set_task_threads(threads)
     reported = 0
 
     def progress(count: int) -> None:
@@ -112,7 +115,8 @@ class DaskExecutor:
         try:
             futures = {
                 self.client.submit(
-                    _run_on_worker, fn, task, topic, pure=False, retries=self.retries
+                    _run_on_worker, fn, task, topic, self.threads_per_task,
+                    pure=False, retries=self.retries,
                 ): task
                 for task in tasks
             }

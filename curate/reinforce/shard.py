@@ -4,7 +4,7 @@ Samples are read in order and processed in chunks: K augmentations per image (pa
 drawn from a per-uid generator), S synthetic captions per image (seeded per chunk), and the
 teachers' embeddings of views, ground-truth caption and synthetic captions. A sample that
 cannot be used (no image, no caption, undecodable image) is dropped and counted; the output
-tar holds only complete samples, is renamed into place, and the done record comes last.
+tar holds only complete samples and is renamed into place; the runner records it after.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from curate.io.image import DEFAULT_MAX_PIXELS, decode_image
 from curate.io.shards import TarReadResult, TarSample, add_tar_member, iter_tar_samples
 from curate.io.statuses import MISSING_CAPTION, MISSING_IMAGE, SampleError
 from curate.io.uids import is_valid_uid
-from curate.io.workspace import atomic_path, write_json_atomic
+from curate.io.workspace import atomic_path
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig, augment
 from curate.reinforce.captioner import Captioner
@@ -43,7 +43,6 @@ class ReinforceTask:
     shard_name: str
     tar: str
     out_tar: str
-    done_record: str
     augmentations: int
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     bf16: bool = False
@@ -172,5 +171,4 @@ def reinforce_shard(
         stats.failed_shards[task.shard_name] = tar_result.error
         logger.error("shard %s: %s", task.shard_name, tar_result.error)
     stats.seconds = time.perf_counter() - started
-    write_json_atomic(Path(task.done_record), stats.to_dict())
     return stats

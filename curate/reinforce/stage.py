@@ -2,8 +2,9 @@
 
 Output (DataCompDR layout): ``OUT/config.json`` (augmentation, teachers and their dims, the
 captioner and its sampling, the dtype), ``OUT/<shard>.tar`` per input shard, and per shard a
-completion record ``OUT/_done/<shard>.json`` written last. A rerun with the same configuration
-skips finished shards; a different configuration needs ``overwrite``.
+completion record ``OUT/_done/<shard>.json`` written last by the runner (``curate.runner``).
+A rerun with the same configuration skips finished shards; a different configuration needs
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -19,30 +20,24 @@ from typing import Any
 
 import open_clip
 import torch
-from tqdm.auto import tqdm
 
 import curate
 from curate.errors import UserError
 from curate.executor import (
     ExecutorConfig,
-    TaskFailure,
+    current_task_threads,
     current_worker_slot,
     load_once,
-    make_executor,
 )
 from curate.io.shards import find_shards
-from curate.io.workspace import (
-    DONE_DIR,
-    remove_stale_temporaries,
-    setting_differences,
-    write_json_atomic,
-)
+from curate.io.workspace import setting_differences, write_json_atomic
 from curate.models import ModelError, ModelSpec
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig
 from curate.reinforce.captioner import Captioner, SamplingConfig
 from curate.reinforce.shard import ReinforceModels, ReinforceTask, reinforce_shard
 from curate.reinforce.teachers import Teacher, TeacherEnsemble
+from curate.runner import Shard, ShardedStage, StageSummary, run_sharded
 from curate.score.scorer import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -99,13 +94,12 @@ class ReinforceConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What a worker loads once: teachers, captioner, device, threads."""
+    """What a worker loads once: teachers, captioner, device, batch size."""
 
     teachers: tuple[ModelSpec, ...]
     captioner: ModelSpec | None
     sampling: SamplingConfig
     device: str
-    threads: int | None
     batch_size: int
 
 
@@ -113,8 +107,9 @@ def get_models(config: EngineConfig, slot: int = 0) -> ReinforceModels:
     """The process's teachers and captioner for ``config``, loaded on first use and kept."""
 
     def load() -> ReinforceModels:
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        threads = current_task_threads()
+        if threads:
+            torch.set_num_threads(threads)
         device = resolve_device(config.device, slot)
         ensemble = TeacherEnsemble.load(config.teachers, device, config.batch_size)
         captioner = (
@@ -134,33 +129,24 @@ def run_reinforce_task(engine: EngineConfig, task: ReinforceTask, progress) -> r
 
 
 @dataclass
-class ReinforceSummary:
+class ReinforceSummary(StageSummary):
     """What a reinforce stage did, over the shards it ran and those already done."""
 
-    out: Path
-    stats: rec.ReinforceStats
-    written_now: int
-    wall_seconds: float
-    shards_total: int
-    shards_skipped: int
-    task_failures: dict[str, str]
+    out: Path = Path()
 
     @property
-    def failed_shards(self) -> dict[str, str]:
-        return {**self.stats.failed_shards, **self.task_failures}
+    def written_now(self) -> int:
+        """Samples written by this invocation."""
+        return self.now.written
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "out": str(self.out),
-            **self.stats.to_dict(),
-            "failed_shards": self.failed_shards,
+            **super().to_dict(),
             "written_now": self.written_now,
-            "wall_seconds": round(self.wall_seconds, 3),
             "samples_per_second": round(self.written_now / self.wall_seconds, 2)
             if self.wall_seconds > 0
             else 0.0,
-            "shards_total": self.shards_total,
-            "shards_skipped": self.shards_skipped,
         }
 
     def text(self) -> str:
@@ -171,9 +157,7 @@ class ReinforceSummary:
             f"  {self.written_now} written now in {self.wall_seconds:.1f} s",
         ]
         lines += [f"  dropped {reason}: {count}" for reason, count in sorted(stats.dropped.items())]
-        lines += [f"  FAILED shard {shard}: {reason}"
-                  for shard, reason in sorted(self.failed_shards.items())]
-        return "\n".join(lines)
+        return "\n".join(lines + self.failure_lines())
 
 
 def _describe_models(config: ReinforceConfig) -> tuple[list[dict], dict | None]:
@@ -239,38 +223,42 @@ def _prepare_out(config: ReinforceConfig, record: dict[str, Any]) -> None:
                     + "; ".join(differences) + "); pass --overwrite to redo it"
                 )
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    remove_stale_temporaries(out / DONE_DIR)
     write_json_atomic(config_file, record)
 
 
-def _plan(
-    config: ReinforceConfig, augment: AugmentConfig
-) -> tuple[list[ReinforceTask], rec.ReinforceStats, int]:
-    shards = find_shards(config.shards)
-    tasks, done = [], rec.ReinforceStats()
-    for shard in shards:
-        done_record = config.out / DONE_DIR / f"{shard.tar.stem}.json"
+def reinforce_stage(config: ReinforceConfig, augment: AugmentConfig) -> ShardedStage:
+    """The reinforce stage as the runner runs it: one shard per input tar; a shard counts as
+    finished when its record and its output tar are there."""
+    shards = []
+    for shard in find_shards(config.shards):
         out_tar = config.out / shard.tar.name
-        if done_record.is_file() and out_tar.is_file():
-            finished = rec.ReinforceStats.from_dict(json.loads(done_record.read_text()))
-            if not finished.failed_shards:
-                done = done + finished
-                continue
-        tasks.append(
-            ReinforceTask(
-                shard_name=shard.name,
-                tar=str(shard.tar),
-                out_tar=str(out_tar),
-                done_record=str(done_record),
-                augmentations=config.augmentations,
-                augment=augment,
-                bf16=config.bf16,
-                batch_size=config.batch_size,
-                seed=config.seed,
-            )
+        task = ReinforceTask(
+            shard_name=shard.name,
+            tar=str(shard.tar),
+            out_tar=str(out_tar),
+            augmentations=config.augmentations,
+            augment=augment,
+            bf16=config.bf16,
+            batch_size=config.batch_size,
+            seed=config.seed,
         )
-    return tasks, done, len(shards)
+        shards.append(Shard(name=shard.name, part=shard.tar.stem, task=task,
+                            outputs=(str(out_tar),)))
+    engine = EngineConfig(
+        teachers=config.teachers,
+        captioner=config.captioner,
+        sampling=config.sampling,
+        device=config.device,
+        batch_size=max(64, config.batch_size * config.augmentations),
+    )
+    return ShardedStage(
+        name="reinforce",
+        shards=tuple(shards),
+        task_fn=functools.partial(run_reinforce_task, engine),
+        stats_type=rec.ReinforceStats,
+        output_dir=config.out,
+        progress_total=_count_samples,
+    )
 
 
 def reinforce(config: ReinforceConfig) -> ReinforceSummary:
@@ -279,20 +267,10 @@ def reinforce(config: ReinforceConfig) -> ReinforceSummary:
     find_shards(config.shards)  # a clear error before any model is loaded
     record, augment = build_record(config)
     _prepare_out(config, record)
-    tasks, done, total = _plan(config, augment)
-    now, failures = rec.ReinforceStats(), {}
-    if tasks:
-        now, failures = _execute(config, tasks)
-    logger.info("reinforced %d shards, %d already done", len(tasks), total - len(tasks))
-    return ReinforceSummary(
-        out=config.out,
-        stats=done + now,
-        written_now=now.written,
-        wall_seconds=time.perf_counter() - started,
-        shards_total=total,
-        shards_skipped=total - len(tasks),
-        task_failures=failures,
-    )
+    done = run_sharded(reinforce_stage(config, augment), config.executor,
+                       progress=config.progress)
+    return ReinforceSummary(**{**vars(done), "wall_seconds": time.perf_counter() - started},
+                            out=config.out)
 
 
 def _count_samples(tasks: list[ReinforceTask]) -> int | None:
@@ -306,38 +284,3 @@ def _count_samples(tasks: list[ReinforceTask]) -> int | None:
             entry = json.loads(line)
             counts[str(entry.get("shard"))] = int(entry.get("num_uids", 0))
     return sum(counts.get(task.shard_name, 0) for task in tasks) or None
-
-
-def _execute(
-    config: ReinforceConfig, tasks: list[ReinforceTask]
-) -> tuple[rec.ReinforceStats, dict[str, str]]:
-    executor = make_executor(config.executor)
-    engine = EngineConfig(
-        teachers=config.teachers,
-        captioner=config.captioner,
-        sampling=config.sampling,
-        device=config.device,
-        threads=executor.threads_per_task,
-        batch_size=max(64, config.batch_size * config.augmentations),
-    )
-    stats, failures = rec.ReinforceStats(), {}
-    bar = tqdm(
-        total=_count_samples(tasks),
-        unit="sample",
-        desc="reinforce",
-        disable=not config.progress,
-        dynamic_ncols=True,
-    )
-    try:
-        for task, outcome in executor.map(
-            functools.partial(run_reinforce_task, engine), tasks, bar.update
-        ):
-            if isinstance(outcome, TaskFailure):
-                failures[task.shard_name] = outcome.error
-                logger.error("shard %s failed: %s", task.shard_name, outcome.error)
-            else:
-                stats = stats + outcome
-    finally:
-        bar.close()
-        executor.close()
-    return stats, failures

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+S = TypeVar("S", bound="Stats")
+
+
+class Stats(Protocol):
+    """What the runner needs of a stage's per-shard stats: they add, and round-trip as JSON."""
+
+    shards: int
+    samples: int
+    failed_shards: dict[str, str]
+
+    def __add__(self: S, other: S) -> S: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_dict(cls: type[S], payload: dict[str, Any]) -> S: ...
 
 
 @dataclass

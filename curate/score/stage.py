@@ -1,5 +1,7 @@
 """The score stage: plan the unfinished shards of a run, score them on an executor, summarise.
 
+The scorer is a registered kind (``curate.score.registry``; ``clip`` by default) and the
+runner (``curate.runner``) plans, skips, executes and records the shards.
 Outputs (DESIGN.md): ``RUN/scores/<name>/part-NNNNN.parquet`` (uid, ``<name>_score``,
 status, error), optionally ``RUN/embeddings/<name>/part-NNNNN.{image,text}.npy`` (float16,
 row-aligned with the score part), and per shard a completion record
@@ -20,32 +22,29 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
 
 from curate.errors import UserError
 from curate.executor import (
     ExecutorConfig,
-    TaskFailure,
     auto_workers,
     current_worker_slot,
-    make_executor,
+    load_once,
     start_workers_early,
 )
 from curate.io.image import DEFAULT_MAX_PIXELS
 from curate.io.workspace import (
-    DONE_DIR,
     SCORER_FILE,
     RunPaths,
     part_name,
     remove_stale_temporaries,
     write_json_atomic,
 )
-from curate.models import ModelError, ModelSpec
-from curate.models.spec import check_weights, resolve_model_spec
-from curate.runner.stats import ShardStats
+from curate.models import ModelSpec
+from curate.runner import Shard, ShardedStage, ShardStats, StageSummary, run_sharded
 from curate.score.image_loader import DECODERS
-from curate.score.scorer import PRECISIONS, ScorerConfig, get_scorer
-from curate.score.shard import ProgressFn, ShardTask, read_done_record, score_shard
+from curate.score.registry import READS_TARS, ProgressFn, ScorerKind, get_scorer_kind
+from curate.score.scorer import PRECISIONS
+from curate.score.task import ShardTask, score_task
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +58,13 @@ class ScoreError(UserError):
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """One score stage: which run, which model, under which name, on which engine."""
+    """One score stage: which run, which scorer kind and model, under which name, on which
+    engine."""
 
     run: Path
-    model: ModelSpec
+    model: ModelSpec | None = None
     name: str = "dfn"
+    kind: str = "clip"  # a registered scorer kind (curate.score.registry)
     batch_size: int = 64
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     device: str = "auto"
@@ -98,20 +99,15 @@ class ScoreConfig:
 
 
 @dataclass
-class ScoreSummary:
+class ScoreSummary(StageSummary):
     """What a score stage did: totals over the shards it ran and the ones already done."""
 
-    name: str
-    stats: ShardStats
-    samples_scored: int
-    wall_seconds: float
-    shards_total: int
-    shards_skipped: int
-    task_failures: dict[str, str]
+    name: str = ""
 
     @property
-    def failed_shards(self) -> dict[str, str]:
-        return {**self.stats.failed_shards, **self.task_failures}
+    def samples_scored(self) -> int:
+        """Samples scored by this invocation."""
+        return self.now.samples
 
     @property
     def samples_per_second(self) -> float:
@@ -121,13 +117,9 @@ class ScoreSummary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            **self.stats.to_dict(),
-            "failed_shards": self.failed_shards,
+            **super().to_dict(),
             "samples_scored": self.samples_scored,
-            "wall_seconds": round(self.wall_seconds, 3),
             "samples_per_second": round(self.samples_per_second, 2),
-            "shards_total": self.shards_total,
-            "shards_skipped": self.shards_skipped,
         }
 
     def text(self) -> str:
@@ -144,32 +136,25 @@ class ScoreSummary:
         if stats.unlisted_samples:
             lines.append(f"  {stats.unlisted_samples} tar samples not in the pool table were "
                          "ignored")
-        for shard, reason in sorted(self.failed_shards.items()):
-            lines.append(f"  FAILED shard {shard}: {reason}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.failure_lines())
 
 
-def run_score_task(
-    scorer_config: ScorerConfig, task: ShardTask, progress: ProgressFn
-) -> ShardStats:
-    """The per-shard task an executor runs: the worker's cached scorer, then score_shard."""
-    scorer = get_scorer(scorer_config, slot=current_worker_slot())
-    return score_shard(task, scorer, progress)
+def run_score_task(kind: ScorerKind, config: ScoreConfig, task: ShardTask,
+                   progress: ProgressFn) -> ShardStats:
+    """The per-shard task an executor runs: the worker's cached scorer, then score_task."""
+    slot = current_worker_slot()
+    scorer = load_once(("score-kind", config.kind, config, slot), lambda: kind.load(config, slot))
+    return score_task(task, scorer, progress)
 
 
-def _scorer_record(config: ScoreConfig) -> dict[str, Any]:
-    resolved = resolve_model_spec(config.model)
-    check_weights(config.model)
-    return {
-        "name": config.name,
-        "model": config.model.id,
-        "model_name": config.model.model,
-        "pretrained": config.model.pretrained,
-        "random_init": config.model.random_init,
-        "weights": resolved.weights,
-        "quick_gelu": resolved.quick_gelu,
-        "precision": config.precision,
-    }
+def _scorer_record(kind: ScorerKind, config: ScoreConfig) -> dict[str, Any]:
+    try:
+        described = kind.describe(config)
+    except ScoreError:
+        raise
+    except UserError as exc:
+        raise ScoreError(str(exc)) from exc
+    return {"name": config.name, "kind": config.kind, **described}
 
 
 def _check_previous_scorer(paths: RunPaths, config: ScoreConfig, record: dict) -> None:
@@ -179,11 +164,12 @@ def _check_previous_scorer(paths: RunPaths, config: ScoreConfig, record: dict) -
         return
     previous = json.loads(previous_file.read_text())
     made_with = (previous.get("model"), previous.get("precision", "auto"))
-    if made_with == (record["model"], record["precision"]) or config.overwrite:
+    asked = (record.get("model"), record.get("precision", "auto"))
+    if made_with == asked or config.overwrite:
         return
     raise ScoreError(
         f"score name '{config.name}' was made with {made_with[0]} at precision {made_with[1]}, "
-        f"not {record['model']} at {record['precision']}; pick another --name or pass --overwrite"
+        f"not {asked[0]} at {asked[1]}; pick another --name or pass --overwrite"
     )
 
 
@@ -193,35 +179,34 @@ def _clear_scorer_outputs(paths: RunPaths, name: str) -> None:
             shutil.rmtree(directory)
 
 
-def _plan_tasks(
-    paths: RunPaths, config: ScoreConfig, shards: list[dict]
-) -> tuple[list[ShardTask], ShardStats]:
-    """Tasks for the shards not finished yet, and the stats of those already done."""
+def score_stage(config: ScoreConfig, shards: list[dict]) -> ShardedStage:
+    """The score stage as the runner runs it: every shard of the run (the runner skips the
+    finished ones by their records), the kind's per-shard task, ShardStats."""
+    paths = RunPaths(config.run)
     scores_dir = paths.scores_dir(config.name)
-    done_stats = ShardStats()
-    tasks = []
+    planned = []
     for shard in shards:
         part = part_name(shard["index"])
-        done_record = scores_dir / DONE_DIR / f"{part}.json"
-        finished = read_done_record(done_record)
-        if finished is not None and not finished.failed_shards:
-            done_stats = done_stats + finished
-            continue
         embeddings = paths.embeddings_dir(config.name) / part if config.save_embeddings else None
-        tasks.append(
-            ShardTask(
-                scorer=config.name,
-                shard_name=shard["name"],
-                tar=shard["tar"],
-                pool_part=str(paths.pool_part(shard["index"])),
-                scores_part=str(scores_dir / f"{part}.parquet"),
-                done_record=str(done_record),
-                embeddings_prefix=str(embeddings) if embeddings else None,
-                batch_size=config.batch_size,
-                max_image_pixels=config.max_image_pixels,
-            )
+        task = ShardTask(
+            scorer=config.name,
+            shard_name=shard["name"],
+            tar=shard.get("tar"),
+            pool_part=str(paths.pool_part(shard["index"])),
+            scores_part=str(scores_dir / f"{part}.parquet"),
+            embeddings_prefix=str(embeddings) if embeddings else None,
+            batch_size=config.batch_size,
+            max_image_pixels=config.max_image_pixels,
         )
-    return tasks, done_stats
+        planned.append(Shard(name=shard["name"], part=part, task=task))
+    return ShardedStage(
+        name=f"score {config.name}",
+        shards=tuple(planned),
+        task_fn=functools.partial(run_score_task, get_scorer_kind(config.kind), config),
+        stats_type=ShardStats,
+        output_dir=scores_dir,
+        progress_total=_pool_rows,
+    )
 
 
 def _pool_rows(tasks: list[ShardTask]) -> int:
@@ -231,48 +216,28 @@ def _pool_rows(tasks: list[ShardTask]) -> int:
 def score_run(config: ScoreConfig) -> ScoreSummary:
     """Score every unfinished shard of ``config.run``; return the summary of the whole table."""
     started = time.perf_counter()
+    kind = get_scorer_kind(config.kind)
     executor_config = _executor_config(config)
     start_workers_early(executor_config)  # overlaps the checks below
     paths = RunPaths(config.run)
     run = paths.read_run()
     imageless = [s["name"] for s in run["shards"] if not s.get("tar")]
-    if imageless:
+    if imageless and kind.reads in READS_TARS:
         raise ScoreError(
             f"run {paths.root} has no image shards for {imageless[0]} (ingested from "
             f"{run['source']['kind']} metadata); score needs img2dataset webdataset shards"
         )
-    try:
-        record = _scorer_record(config)
-    except ModelError as exc:
-        raise ScoreError(str(exc)) from exc
+    record = _scorer_record(kind, config)
     _check_previous_scorer(paths, config, record)
     if config.overwrite:
         _clear_scorer_outputs(paths, config.name)
+    remove_stale_temporaries(paths.embeddings_dir(config.name))
     scores_dir = paths.scores_dir(config.name)
-    for directory in (scores_dir, scores_dir / DONE_DIR, paths.embeddings_dir(config.name)):
-        remove_stale_temporaries(directory)
-    tasks, done_stats = _plan_tasks(paths, config, run["shards"])
-    shards_total = len(run["shards"])
-    scored_now = ShardStats()
-    failures: dict[str, str] = {}
-    if tasks:
-        write_json_atomic(scores_dir / SCORER_FILE, record)
-        scored_now, failures = _execute(config, executor_config, tasks)
-    logger.info(
-        "scored %s: %d shards run, %d already done",
-        config.name,
-        len(tasks),
-        shards_total - len(tasks),
-    )
-    return ScoreSummary(
-        name=config.name,
-        stats=done_stats + scored_now,
-        samples_scored=scored_now.samples,
-        wall_seconds=time.perf_counter() - started,
-        shards_total=shards_total,
-        shards_skipped=shards_total - len(tasks),
-        task_failures=failures,
-    )
+    stage = score_stage(config, run["shards"])
+    done = run_sharded(stage, executor_config, progress=config.progress,
+                       before_run=lambda: write_json_atomic(scores_dir / SCORER_FILE, record))
+    return ScoreSummary(**{**vars(done), "wall_seconds": time.perf_counter() - started},
+                        name=config.name)
 
 
 def _executor_config(config: ScoreConfig) -> ExecutorConfig:
@@ -283,37 +248,3 @@ def _executor_config(config: ScoreConfig) -> ExecutorConfig:
     on_gpu = config.device != "cpu" and torch.cuda.is_available()
     gpus = torch.cuda.device_count() if on_gpu else 0
     return replace(executor, workers=auto_workers(gpus))
-
-
-def _execute(config: ScoreConfig, executor_config: ExecutorConfig,
-             tasks: list[ShardTask]) -> tuple[ShardStats, dict[str, str]]:
-    executor = make_executor(executor_config)
-    scorer_config = ScorerConfig(
-        spec=config.model,
-        device=config.device,
-        threads=executor.threads_per_task,
-        precision=config.precision,
-        exact_shortcuts=not config.plain_encoders,
-        decoder=config.decoder,
-    )
-    task_fn = functools.partial(run_score_task, scorer_config)
-    stats = ShardStats()
-    failures: dict[str, str] = {}
-    bar = tqdm(
-        total=_pool_rows(tasks),
-        unit="sample",
-        desc=f"score {config.name}",
-        disable=not config.progress,
-        dynamic_ncols=True,
-    )
-    try:
-        for task, outcome in executor.map(task_fn, tasks, bar.update):
-            if isinstance(outcome, TaskFailure):
-                failures[task.shard_name] = outcome.error
-                logger.error("shard %s failed: %s", task.shard_name, outcome.error)
-            else:
-                stats = stats + outcome
-    finally:
-        bar.close()
-        executor.close()
-    return stats, failures

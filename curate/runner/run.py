@@ -1,0 +1,137 @@
+"""``run_sharded``: plan a stage's shards, skip the finished ones, run the rest on an executor,
+write each shard's completion record last, add up the stats."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.executor import ExecutorConfig, TaskFailure, make_executor
+from curate.executor.base import ProgressFn
+from curate.io.workspace import remove_stale_temporaries
+from curate.runner.progress import Progress
+from curate.runner.records import read_record, record_path, write_record
+from curate.runner.stats import Stats
+from curate.runner.summary import StageSummary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a stage: its name, its record's name, the task its function gets, and the
+    outputs that must exist (besides the record) for it to count as finished."""
+
+    name: str
+    part: str
+    task: Any
+    outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShardedStage:
+    """A stage that works shard by shard. ``task_fn(task, progress)`` writes one shard's
+    outputs atomically and returns its stats (a ``stats_type``); records go to ``output_dir``'s
+    ``_done/``. ``progress_total`` gives the bar's total from the tasks left to run."""
+
+    name: str
+    shards: tuple[Shard, ...]
+    task_fn: Callable[[Any, ProgressFn], Stats]
+    stats_type: type
+    output_dir: Path
+    progress_total: Callable[[list[Any]], int | None] = field(default=lambda tasks: None)
+    unit: str = "sample"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shards", tuple(self.shards))
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        parts = [s.part for s in self.shards]
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"stage {self.name}: two shards share a completion record")
+
+
+@dataclass(frozen=True)
+class _Job:
+    shard: Shard
+    record: str
+
+
+def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], job: _Job,
+                    progress: ProgressFn) -> Stats:
+    """Runs on the worker: drop a stale record, run the stage's shard function (which puts
+    its outputs in place), then write the completion record."""
+    Path(job.record).unlink(missing_ok=True)
+    stats = task_fn(job.shard.task, progress)
+    write_record(job.record, stats)
+    return stats
+
+
+def _finished(stage: ShardedStage, shard: Shard) -> Stats | None:
+    """The shard's recorded stats when it finished cleanly (no failed shards), else None."""
+    if not all(Path(output).exists() for output in shard.outputs):
+        return None
+    stats = read_record(record_path(stage.output_dir, shard.part), stage.stats_type)
+    return stats if stats is not None and not stats.failed_shards else None
+
+
+def plan(stage: ShardedStage) -> tuple[list[_Job], Stats]:
+    """The jobs left to run and the summed stats of the shards already finished."""
+    done = stage.stats_type()
+    jobs = []
+    for shard in stage.shards:
+        finished = _finished(stage, shard)
+        if finished is not None:
+            done = done + finished
+        else:
+            jobs.append(_Job(shard, str(record_path(stage.output_dir, shard.part))))
+    return jobs, done
+
+
+def run_sharded(stage: ShardedStage, executor: ExecutorConfig, progress: bool = True,
+                before_run: Callable[[], None] | None = None) -> StageSummary:
+    """Run every unfinished shard of ``stage``; ``before_run`` is called only when some are
+    left (e.g. to write the stage's own record). An executor starts only then. Failed shards
+    are named in the summary, never raised."""
+    started = time.perf_counter()
+    for directory in (stage.output_dir, stage.output_dir / "_done"):
+        remove_stale_temporaries(directory)
+    jobs, done = plan(stage)
+    now = stage.stats_type()
+    failures: dict[str, str] = {}
+    if jobs:
+        if before_run is not None:
+            before_run()
+        now, failures = _execute(stage, jobs, executor, progress)
+    total = len(stage.shards)
+    logger.info("%s: %d shards run, %d already done", stage.name, len(jobs), total - len(jobs))
+    for name, error in sorted(failures.items()):
+        logger.error("shard %s failed: %s", name, error)
+    return StageSummary(stats=done + now, now=now, shards_total=total,
+                      shards_skipped=total - len(jobs), task_failures=failures,
+                      wall_seconds=time.perf_counter() - started)
+
+
+def _execute(stage: ShardedStage, jobs: list[_Job], config: ExecutorConfig,
+             progress: bool) -> tuple[Stats, dict[str, str]]:
+    bar = Progress(stage.name, stage.progress_total([j.shard.task for j in jobs]), len(jobs),
+                   enabled=progress, unit=stage.unit)
+    stats = stage.stats_type()
+    failures: dict[str, str] = {}
+    executor = make_executor(config)
+    try:
+        task_fn = functools.partial(_run_and_record, stage.task_fn)
+        for job, outcome in executor.map(task_fn, jobs, bar.update):
+            if isinstance(outcome, TaskFailure):
+                failures[job.shard.name] = outcome.error
+            else:
+                stats = stats + outcome
+            bar.shard_done()
+    finally:
+        bar.close()
+        executor.close()
+    return stats, failures

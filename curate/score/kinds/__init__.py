@@ -1,0 +1,1 @@
+"""Packaged scorer kinds: each module registers one with ``@register_scorer``."""
