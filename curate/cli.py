@@ -50,8 +50,22 @@ def user_errors(command: F) -> F:
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from None
+        except OSError as exc:  # a full disk, a file size limit, a permission, a missing parent
+            logging.getLogger(__name__).debug("%s", exc, exc_info=True)
+            typer.echo(f"error: {os_error_line(exc, kwargs)}", err=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_error_line(exc: OSError, options: dict[str, Any]) -> str:
+    """One line for an operating-system error: the path it names (or the command's output)
+    and the system's reason; the stages' staging leaves no partial output behind."""
+    path = exc.filename or next((options[k] for k in ("out", "run") if options.get(k)), None)
+    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    where = f"{path}: " if path is not None else ""
+    return f"{where}{reason} (nothing was left half-written; free space or fix the path and " \
+           "run the command again)"
 
 
 @contextlib.contextmanager

@@ -328,7 +328,7 @@ def ingest_pool(config: IngestConfig) -> IngestSummary:
     staging = _staging(config)
     try:
         summary = _ingest(config, RunPaths(staging), is_datacomp)
-    except UserError:
+    except (UserError, OSError):  # bad input, a full disk: no run is left behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _publish(staging, config.run)

@@ -30,7 +30,12 @@ from curate.executor import (
     load_once,
 )
 from curate.io.shards import find_shards
-from curate.io.workspace import setting_differences, write_json_atomic
+from curate.io.workspace import (
+    check_apart,
+    check_replaceable,
+    setting_differences,
+    write_json_atomic,
+)
 from curate.models import ModelError, ModelSpec
 from curate.reinforce import records as rec
 from curate.reinforce.augment import AugmentConfig
@@ -88,8 +93,7 @@ class ReinforceConfig:
             raise ReinforceError(f"--device must be one of {', '.join(DEVICES)}")
         if self.image_size is not None and self.image_size < 1:
             raise ReinforceError(f"--image-size must be positive, got {self.image_size}")
-        if self.out.resolve() == self.shards.resolve():
-            raise ReinforceError("--out must differ from the input shard directory")
+        check_apart(self.out, [self.shards])  # is, holds or lies in its shards: refused
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ def _prepare_out(config: ReinforceConfig, record: dict[str, Any]) -> None:
         raise ReinforceError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         if config.overwrite:
+            check_replaceable(out, (CONFIG_FILE,), "reinforce")
             shutil.rmtree(out)
         elif not config_file.is_file():
             raise ReinforceError(
