@@ -41,6 +41,7 @@ from tqdm import tqdm
 import curate
 from curate.errors import UserError
 from curate.io.image import decode_image
+from curate.io.lock import beside, hold
 from curate.io.shards import TarReadResult, TarSample, add_tar_member, iter_tar_samples
 from curate.io.statuses import (
     MISSING_CAPTION,
@@ -428,6 +429,14 @@ def _info(
 
 
 def export_subset(config: ExportConfig) -> ExportSummary:
+    """The stage under its writer lock (another writer of the same output stops with a
+    message naming it); the work is done by the function below."""
+    with hold(beside(config.run), f"run {config.run}", shared=True), \
+            hold(beside(config.out), f"export {config.out}"):
+        return _export_subset_locked(config)
+
+
+def _export_subset_locked(config: ExportConfig) -> ExportSummary:
     """Write ``RUN/subsets/NAME`` as webdataset shards into ``config.out`` (see module docs)."""
     run_record = RunPaths(config.run).read_run()
     subset_dir = RunPaths(config.run).subset_dir(config.subset)

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import curate
 from curate.errors import UserError
 from curate.ingest import datacomp
+from curate.io.lock import LOCKS_DIR, beside, hold
 from curate.io.schema import (
     POOL_SCHEMA,
     TEXT_CHARS,
@@ -250,7 +251,7 @@ def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
         return True
     if not config.overwrite:
         raise PoolError(f"run {paths.root} already holds pool {previous}; use --overwrite")
-    made_by_ingest = {RUN_FILE, "pool", "scores", "embeddings", *KEPT_ON_REPLACE}
+    made_by_ingest = {RUN_FILE, "pool", "scores", "embeddings", LOCKS_DIR, *KEPT_ON_REPLACE}
     ingested_tables = {s.name for s in datacomp.SCORERS}
     foreign = sorted(
         [e.name for e in paths.root.iterdir() if e.name not in made_by_ingest]
@@ -314,6 +315,13 @@ def _count_duplicate_uids(paths: RunPaths) -> int:
 
 
 def ingest_pool(config: IngestConfig) -> IngestSummary:
+    """The stage under its writer lock (another writer of the same output stops with a
+    message naming it); the work is done by the function below."""
+    with hold(beside(config.run), f"run {config.run}"):
+        return _ingest_pool_locked(config)
+
+
+def _ingest_pool_locked(config: IngestConfig) -> IngestSummary:
     """Build ``RUN/pool/part-NNNNN.parquet`` for every shard of a pool or DataComp folder.
 
     All or nothing: a new run is written into a staging folder beside RUN and renamed into

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import UserError
 from curate.filters import FilterSpec, ResolvedFilter, evaluate_filters
+from curate.io.lock import run_output
 from curate.io.schema import TEXT_CHARS, score_column
 from curate.io.workspace import (
     RunPaths,
@@ -361,10 +362,16 @@ def _finished(name: str, column: str, target: Path, request: dict[str, Any]) -> 
 
 
 def sweep(config: SweepConfig) -> SweepResult:
-    """Compute the sweep table; write ``sweeps/<name>/sweep.parquet`` and ``sweep.png``."""
+    """Compute the sweep table; write ``sweeps/<name>/sweep.parquet`` and ``sweep.png`` (one
+    writer per sweep name: another stops with a message naming it)."""
     con = connect(config.run)
     column = resolve_score_column(con, config.by)
     name = config.name or column
+    with run_output(config.run, f"sweep-{name}", f"sweep '{name}' of run {config.run}"):
+        return _sweep_into(config, con, column, name)
+
+
+def _sweep_into(config: SweepConfig, con: Any, column: str, name: str) -> SweepResult:
     paths = RunPaths(config.run)
     target = paths.sweep_dir(name)
     request = {
