@@ -189,7 +189,11 @@ def ingest(
 @user_errors
 def score(
     run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest`.")],
-    model: Annotated[str, typer.Option(help="ARCH, hf-hub:org/name, or a model directory.")],
+    model: Annotated[str | None, typer.Option(
+        help="ARCH, hf-hub:org/name, or a model directory (scorer kinds with a model).")] = None,
+    kind: Annotated[str, typer.Option(
+        help="Scorer kind (registered in curate/score/kinds/): clip is image-text cosine.")
+    ] = "clip",
     pretrained: Annotated[
         str | None, typer.Option(help="open_clip tag or checkpoint file for ARCH.")
     ] = None,
@@ -245,8 +249,9 @@ def score(
     from curate.models import ModelSpec
     from curate.score.stage import ScoreConfig, score_run
 
+    spec = ModelSpec(model, pretrained, quick_gelu, random_init) if model else None
     summary = score_run(ScoreConfig(
-        run=run, model=ModelSpec(model, pretrained, quick_gelu, random_init), name=name,
+        run=run, model=spec, kind=kind, name=name,
         batch_size=batch_size, executor=ExecutorConfig(workers=workers, scheduler=scheduler),
         device=device, save_embeddings=save_embeddings, overwrite=overwrite,
         max_image_pixels=max_image_pixels, precision=precision, plain_encoders=plain_encoders,

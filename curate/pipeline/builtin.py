@@ -29,7 +29,8 @@ def ingest(pool: str, run: str, overwrite: bool = False) -> StageOutcome:
 
 @register_stage("score")
 def score(
-    run: str, model: str, pretrained: str | None = None, name: str = "dfn",
+    run: str, model: str | None = None, kind: str = "clip", pretrained: str | None = None,
+    name: str = "dfn",
     random_init: bool = False, quick_gelu: bool | None = None, workers: int | None = None,
     scheduler: str | None = None, device: str = "auto", batch_size: int = 64,
     save_embeddings: bool = False, overwrite: bool = False, max_image_pixels: int | None = None,
@@ -42,8 +43,9 @@ def score(
     from curate.score.stage import ScoreConfig, score_run
 
     extra = {"max_image_pixels": max_image_pixels} if max_image_pixels is not None else {}
+    spec = ModelSpec(model, pretrained, quick_gelu, random_init) if model else None
     summary = score_run(ScoreConfig(
-        run=run, model=ModelSpec(model, pretrained, quick_gelu, random_init), name=name,
+        run=run, model=spec, kind=kind, name=name,
         batch_size=batch_size, executor=ExecutorConfig(workers=workers, scheduler=scheduler),
         device=device, save_embeddings=save_embeddings, overwrite=overwrite,
         precision=precision, plain_encoders=plain_encoders, decoder=decode, progress=progress,
