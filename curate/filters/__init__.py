@@ -8,7 +8,9 @@ filter), text_match, threshold, fraction. A filter is a pure ``mask(batch, param
 the rule can be said in SQL it also is, and evaluation runs that SQL in DuckDB.
 """
 
-from curate.filters import builtin, language, text_match  # noqa: F401  (registers filters)
+import importlib
+import pkgutil
+
 from curate.filters.builtin import fraction_threshold, score_column
 from curate.filters.evaluate import METADATA_KEY, evaluate_filters
 from curate.filters.registry import (
@@ -25,6 +27,9 @@ from curate.filters.registry import (
     register_filter,
 )
 from curate.filters.text_match import class_pattern, load_classes
+
+for _module in pkgutil.iter_modules(__path__):  # every module registers its filters: a new
+    importlib.import_module(f"{__name__}.{_module.name}")  # filter is one new file
 
 __all__ = [
     "METADATA_KEY",
