@@ -41,13 +41,17 @@ def check_name(name: str, kind: str, pattern: re.Pattern[str] = OUTPUT_NAME) -> 
     return name
 
 
-def check_apart(output: Path, inputs: Iterable[Path], option: str = "--out") -> None:
+def check_apart(output: Path, inputs: Iterable[Path], option: str = "--out",
+                inside_ok: Iterable[Path] = ()) -> None:
     """Refuse an output that is, contains or lies inside one of the command's inputs (with or
-    without --overwrite): writing or replacing it would destroy what the command reads."""
+    without --overwrite): writing or replacing it would destroy what the command reads. An
+    input in ``inside_ok`` (a run, whose own folders a stage writes by design) may hold it."""
     out = Path(output).resolve()
+    workspaces = {Path(p).resolve() for p in inside_ok}
     for source in inputs:
         held = Path(source).resolve()
-        if out == held or held in out.parents or out in held.parents:
+        inside = held in out.parents and held not in workspaces
+        if out == held or inside or out in held.parents:
             relation = ("is" if out == held else "lies inside" if held in out.parents
                         else "contains")
             raise UserError(f"{option} {output} {relation} the input {source}; choose an "

@@ -241,8 +241,10 @@ def _check_out(config: TrainConfig) -> None:
     """Refuse to clobber, before anything is read or written: an existing DIR is resumed,
     replaced (``--overwrite``, only if it is a train-dfn output) or refused."""
     out = config.out
+    data_is_run = (Path(config.data) / "run.json").is_file()  # evaluate trains inside its run
     check_apart(out, [config.data, *([config.eval_set] if config.eval_set else []),
-                      *([config.reinforced] if config.reinforced else [])])
+                      *([config.reinforced] if config.reinforced else [])],
+                inside_ok=[config.data] if data_is_run else [])
     if not out.exists():
         return
     if not out.is_dir():
