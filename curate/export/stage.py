@@ -431,6 +431,8 @@ def _info(
 def export_subset(config: ExportConfig) -> ExportSummary:
     """The stage under its writer lock (another writer of the same output stops with a
     message naming it); the work is done by the function below."""
+    RunPaths(config.run).read_run()  # not a run: say so first
+    check_apart(config.out, [config.run])  # before the locks: the same folder would be both
     with hold(beside(config.run), f"run {config.run}", shared=True), \
             hold(beside(config.out), f"export {config.out}"):
         return _export_subset_locked(config)
