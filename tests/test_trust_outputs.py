@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.workspace import remove_stale_staging, staged_directory
@@ -124,3 +125,26 @@ def test_outputs_inside_inputs_are_refused(tmp_path: Path) -> None:
             assert result.exit_code == 2, (args, result.output)
             assert "input" in result.stderr or "pool" in result.stderr, result.stderr
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_reinforce_refuses_outputs_over_its_shards_and_foreign_folders(tmp_path: Path) -> None:
+    from curate.errors import UserError
+    from curate.executor import ExecutorConfig
+    from curate.models import ModelSpec
+    from curate.reinforce.stage import ReinforceConfig, reinforce
+    from tests.test_reinforce import write_handoff
+
+    shards = write_handoff(tmp_path / "data" / "shards")
+
+    def config(out: Path, **extra) -> ReinforceConfig:
+        return ReinforceConfig(shards=shards, out=out, augmentations=1, progress=False,
+                               teachers=(ModelSpec("fp-tiny-vit", random_init=True),),
+                               executor=ExecutorConfig(workers=0), **extra)
+
+    for out in (shards, shards / "out", tmp_path / "data"):
+        with pytest.raises(UserError, match="the input"):
+            config(out, overwrite=True)
+    foreign = _foreign(tmp_path / "foreign")
+    with pytest.raises(UserError, match="was not made by `filter-pool reinforce`"):
+        reinforce(config(foreign, overwrite=True))
+    assert (foreign / "notes.txt").is_file()

@@ -161,3 +161,31 @@ def test_a_sparse_member_declaring_gigabytes_is_not_read(copy: Path, tmp_path: P
     rows = pq.read_table(run / "scores" / "dfn" / "part-00000.parquet").to_pylist()
     status = {k: (r["status"], r["error"]) for k, r in zip(keys, rows, strict=True)}
     assert status[bomb][0] == "too_large" and "declares 8589934592 bytes" in status[bomb][1]
+
+
+def test_export_leaves_every_copy_of_a_repeated_key_aside(copy: Path, tmp_path: Path) -> None:
+    from curate.export.stage import ExportConfig, export_subset
+    from curate.select.subset import SelectConfig, select_subset
+
+    tar = copy / f"{SHARD}.tar"
+    victim, donor = _scored_keys(copy)[:2]
+    members = _members(tar)
+    for info, data in [m for m in members if m[0].name.startswith(donor + ".")]:
+        clone = tarfile.TarInfo(info.name.replace(donor, victim, 1))
+        clone.size = info.size
+        members.append((clone, data))  # the victim's key again, with the donor's image
+    _write(tar, members)
+    run = tmp_path / "run"
+    ingest_pool(IngestConfig(pool=copy, run=run))
+    select_subset(SelectConfig(run=run, name="all"))
+    summary = export_subset(ExportConfig(run=run, subset="all", out=tmp_path / "out",
+                                         progress=False))
+    assert summary.missing["duplicate_key"] == 1
+    exported = set()
+    for shard in (tmp_path / "out").glob("*.tar"):
+        with tarfile.open(shard) as archive:
+            exported |= {m.name.split(".")[0] for m in archive.getmembers()}
+    victim_uid = dict(zip(*pq.read_table(run / "pool" / "part-00000.parquet",
+                                         columns=["key", "uid"]).to_pydict().values(),
+                          strict=True))[victim]
+    assert victim_uid not in exported

@@ -42,7 +42,13 @@ import curate
 from curate.errors import UserError
 from curate.io.image import decode_image
 from curate.io.lock import beside, hold
-from curate.io.shards import TarReadResult, TarSample, add_tar_member, iter_tar_samples
+from curate.io.shards import (
+    TarReadResult,
+    TarSample,
+    add_tar_member,
+    iter_tar_samples,
+    repeated_keys,
+)
 from curate.io.statuses import (
     MISSING_CAPTION,
     MISSING_IMAGE,
@@ -497,6 +503,8 @@ def _export_subset_locked(config: ExportConfig) -> ExportSummary:
                         detail = f"{tar} does not exist" if tar else "run.json lists no tar"
                         report(row, TAR_MISSING, detail)
                     wanted = {}
+                for key in repeated_keys(tar) & set(wanted) if tar and wanted else ():
+                    report(wanted.pop(key), DUPLICATE_KEY, f"key {key!r} occurs twice in {tar}")
                 result = TarReadResult()
                 for sample in iter_tar_samples(tar, result) if tar and wanted else ():
                     row = wanted.pop(sample.key, None)

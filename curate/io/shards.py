@@ -168,6 +168,27 @@ def _read_member(archive: tarfile.TarFile, info: tarfile.TarInfo, sample: TarSam
         sample.members[extension] = handle.read() if handle else b""
 
 
+def repeated_keys(path: Path) -> set[str]:
+    """Keys that occur in two places of a tar (a headers-only pass: member data is skipped, not
+    read), so that a caller writing samples out can leave every copy of them aside."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    previous = None
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            for info in archive:
+                if info.isdir():
+                    continue
+                key, _ = split_member_name(info.name)
+                if key != previous and key in seen:
+                    repeated.add(key)
+                seen.add(key)
+                previous = key
+    except (tarfile.TarError, EOFError, OSError):
+        pass  # the reading pass names the damage
+    return repeated
+
+
 def iter_tar_samples(path: Path, result: TarReadResult,
                      max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[TarSample]:
     """Stream complete samples from a tar (plain or compressed) in order.
