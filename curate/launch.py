@@ -1,10 +1,10 @@
 """The ``filter-pool`` entry point: starts the local workers' forkserver before the CLI loads.
 
-Loading the CLI imports torch and open_clip, about 5 s on one core. A command that starts a
-local Dask cluster (one that runs a sharded stage, as the stage packages declare in
-``curate.runner.commands``) first starts the forkserver its workers fork from
-(``curate.executor.forkserver``), whose same imports then run on another core meanwhile: the
-workers are ready when the command needs them instead of 5-7 s later.
+A command that starts a local Dask cluster (one that runs a sharded stage, as the stage
+packages declare in ``curate.runner.commands``) first starts the forkserver its workers fork
+from (``curate.executor.forkserver``), which imports torch and open_clip (about 5 s on one
+core) on another core while the command loads and checks its input: the workers are ready
+when the command needs them instead of 5-7 s later.
 """
 
 from __future__ import annotations
