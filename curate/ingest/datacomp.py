@@ -234,17 +234,19 @@ def _copy_member(npz: Path, member: _Member, target: Path) -> None:
 # --- parquet rows -------------------------------------------------------------------------
 
 
-def _cast(column: pa.ChunkedArray | pa.Array, target: pa.DataType, source: Path,
-          name: str) -> pa.ChunkedArray | pa.Array:
+def cast_column(column: pa.ChunkedArray | pa.Array, target: pa.DataType, source: Path,
+                name: str) -> pa.ChunkedArray | pa.Array:
+    """``column`` as ``target``; a PoolError naming the file and column when it is not."""
     try:
         return column.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise PoolError(f"{source}: column {name} cannot be read as {target} ({exc})") from exc
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise PoolError(f"{source}: column {name} cannot be read as {target} ({first})") from exc
 
 
 def _checked_uids(column: pa.ChunkedArray, source: Path) -> pa.ChunkedArray:
     """Lower-cased uids; a PoolError naming the file for the first one that is not a uid."""
-    uids = pc.utf8_lower(_cast(column, pa.string(), source, "uid"))
+    uids = pc.utf8_lower(cast_column(column, pa.string(), source, "uid"))
     valid = pc.fill_null(pc.match_substring_regex(uids, UID_PATTERN.pattern), False)
     if len(valid) and not pc.all(valid).as_py():
         bad = uids[pc.index(valid, False).as_py()].as_py()
@@ -271,13 +273,13 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
         elif field.name == TEXT_CHARS:
             columns[field.name] = text_chars(columns["text"])
         elif field.name in batch.column_names:
-            columns[field.name] = _cast(batch.column(field.name), field.type, file.parquet,
-                                        field.name)
+            columns[field.name] = cast_column(batch.column(field.name), field.type,
+                                              file.parquet, field.name)
         else:
             columns[field.name] = pa.nulls(n, field.type)
     if FACE_BBOXES in batch.column_names:
-        columns[FACE_BBOXES] = _cast(batch.column(FACE_BBOXES), FACE_BBOXES_TYPE, file.parquet,
-                                     FACE_BBOXES)
+        columns[FACE_BBOXES] = cast_column(batch.column(FACE_BBOXES), FACE_BBOXES_TYPE,
+                                           file.parquet, FACE_BBOXES)
     else:
         columns[FACE_BBOXES] = pa.nulls(n, FACE_BBOXES_TYPE)
     consumed = {"uid", FACE_BBOXES, *SCORE_COLUMNS} | (set(POOL_SCHEMA.names) - set(fixed)
@@ -294,7 +296,7 @@ def _score_batch(batch: pa.Table, uids: pa.ChunkedArray, scorer: DataCompScorer,
     """Score rows of one batch: ``ok``, or ``missing_score`` with a null score."""
     n = batch.num_rows
     if scorer.column in batch.column_names:
-        values = _cast(batch.column(scorer.column), pa.float32(), source, scorer.column)
+        values = cast_column(batch.column(scorer.column), pa.float32(), source, scorer.column)
         scores = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
         reason = f"no {scorer.column} in the metadata"
     else:

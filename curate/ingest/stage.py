@@ -14,7 +14,6 @@ import logging
 import os
 import platform
 import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 import curate
 from curate.errors import UserError
 from curate.ingest import datacomp
+from curate.ingest.datacomp import cast_column
 from curate.io.lock import LOCKS_DIR, beside, hold
 from curate.io.schema import (
     POOL_SCHEMA,
@@ -45,6 +45,7 @@ from curate.io.workspace import (
     RunPaths,
     atomic_path,
     remove_stale_temporaries,
+    replace_directory,
     write_json_atomic,
 )
 from curate.tables.views import duckdb_file
@@ -123,16 +124,6 @@ def _uids(table: pa.Table, source: Path) -> list[str]:
     return [uid_from_url_caption(url, text) for url, text in zip(urls, texts, strict=True)]
 
 
-def _cast(column: pa.ChunkedArray, target: pa.DataType, source: Path,
-          name: str) -> pa.ChunkedArray:
-    """``column`` as ``target``; a PoolError naming the file and column when it is not."""
-    try:
-        return column.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise PoolError(f"{source}: column {name} cannot be read as {target} ({first})") from exc
-
-
 def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     """Rename, type and order columns as POOL_SCHEMA; extra columns follow it unchanged."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names and RENAMED.get(c, c)
@@ -142,7 +133,7 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     table = table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
     for name in ("url", "text"):
         table = table.set_column(table.column_names.index(name), name,
-                                 _cast(table.column(name), pa.string(), source, name))
+                                 cast_column(table.column(name), pa.string(), source, name))
     uids = pa.array(_uids(table, source), pa.string())
     derived = {"uid": uids, **uid_halves(uids)}
     columns: dict[str, pa.Array] = {}
@@ -155,7 +146,7 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
         elif name == TEXT_CHARS:
             columns[name] = text_chars(columns["text"])
         elif name in table.column_names:
-            columns[name] = _cast(table.column(name), target, source, name)
+            columns[name] = cast_column(table.column(name), target, source, name)
         else:
             columns[name] = pa.nulls(table.num_rows, target)
     carried = [  # the source's own columns, derived names among them, none lost
@@ -285,16 +276,10 @@ def _staging(config: IngestConfig) -> Path:
 def _publish(staging: Path, run: Path) -> None:
     """Rename the finished staging folder into place (replacing a run being overwritten)."""
     (staging / STAGING_MARKER).unlink()
-    previous = None
     for name in KEPT_ON_REPLACE:
         if (run / name).is_dir() and not (staging / name).exists():
             os.replace(run / name, staging / name)
-    if run.exists():
-        previous = run.with_name(f".{run.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(run, previous)
-    os.replace(staging, run)
-    if previous is not None:
-        shutil.rmtree(previous)
+    replace_directory(staging, run)
 
 
 def _count_duplicate_uids(paths: RunPaths) -> int:

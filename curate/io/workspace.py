@@ -147,16 +147,23 @@ def staged_directory(target: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-        previous = None
-        if target.exists():
-            previous = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(target, previous)
-        os.replace(staging, target)
-        if previous is not None:
-            shutil.rmtree(previous)
+        replace_directory(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Rename the finished ``staging`` folder to ``target``; an existing ``target`` is moved
+    aside first and deleted after (a kill in between leaves a ``.old`` that the next
+    staged_directory of ``target`` removes)."""
+    previous = None
+    if target.exists():
+        previous = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(target, previous)
+    os.replace(staging, target)
+    if previous is not None:
+        shutil.rmtree(previous)
 
 
 _STAGING_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{8}\.(tmp|old)$")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from curate.io.image import DEFAULT_MAX_PIXELS
 from curate.io.lock import run_output
 from curate.io.workspace import (
     SCORER_FILE,
+    SCORER_NAME,
     RunPaths,
     part_name,
     remove_stale_temporaries,
@@ -49,7 +49,7 @@ from curate.score.task import ShardTask, score_task
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+NAME_PATTERN = SCORER_NAME  # becomes SQL columns: <name>_score, ...
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from curate.io.lock import run_output
 from curate.io.schema import canonical_score_column
 from curate.io.uids import save_uid_file
 from curate.io.workspace import (
+    OUTPUT_NAME,
     SUBSET_RECORD,
     SUBSET_UIDS,
     RunPaths,
@@ -53,7 +53,7 @@ from curate.tables.views import connect, samples_layout, score_names
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = OUTPUT_NAME  # a subset's or sweep's name: one path component
 FINGERPRINT_TAIL = 64 * 1024
 MAX_FILTERS = 63  # a row's failing filters are one bit each of a uint64
 LOOKUP_FILTERS = 16  # up to this many filters, rows map to failure groups by a lookup table
