@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
-from curate.io.lock import run_output
+from curate.io.lock import run_output, writes
 from curate.io.workspace import SUBSET_MANIFEST, RunPaths, write_json_atomic
 from curate.train import TrainConfig, train_clip
 from curate.train.reinforced import DistillConfig, ReinforcedSource
@@ -239,15 +239,8 @@ def _store(path: Path, evaluation: Evaluation) -> None:
     write_json_atomic(path, {"evaluations": entries})
 
 
+@writes(lambda c: run_output(c.run, f"evaluate-{c.subset}", f"evaluation of subset '{c.subset}'"))
 def evaluate_subset(config: EvaluateConfig) -> Evaluation:
-    """The stage under its writer lock (another writer of the same output stops with a
-    message naming it); the work is done by the function below."""
-    what = f"evaluation of subset '{config.subset}' in run {config.run}"
-    with run_output(config.run, f"evaluate-{config.subset}", what):
-        return _evaluate_subset_locked(config)
-
-
-def _evaluate_subset_locked(config: EvaluateConfig) -> Evaluation:
     """Train one student per seed on the subset and collect their metrics."""
     if not (config.subset_dir / SUBSET_MANIFEST).is_file():
         raise UserError(

@@ -18,6 +18,7 @@ each under a temporary name; the whole export is built in a staging directory re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,6 +27,7 @@ import math
 import os
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +43,7 @@ from tqdm import tqdm
 import curate
 from curate.errors import UserError
 from curate.io.image import decode_image
-from curate.io.lock import beside, hold
+from curate.io.lock import beside, hold, writes
 from curate.io.shards import (
     TarReadResult,
     TarSample,
@@ -434,17 +436,19 @@ def _info(
     return info
 
 
-def export_subset(config: ExportConfig) -> ExportSummary:
-    """The stage under its writer lock (another writer of the same output stops with a
-    message naming it); the work is done by the function below."""
+@contextlib.contextmanager
+def _export_locks(config: ExportConfig) -> Iterator[None]:
+    """The run shared, the output folder exclusively; a DIR that is its run (one lock file for
+    both) and a folder that is not a run are refused first."""
     RunPaths(config.run).read_run()  # not a run: say so first
     check_apart(config.out, [config.run])  # before the locks: the same folder would be both
     with hold(beside(config.run), f"run {config.run}", shared=True), \
             hold(beside(config.out), f"export {config.out}"):
-        return _export_subset_locked(config)
+        yield
 
 
-def _export_subset_locked(config: ExportConfig) -> ExportSummary:
+@writes(_export_locks)
+def export_subset(config: ExportConfig) -> ExportSummary:
     """Write ``RUN/subsets/NAME`` as webdataset shards into ``config.out`` (see module docs)."""
     run_record = RunPaths(config.run).read_run()
     subset_dir = RunPaths(config.run).subset_dir(config.subset)

@@ -28,7 +28,7 @@ import curate
 from curate.errors import UserError
 from curate.ingest import datacomp
 from curate.ingest.datacomp import cast_column
-from curate.io.lock import LOCKS_DIR, beside, hold
+from curate.io.lock import LOCKS_DIR, beside, hold, writes
 from curate.io.schema import (
     POOL_SCHEMA,
     TEXT_CHARS,
@@ -299,14 +299,8 @@ def _count_duplicate_uids(paths: RunPaths) -> int:
         shutil.rmtree(spill, ignore_errors=True)
 
 
+@writes(lambda config: hold(beside(config.run), f"run {config.run}"))
 def ingest_pool(config: IngestConfig) -> IngestSummary:
-    """The stage under its writer lock (another writer of the same output stops with a
-    message naming it); the work is done by the function below."""
-    with hold(beside(config.run), f"run {config.run}"):
-        return _ingest_pool_locked(config)
-
-
-def _ingest_pool_locked(config: IngestConfig) -> IngestSummary:
     """Build ``RUN/pool/part-NNNNN.parquet`` for every shard of a pool or DataComp folder.
 
     All or nothing: a new run is written into a staging folder beside RUN and renamed into

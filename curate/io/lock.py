@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from curate.errors import UserError
 
+F = TypeVar("F", bound=Callable[..., Any])
 LOCKS_DIR = ".locks"  # inside a run: one lock file per output being written
 
 
@@ -108,12 +112,28 @@ def hold(lock_file: Path, what: str, *, shared: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def run_output(run: Path, scope: str, what: str) -> Iterator[None]:
-    """Write one output of a run: the run shared (no ingest may replace it meanwhile), the
-    output ``scope`` exclusively. A folder that is not a run is not locked (the stage
-    refuses it with its own message, and nothing is created there)."""
+    """Write one output of a run (``what``: "scorer 'dfn'"): the run shared (no ingest may
+    replace it meanwhile), the output ``scope`` exclusively. A folder that is not a run is
+    not locked (the stage refuses it with its own message, and nothing is created there)."""
     run = Path(run)
     if not (run / "run.json").is_file():
         yield
         return
-    with hold(beside(run), f"run {run}", shared=True), hold(inside(run, scope), what):
+    with hold(beside(run), f"run {run}", shared=True), \
+            hold(inside(run, scope), f"{what} of run {run}"):
         yield
+
+
+def writes(locks: Callable[[Any], AbstractContextManager[Any]]) -> Callable[[F], F]:
+    """Decorator of a stage ``fn(config, ...)``: it runs under ``locks(config)``, so another
+    writer of the same output stops at once with a message naming it."""
+
+    def decorate(stage: F) -> F:
+        @functools.wraps(stage)
+        def locked(config: Any, *args: Any, **kwargs: Any) -> Any:
+            with locks(config):
+                return stage(config, *args, **kwargs)
+
+        return locked  # type: ignore[return-value]
+
+    return decorate

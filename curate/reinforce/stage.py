@@ -29,7 +29,7 @@ from curate.executor import (
     current_worker_slot,
     load_once,
 )
-from curate.io.lock import beside, hold
+from curate.io.lock import beside, hold, writes
 from curate.io.shards import find_shards
 from curate.io.workspace import (
     check_apart,
@@ -267,14 +267,8 @@ def reinforce_stage(config: ReinforceConfig, augment: AugmentConfig) -> ShardedS
     )
 
 
+@writes(lambda config: hold(beside(config.out), f"reinforce output {config.out}"))
 def reinforce(config: ReinforceConfig) -> ReinforceSummary:
-    """The stage under its writer lock (another writer of the same output stops with a
-    message naming it); the work is done by the function below."""
-    with hold(beside(config.out), f"reinforce output {config.out}"):
-        return _reinforce_locked(config)
-
-
-def _reinforce_locked(config: ReinforceConfig) -> ReinforceSummary:
     """Reinforce every unfinished shard of ``config.shards`` into ``config.out``."""
     started = time.perf_counter()
     find_shards(config.shards)  # a clear error before any model is loaded

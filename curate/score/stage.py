@@ -31,7 +31,7 @@ from curate.executor import (
     start_workers_early,
 )
 from curate.io.image import DEFAULT_MAX_PIXELS
-from curate.io.lock import run_output
+from curate.io.lock import run_output, writes
 from curate.io.workspace import (
     SCORER_FILE,
     SCORER_NAME,
@@ -214,15 +214,8 @@ def _pool_rows(tasks: list[ShardTask]) -> int:
     return sum(pq.ParquetFile(task.pool_part).metadata.num_rows for task in tasks)
 
 
+@writes(lambda c: run_output(c.run, f"score-{c.name}", f"scorer '{c.name}'"))
 def score_run(config: ScoreConfig) -> ScoreSummary:
-    """The stage under its writer lock (another writer of the same output stops with a
-    message naming it); the work is done by the function below."""
-    what = f"scorer '{config.name}' of run {config.run}"
-    with run_output(config.run, f"score-{config.name}", what):
-        return _score_run_locked(config)
-
-
-def _score_run_locked(config: ScoreConfig) -> ScoreSummary:
     """Score every unfinished shard of ``config.run``; return the summary of the whole table."""
     started = time.perf_counter()
     kind = get_scorer_kind(config.kind)

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import curate
 from curate.errors import UserError
 from curate.filters import FilterSpec, evaluate_filters
-from curate.io.lock import run_output
+from curate.io.lock import run_output, writes
 from curate.io.schema import canonical_score_column
 from curate.io.uids import save_uid_file
 from curate.io.workspace import (
@@ -272,15 +272,8 @@ def _drop_counts(ids: np.ndarray, passed: list[np.ndarray], labels: list[str],
             Counter({labels[j]: n for _, j, n in sorted(failing_rows)}))
 
 
+@writes(lambda c: run_output(c.run, f"subset-{c.name}", f"subset '{c.name}'"))
 def select_subset(config: SelectConfig) -> SelectSummary:
-    """The stage under its writer lock (another writer of the same output stops with a
-    message naming it); the work is done by the function below."""
-    what = f"subset '{config.name}' of run {config.run}"
-    with run_output(config.run, f"subset-{config.name}", what):
-        return _select_subset_locked(config)
-
-
-def _select_subset_locked(config: SelectConfig) -> SelectSummary:
     """Evaluate the filters over ``samples`` and write ``subsets/NAME/`` atomically.
 
     Only the filters' decisions are held in memory (per sample: sample_id and one boolean per

@@ -367,7 +367,7 @@ def sweep(config: SweepConfig) -> SweepResult:
     con = connect(config.run)
     column = resolve_score_column(con, config.by)
     name = config.name or column
-    with run_output(config.run, f"sweep-{name}", f"sweep '{name}' of run {config.run}"):
+    with run_output(config.run, f"sweep-{name}", f"sweep '{name}'"):
         return _sweep_into(config, con, column, name)
 
 

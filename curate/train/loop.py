@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import curate
 from curate.errors import UserError
-from curate.io.lock import beside, hold
+from curate.io.lock import beside, hold, writes
 from curate.io.workspace import check_apart, check_replaceable
 from curate.models.directory import CONFIG_NAME, write_model_files
 from curate.train.checkpoint import (
@@ -508,16 +508,8 @@ def _run_validation(
     return metrics
 
 
+@writes(lambda config: hold(beside(config.out), f"train-dfn output {config.out}"))
 def train_clip(
-    config: TrainConfig, loss_fn: LossFn | None = None, on_step: StepHook | None = None
-) -> TrainResult:
-    """The stage under its writer lock (another writer of the same output stops with a
-    message naming it); the work is done by the function below."""
-    with hold(beside(config.out), f"train-dfn output {config.out}"):
-        return _train_clip_locked(config, loss_fn, on_step)
-
-
-def _train_clip_locked(
     config: TrainConfig, loss_fn: LossFn | None = None, on_step: StepHook | None = None
 ) -> TrainResult:
     """Train (or fine-tune) a CLIP model on DATA and write DIR (see ``train-dfn``).
