@@ -60,7 +60,11 @@ UID_HIGH, UID_LOW = "uid_high", "uid_low"
 # column with one of these names, or ending like a scorer's columns, is renamed at ingest.
 RESERVED_COLUMNS = frozenset({"sample_id", "filename", "file_row_number", "_part", "_row",
                               "uid_high", "uid_low", "text_chars", "shard"})
-SCORER_SUFFIXES = ("_score", "_status", "_error")
+# A table a stage adds under RUN/scores/<name>/ (a scorer, dedup, clustering, a head) has uid,
+# status, error and columns named <name>_<field> for these fields only; ``samples`` carries them.
+TABLE_FIELDS = ("score", "keep", "group", "group_size", "reason", "cluster", "similarity",
+                "distance")
+SCORER_SUFFIXES = ("_status", "_error", *(f"_{field}" for field in TABLE_FIELDS))
 RENAME_SUFFIX = "_pool"
 
 
@@ -128,3 +132,20 @@ def score_schema(scorer: str) -> pa.Schema:
             ("error", pa.string()),
         ]
     )
+
+
+def table_field_columns(name: str, columns: list[str]) -> list[str]:
+    """The columns of table ``name`` that ``samples`` carries: ``<name>_<field>`` for the
+    fields in ``TABLE_FIELDS``, in the order given."""
+    wanted = {f"{name}_{field}" for field in TABLE_FIELDS}
+    return [column for column in columns if column in wanted]
+
+
+def check_table_schema(name: str, schema: pa.Schema) -> None:
+    """Refuse a derived table whose columns are not uid, status, error and ``<name>_<field>``
+    columns, at least one (anything else could shadow a pool column in ``samples``)."""
+    allowed = {"uid", "status", "error"}
+    extra = [c for c in schema.names if c not in allowed and not table_field_columns(name, [c])]
+    if extra or not table_field_columns(name, schema.names):
+        raise ValueError(f"table {name}: columns {extra} are not <name>_<field> for a field in "
+                         f"{', '.join(TABLE_FIELDS)}")

@@ -27,13 +27,14 @@ its own files and nothing else. Scorer folder names reach SQL only after validat
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from curate.errors import UserError
+from curate.io.schema import score_column, table_field_columns
 from curate.io.workspace import SCORER_NAME, RunPaths, check_name
 
 ALIGNED = "aligned"  # schema of the scorer views row-aligned with samples
@@ -118,6 +119,11 @@ class SamplesLayout:
     pool_files: tuple[Path, ...]
     score_files: dict[str, tuple[Path, ...]]  # scorer -> files, positional scorers only
     pool_rows: tuple[int, ...] = ()  # per pool file, its row count (Parquet footer)
+    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scorer -> its columns
+
+    def columns(self, name: str) -> tuple[str, ...]:
+        """Table ``name``'s ``<name>_<field>`` columns (``<name>_score`` for a scorer)."""
+        return self.fields.get(name, (score_column(name),))
 
     @property
     def positional(self) -> bool:
@@ -130,13 +136,23 @@ def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLa
     pool_files = paths.pool_parts()
     pool_rows = _row_counts(con, pool_files)
     scorers = score_names(paths.root)
-    aligned = {}
+    aligned, fields = {}, {}
     for name in scorers:
         score_files = sorted(paths.scores_dir(name).glob("part-*.parquet"))
+        fields[name] = _field_columns(con, name, score_files)
         if _positional(pool_rows, _row_counts(con, score_files)):
             aligned[name] = tuple(score_files)
     return SamplesLayout(tuple(scorers), tuple(pool_files), aligned,
-                         tuple(pool_rows.get(f.name, 0) for f in pool_files))
+                         tuple(pool_rows.get(f.name, 0) for f in pool_files), fields)
+
+
+def _field_columns(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]
+                   ) -> tuple[str, ...]:
+    """Table ``name``'s ``<name>_<field>`` columns over all its parts (Parquet footers), in
+    the order they first appear."""
+    rows = con.execute("SELECT name FROM parquet_schema(?)",
+                       [[duckdb_file(f) for f in files]]).fetchall()
+    return tuple(table_field_columns(name, list(dict.fromkeys(row[0] for row in rows))))
 
 
 def _sample_id_sql(table: str = "") -> str:
@@ -161,12 +177,14 @@ def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = No
     for name in layout.scorers:
         if scorers is not None and name not in scorers:
             continue
-        columns += [f'"{name}"."{name}_score"', f'"{name}".status AS "{name}_status"',
-                    f'"{name}".error AS "{name}_error"']
+        fields = [f'"{column}"' for column in layout.columns(name)]
+        columns += [f'"{name}".{column}' for column in fields]
+        columns += [f'"{name}".status AS "{name}_status"', f'"{name}".error AS "{name}_error"']
         if name in layout.score_files:
             files = list(layout.score_files[name][chosen])
-            positional.append(f'POSITIONAL JOIN (SELECT "{name}_score", status, error FROM '
-                              f'read_parquet({file_list_sql(files)})) AS "{name}"')
+            positional.append(f'POSITIONAL JOIN (SELECT {", ".join(fields)}, status, error FROM '
+                              f'read_parquet({file_list_sql(files)}, union_by_name = true)) '
+                              f'AS "{name}"')
         else:
             hashed.append(f'LEFT JOIN ({_aligned(paths.scores_dir(name))}) AS "{name}" '
                           f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
@@ -238,8 +256,9 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
     con.execute(f"CREATE VIEW samples AS {samples_sql(paths, layout)}")
     con.execute(f"CREATE SCHEMA {ALIGNED}")
     for name, files in layout.score_files.items():
+        fields = ", ".join(f'"{column}"' for column in layout.columns(name))
         con.execute(f'CREATE VIEW {ALIGNED}."{name}" AS SELECT {_sample_id_sql()}, '
-                    f'"{name}_score", status AS "{name}_status", error AS "{name}_error" '
+                    f'{fields}, status AS "{name}_status", error AS "{name}_error" '
                     f"FROM ({_aligned(paths.scores_dir(name), list(files))})")
     return con
 
