@@ -76,3 +76,20 @@ def test_normalised_marks_unusable_rows() -> None:
     values, usable = normalised(np.array([[3, 4], [np.nan, 1], [0, 0]], np.float16))
     assert usable.tolist() == [True, False, False]
     assert np.allclose(values[0], [0.6, 0.8]) and not values[1:].any()
+
+
+def test_select_and_sweep_read_a_derived_table_beside_a_scorer(run_dir: Path) -> None:
+    from curate.io.uids import read_uid_file
+    from curate.select.subset import SelectConfig, select_subset
+    from curate.tables.views import derived_names, score_names
+
+    write_derived_table(run_dir, "grp", "testgroup", {}, _groups(run_dir), {})
+    assert derived_names(run_dir) == ["grp"] and score_names(run_dir) == []
+    summary = select_subset(SelectConfig(run=run_dir, name="kept", where="grp_keep"))
+    con = connect(run_dir)
+    expected = con.execute("SELECT count(*) FROM samples WHERE grp_keep").fetchone()[0]
+    assert summary.kept == expected
+    uids = read_uid_file(RunPaths(run_dir).subset_dir("kept") / "uids.npy")
+    assert len(uids) == expected
+    manifest = pq.read_table(RunPaths(run_dir).subset_dir("kept") / "manifest.parquet")
+    assert not [c for c in manifest.column_names if c.startswith("grp_")]

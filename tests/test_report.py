@@ -115,3 +115,45 @@ def test_report_renders_with_its_images_in_headless_chromium(
     assert total and loaded, "the page's load handler did not run"
     assert int(total.group(1)) == summary.images
     assert int(loaded.group(1)) == summary.images, "some embedded images did not decode"
+
+
+def test_report_shows_duplicate_groups_and_clusters(scored_run: Path, tmp_path: Path) -> None:
+    """Derived tables get a section each: the largest duplicate groups (the representative
+    first) and the largest kept and dropped clusters, with thumbnails from the tars."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.io.workspace import RunPaths
+    from curate.tables.derived import write_derived_table
+
+    dedup, clusters = [], []
+    for index, part in enumerate(RunPaths(scored_run).pool_parts()):
+        uids = pq.read_table(part, columns=["uid"]).column("uid")
+        n = len(uids)
+        rows = np.arange(n)
+        ids = (index << 32) + (rows // 3) * 3  # groups of three: the first row represents
+        common = {"uid": uids, "status": pa.array(["ok"] * n),
+                  "error": pa.array([None] * n, pa.string())}
+        dedup.append((part.stem, pa.table({
+            **common, "dup_group": pa.array(ids, pa.int64()),
+            "dup_group_size": pa.array(np.minimum(3, n - (rows // 3) * 3), pa.int32()),
+            "dup_keep": pa.array(rows % 3 == 0),
+            "dup_reason": pa.array(["representative" if r % 3 == 0 else "duplicate"
+                                    for r in rows])})))
+        clusters.append((part.stem, pa.table({
+            **common, "clu_cluster": pa.array(rows % 4, pa.int32()),
+            "clu_keep": pa.array(rows % 4 < 2),
+            "clu_similarity": pa.array(1.0 - rows / 100, pa.float32())})))
+    write_derived_table(scored_run, "dup", "dedup", {"level": "test"}, dedup, {})
+    write_derived_table(scored_run, "clu", "cluster", {}, clusters, {})
+    out = tmp_path / "derived.html"
+    summary = build_report(ReportConfig(run=scored_run, out=out, grid_size=3))
+    document = out.read_text()
+    assert "Table dup" in document and "Table clu" in document
+    group_grids = [t for t in summary.grids if t.startswith("dup: group ")]
+    cluster_grids = [t for t in summary.grids if t.startswith("clu: cluster ")]
+    assert len(group_grids) == 4 and all(summary.grids[t] == 3 for t in group_grids)
+    assert len(cluster_grids) == 4 and {"kept)" in t for t in cluster_grids} == {True, False}
+    assert summary.scorers == ["dfn"]
+    assert document.count("representative") >= 4

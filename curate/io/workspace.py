@@ -18,6 +18,7 @@ from curate.errors import UserError
 
 RUN_FILE = "run.json"
 SCORER_FILE = "_scorer.json"  # scores/<name>/_scorer.json: what made the scores
+TABLE_FILE = "_table.json"  # scores/<name>/_table.json: a derived table (dedup, clusters)
 DONE_DIR = "_done"  # scores/<name>/_done/part-NNNNN.json: completion records, written last
 # A subset folder, RUN/subsets/NAME/ (written by select, read by export, evaluate, report, ...)
 SUBSET_UIDS = "uids.npy"

@@ -2,8 +2,9 @@
 
 Sections: the pool (size, shards, download statuses), each scorer (model, statuses, score
 histogram, kept fraction against threshold), the subset's filters and drop reasons, saved
-sweep plots, and image grids around the cut: the top, just above it (kept), just below it
-(dropped), samples above it dropped by another filter, and the bottom. Images are read from
+sweep plots, image grids around the cut (the top, just above it (kept), just below it
+(dropped), samples above it dropped by another filter, and the bottom) and, per derived table,
+its largest duplicate groups or its largest kept and dropped clusters. Images are read from
 the pool's shard tars and embedded as thumbnails; the file needs no network.
 """
 
@@ -32,8 +33,15 @@ from curate.report.data import (
     kept_fraction_curve,
     scored,
 )
+from curate.report.groups import derived_sections
 from curate.report.thumbnails import read_thumbnails
-from curate.tables.views import connect, path_literal, score_names
+from curate.tables.views import (
+    connect,
+    derived_names,
+    path_literal,
+    samples_layout,
+    score_names,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -310,12 +318,16 @@ def build_report(config: ReportConfig) -> ReportSummary:
         sections.append((f"Subset {subset.name}", _subset_section(subset)))
     if sweeps := _sweeps_section(paths):
         sections.append(("Sweeps", sweeps))
+    derived = derived_sections(con, paths, samples_layout(con, paths), derived_names(paths.root),
+                               config.grid_size)
     tar_of_shard = {s["name"]: s.get("tar") for s in run.get("shards", [])}
-    wanted = {(item.shard, item.key) for g in grids for item in g.items}
+    every_grid = grids + [g for section in derived for g in section.grids]
+    wanted = {(item.shard, item.key) for g in every_grid for item in g.items}
     thumbnails = read_thumbnails(tar_of_shard, wanted)
-    for g in grids:
+    for g in every_grid:
         for item in g.items:
             item.thumbnail = thumbnails.get((item.shard, item.key))
+    sections += [(section.title, section.html()) for section in derived]
     if grids:
         note = (
             f'<p class="note">Cut: {cut_info["scorer"]}_score = {cut_info["threshold"]:.4f} '
@@ -336,5 +348,5 @@ def build_report(config: ReportConfig) -> ReportSummary:
         cut=cut_info,
         images=images,
         bytes=len(document.encode()),
-        grids={g.title: len(g.items) for g in grids},
+        grids={g.title: len(g.items) for g in every_grid},
     )

@@ -49,7 +49,7 @@ from curate.io.workspace import (
     staged_directory,
 )
 from curate.select.outputs import write_outputs
-from curate.tables.views import connect, samples_layout, score_names
+from curate.tables.views import connect, samples_layout, score_names, table_names
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     con = connect(config.run)
     score_column = resolve_score_column(con, config.by) if config.by else None
     request = _request(config, score_column)
-    finished = _finished(paths, target, config, request, score_names(config.run))
+    finished = _finished(paths, target, config, request, table_names(config.run))
     if finished is not None:
         return finished
     specs = config.all_filters(score_column)
@@ -346,7 +346,7 @@ def _write_subset(
             **summary.to_dict(),
             "path": str(target),
             "scorers": _scorer_records(paths, scorers),
-            "inputs": fingerprint_inputs(paths, scorers),
+            "inputs": fingerprint_inputs(paths, table_names(paths.root)),
             "created": datetime.now(timezone.utc).isoformat(),
             "filter_pool_version": curate.__version__,
         }

@@ -46,7 +46,7 @@ from curate.tables.views import (
     pool_rows_sql,
     samples_layout,
     samples_sql,
-    score_names,
+    table_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ def _sweep_into(config: SweepConfig, con: Any, column: str, name: str) -> SweepR
         "column": column, "fractions": config.fractions, "thresholds": config.thresholds,
         "filters": [{"name": f.name, "params": dict(f.params)} for f in config.filters],
         "where": config.where, "stats_sample": config.stats_sample, "seed": config.seed,
-        "plot": config.plot, "inputs": fingerprint_inputs(paths, score_names(config.run)),
+        "plot": config.plot, "inputs": fingerprint_inputs(paths, table_names(config.run)),
     }
     if target.exists() and not config.overwrite:
         return _finished(name, column, target, request)

@@ -23,13 +23,12 @@ from curate.io.schema import check_table_schema
 from curate.io.workspace import (
     SCORER_FILE,
     SCORER_NAME,
+    TABLE_FILE,
     RunPaths,
     check_name,
     refuse_other_settings,
     staged_directory,
 )
-
-TABLE_FILE = "_table.json"  # scores/<name>/_table.json: the stage and settings that made it
 
 
 def read_table_record(run: Path, name: str) -> dict[str, Any] | None:

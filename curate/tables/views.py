@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from curate.errors import UserError
 from curate.io.schema import score_column, table_field_columns
-from curate.io.workspace import SCORER_NAME, RunPaths, check_name
+from curate.io.workspace import SCORER_NAME, TABLE_FILE, RunPaths, check_name
 
 ALIGNED = "aligned"  # schema of the scorer views row-aligned with samples
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -45,9 +45,9 @@ class QueryError(UserError):
     """SQL that is refused or that DuckDB cannot run; the message is DuckDB's or ours."""
 
 
-def score_names(run: Path) -> list[str]:
-    """Scorers of a run that have at least one score part; a folder under ``scores/`` whose
-    name is not a valid scorer name is refused, naming it."""
+def table_names(run: Path) -> list[str]:
+    """Tables under ``RUN/scores/`` with at least one part: scorers and derived tables (dedup
+    groups, clusters). A folder whose name is not a valid table name is refused, naming it."""
     scores = RunPaths(run).root / "scores"
     if not scores.is_dir():
         return []
@@ -59,6 +59,19 @@ def score_names(run: Path) -> list[str]:
         except UserError as exc:
             raise UserError(f"{scores / name}: {exc}") from None
     return names
+
+
+def score_names(run: Path) -> list[str]:
+    """Scorers of a run (tables with a ``<name>_score`` column): every table but the derived
+    ones (``_table.json``: dedup groups, clusters)."""
+    return [name for name in table_names(run) if name not in derived_names(run)]
+
+
+def derived_names(run: Path) -> list[str]:
+    """Derived tables of a run (written by ``curate.tables.derived``)."""
+    paths = RunPaths(run)
+    return [name for name in table_names(run)
+            if (paths.scores_dir(name) / TABLE_FILE).is_file()]
 
 
 def _part_files(directory: Path) -> list[Path]:
@@ -135,7 +148,7 @@ def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLa
     """The pool parts and which scorers' parts line up with them (Parquet footers)."""
     pool_files = paths.pool_parts()
     pool_rows = _row_counts(con, pool_files)
-    scorers = score_names(paths.root)
+    scorers = table_names(paths.root)
     aligned, fields = {}, {}
     for name in scorers:
         score_files = sorted(paths.scores_dir(name).glob("part-*.parquet"))
