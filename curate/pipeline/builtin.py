@@ -254,7 +254,7 @@ def cluster(
         run=Path(run), name=name, embeddings=embeddings,
         centroids=Path(centroids) if centroids else None, clusters=clusters or None,
         seed=seed, sample_ratio=sample_ratio or None,
-        reference=tuple(Path(p) for p in reference or ()),
+        reference=tuple(Path(p) for p in reference or () if p),
         target_clusters=Path(target_clusters) if target_clusters else None,
         fasttext_model=Path(fasttext_model) if fasttext_model else None, overwrite=overwrite,
     ))
