@@ -167,7 +167,7 @@ def _settings(config: ClusterConfig) -> dict[str, Any]:
             "targets": targets, "language": _language(config)}
 
 
-def _chunks(part: EmbeddingPart) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def embedding_chunks(part: EmbeddingPart) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(start row, float32 rows, usable mask) of a part, ``CHUNK_ROWS`` at a time; a row is
     usable when finite and not all zero (missing embeddings are NaN)."""
     array = part.load()
@@ -185,7 +185,7 @@ def _training_rows(parts: list[EmbeddingPart], passed: list[np.ndarray],
     gathered = []
     for number, (part, keep) in enumerate(zip(parts, passed, strict=True)):
         rows = [chunk[keep[start:start + len(chunk)] & usable]
-                for start, chunk, usable in _chunks(part)]
+                for start, chunk, usable in embedding_chunks(part)]
         block = np.concatenate(rows) if rows else np.empty((0, 0), np.float32)
         if config.sample_ratio is not None and len(block):
             rng = np.random.default_rng([config.seed, number])
@@ -224,7 +224,7 @@ def _part_table(config: ClusterConfig, pool_part: Path, part: EmbeddingPart,
     cluster = np.zeros(n, dtype=np.int32)
     similarity = np.zeros(n, dtype=np.float32)
     present = np.zeros(n, dtype=bool)
-    for start, rows, usable in _chunks(part):
+    for start, rows, usable in embedding_chunks(part):
         ids, best = nearest_centroids(rows[usable], centroids)
         at = start + np.flatnonzero(usable)
         cluster[at], similarity[at], present[at] = ids, best, True
