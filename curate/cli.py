@@ -632,6 +632,45 @@ def validate_reinforced_command(
     show(report, as_json, failed=not report.ok)
 
 
+@app.command("cluster")
+@user_errors
+def cluster_command(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    name: Annotated[str, typer.Option(help="Table name: RUN/scores/NAME, columns NAME_keep, "
+                                           "NAME_cluster, ...")] = "image_based",
+    embeddings: Annotated[str, typer.Option(
+        help="Image embeddings of the run (DataComp ingest: clip_l14).")] = "clip_l14",
+    centroids: Annotated[Path | None, typer.Option(
+        help="Centroids [K, D]: DataComp's *_centroids_l14.pt or a .npy.")] = None,
+    clusters: Annotated[int | None, typer.Option(
+        help="Compute K centroids by k-means over the pool (DataComp: 100000).")] = None,
+    seed: Annotated[int, typer.Option(help="k-means seed (DataComp: 0).")] = 0,
+    sample_ratio: Annotated[float | None, typer.Option(
+        help="k-means on this fraction of the samples (DataComp: large 0.3, xlarge 0.03).")
+    ] = None,
+    reference: Annotated[list[Path] | None, typer.Option(
+        help="Reference image embeddings [M, D] (.npy, or DataComp's in1k_clip_vit_l14_*.pt); "
+             "repeatable, concatenated in order.")] = None,
+    target_clusters: Annotated[Path | None, typer.Option(
+        help="Target centroid ids (.npy of integers, or one id a line) instead of --reference."
+    )] = None,
+    fasttext_model: Annotated[Path | None, typer.Option(
+        help="fastText lid.176.bin for the caption's language (DataComp's exact model); "
+             "default: py3langid's packaged model.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a table made with other settings.")
+                         ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """DataComp's image-based filter: a table of each sample's centroid and whether it is kept."""
+    from curate.cluster import ClusterConfig, cluster_run
+
+    show(cluster_run(ClusterConfig(
+        run=run, name=name, embeddings=embeddings, centroids=centroids, clusters=clusters,
+        seed=seed, sample_ratio=sample_ratio, reference=tuple(reference or ()),
+        target_clusters=target_clusters, fasttext_model=fasttext_model, overwrite=overwrite,
+    )), as_json)
+
+
 @app.command("run")
 @user_errors
 def run_command(

@@ -235,3 +235,27 @@ def report(run: str, out: str, subset: str | None = None, scorer: str | None = N
                                         fraction=fraction, grid_size=grid_size,
                                         overwrite=overwrite))
     return StageOutcome(summary.to_dict(), f"{summary.images} images -> {out}")
+
+
+@register_stage("cluster")
+def cluster(
+    run: str, name: str = "image_based", embeddings: str = "clip_l14",
+    centroids: str | None = None, clusters: int | None = None, seed: int = 0,
+    sample_ratio: float | None = None, reference: list[str] | None = None,
+    target_clusters: str | None = None, fasttext_model: str | None = None,
+    overwrite: bool = False,
+) -> StageOutcome:
+    """DataComp's image-based clustering table (centroid per sample, kept or not)."""
+    from pathlib import Path
+
+    from curate.cluster import ClusterConfig, cluster_run
+
+    summary = cluster_run(ClusterConfig(
+        run=Path(run), name=name, embeddings=embeddings,
+        centroids=Path(centroids) if centroids else None, clusters=clusters or None,
+        seed=seed, sample_ratio=sample_ratio or None,
+        reference=tuple(Path(p) for p in reference or () if p),
+        target_clusters=Path(target_clusters) if target_clusters else None,
+        fasttext_model=Path(fasttext_model) if fasttext_model else None, overwrite=overwrite,
+    ))
+    return StageOutcome(summary.to_dict(), summary.text(), reused=summary.reused)
