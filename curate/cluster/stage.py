@@ -44,13 +44,13 @@ from curate.cluster.kmeans import NITER, train_centroids
 from curate.errors import UserError
 from curate.io.embeddings import EmbeddingPart, open_embeddings
 from curate.io.lock import run_output, writes
+from curate.io.statuses import NO_EMBEDDING
 from curate.io.workspace import SCORER_NAME, RunPaths, atomic_path, check_name, write_json_atomic
 from curate.tables.derived import finished_table, read_table_record, write_derived_table
 
 logger = logging.getLogger(__name__)
 
 STAGE = "cluster"
-NO_EMBEDDING = "no_embedding"  # status of a row whose embedding is missing (NaN) or zero
 NOT_TARGET = "cluster: not a target cluster"
 CHUNK_ROWS = 65_536  # embedding rows read and assigned at a time
 
