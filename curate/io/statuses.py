@@ -11,6 +11,7 @@ SHARD_TRUNCATED = "shard_truncated"  # the tar ended before this sample
 MISSING_SCORE = "missing_score"  # an ingested score column (DataComp) had no value
 DUPLICATE_KEY = "duplicate_key"  # the key occurs twice in the shard: no copy is scored
 BAD_MEMBER = "bad_member"  # a link, device or path-like / non-UTF-8 member name in the tar
+MISSING_EMBEDDING = "missing_embedding"  # a scorer over saved embeddings found none (NaN row)
 
 ALL = (
     OK,
@@ -24,6 +25,7 @@ ALL = (
     MISSING_SCORE,
     DUPLICATE_KEY,
     BAD_MEMBER,
+    MISSING_EMBEDDING,
 )
 
 
