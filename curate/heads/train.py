@@ -32,6 +32,7 @@ from curate.heads.model import (
     build_head,
     file_sha256,
     head_inputs,
+    load_head,
     save_head,
 )
 from curate.io.embeddings import open_embeddings
@@ -224,10 +225,11 @@ class TrainHeadResult:
     sha256: str
     seconds: float
     report: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False  # an identical earlier run's head was kept
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "sha256": self.sha256, "seconds": round(self.seconds, 2),
-                "head": self.info.to_dict()}
+                "reused": self.reused, "head": self.info.to_dict()}
 
     def text(self) -> str:
         r = self.info.report
@@ -237,6 +239,8 @@ class TrainHeadResult:
                  f"  rows: {r['train_rows']} train, {r['holdout_rows']} held out "
                  f"({r['train_uids']} / {r['holdout_uids']} uids); {r['no_embedding']} labelled "
                  f"rows without an embedding, {r['unmatched_labels']} labels not in the run"]
+        if self.reused:
+            lines.append("  (reused: the head file was made with these settings already)")
         if self.info.positive is not None:
             lines.append(f"  positive class: '{self.info.positive}' (score = P(positive))")
         if held:
@@ -247,15 +251,38 @@ class TrainHeadResult:
         return "\n".join(lines)
 
 
+def _settings(config: TrainHeadConfig) -> dict[str, Any]:
+    """What makes a head: reruns with the same settings and labels reuse the file."""
+    return {"labels_sha256": file_sha256(config.labels), "run": str(config.run.resolve()),
+            "embeddings": config.embeddings, "type": config.head_type, "task": config.task,
+            "input": config.input, "hidden": list(config.hidden), "holdout": config.holdout,
+            "seed": config.seed, "epochs": config.epochs, "batch_size": config.batch_size,
+            "lr": config.lr, "weight_decay": config.weight_decay, "positive": config.positive}
+
+
+def _previous(path: Path) -> LoadedHead | None:
+    try:
+        return load_head(path)
+    except UserError:
+        return None
+
+
 def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     """Fit and save a head from ``config.labels``; its held-out report."""
     started = time.perf_counter()
     RunPaths(config.run).read_run()
-    if config.out.exists() and not config.overwrite:
-        raise UserError(f"{config.out} exists; pass --overwrite to replace it")
     if config.out.is_dir():
         raise UserError(f"{config.out} is a folder; --out is a head file")
     labels = read_labels(config.labels, config.task, config.positive)
+    settings = _settings(config)
+    if config.out.exists() and not config.overwrite:
+        previous = _previous(config.out)
+        if previous is not None and previous.info.report.get("settings") == settings:
+            return TrainHeadResult(config.out, previous.info, previous.sha256,
+                                   time.perf_counter() - started, previous.info.report,
+                                   reused=True)
+        raise UserError(f"{config.out} exists (made with other settings or not a head of "
+                        "train-head); pass --overwrite to replace it")
     dim = open_embeddings(config.run, config.embeddings, "image").dim
     input_dim = dim * (2 if config.input == "image_text" else 1)
     hidden = config.hidden if config.head_type == "mlp" else ()
@@ -284,6 +311,7 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     _fold(head, mean, scale, y_mean, y_scale)
     loaded = LoadedHead(config.out, "", info, head)
     report = {
+        "settings": settings,
         "labels": str(config.labels), "label_column": labels.column, "task": labels.task,
         "negative": labels.negative, "seed": config.seed, "epochs": config.epochs,
         "lr": config.lr, "weight_decay": config.weight_decay, "holdout_share": config.holdout,
