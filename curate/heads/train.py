@@ -196,7 +196,7 @@ def _fit(head: Head, x: np.ndarray, y: np.ndarray, task: str, config: TrainHeadC
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         losses.append(total / len(order))
     head.eval()
     return losses
@@ -273,6 +273,7 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     RunPaths(config.run).read_run()
     if config.out.is_dir():
         raise UserError(f"{config.out} is a folder; --out is a head file")
+    dim = open_embeddings(config.run, config.embeddings, "image").dim
     labels = read_labels(config.labels, config.task, config.positive)
     settings = _settings(config)
     if config.out.exists() and not config.overwrite:
@@ -283,7 +284,6 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
                                    reused=True)
         raise UserError(f"{config.out} exists (made with other settings or not a head of "
                         "train-head); pass --overwrite to replace it")
-    dim = open_embeddings(config.run, config.embeddings, "image").dim
     input_dim = dim * (2 if config.input == "image_text" else 1)
     hidden = config.hidden if config.head_type == "mlp" else ()
     info = HeadInfo(config.head_type, input_dim, hidden, config.input, "l2",

@@ -81,7 +81,7 @@ def train_head(
     held = result.report.get("holdout", {})
     return StageOutcome(result.to_dict(), f"{result.info.architecture} head -> {out}; held out: "
                                           + (", ".join(f"{k} {v}" for k, v in held.items())
-                                             or "none"))
+                                             or "none"), reused=result.reused)
 
 
 @register_stage("sweep")
