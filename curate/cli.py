@@ -287,7 +287,8 @@ def train_head_command(
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 1024,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    lr: Annotated[float | None, typer.Option(
+        help="AdamW learning rate [default: 1e-2 linear, 1e-3 mlp].")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     positive: Annotated[str | None, typer.Option(
         help="The positive class name [default: 1, true, else the last name sorted].")] = None,

@@ -259,3 +259,30 @@ def test_bad_labels_are_one_line(run: Path, tmp_path: Path, content: str, words:
                  tmp_path / "h.safetensors")
     assert result.exit_code == 2, result.output
     assert words in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_the_heads_recipe(metadata: Path, tmp_path: Path) -> None:
+    out = tmp_path / "heads"
+    out.mkdir()
+    torch.manual_seed(1)
+    aesthetic = tmp_path / "aesthetic.pth"
+    torch.save(LaionMLP().state_dict(), aesthetic)
+    probe = tmp_path / "probe"
+    ingest_pool(IngestConfig(pool=metadata, run=probe))
+    uids, signal = _planted(probe)
+    labels = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"uid": uids, "label": signal > np.median(signal)}), labels)
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "heads.toml"
+    args = ["run", recipe, "--set", f"pool={metadata}", "--set", f"out={out}", "--set",
+            f"labels={labels}", "--set", "label_embeddings=clip_b32", "--set",
+            f"aesthetic_head={aesthetic}", "--set", "aesthetic_threshold=0.0"]
+    result = cli(*args, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.output.strip().splitlines()[:-1]] == ["ran"] * 6
+    run = out / "run"
+    kept = np.load(RunPaths(run).subset_dir("labels_positive") / "uids.npy", allow_pickle=False)
+    assert 0.3 * len(uids) < len(kept) < 0.7 * len(uids)
+    assert (RunPaths(run).subset_dir("aesthetic") / "uids.npy").is_file()
+    again = cli(*args, "--no-progress")  # everything is reused
+    assert again.exit_code == 0, again.output
+    assert [line.split()[0] for line in again.output.strip().splitlines()[:-1]] == ["done"] * 6

@@ -59,7 +59,7 @@ class TrainHeadConfig:
     seed: int = 0
     epochs: int = 100
     batch_size: int = 1024
-    lr: float = 1e-3
+    lr: float | None = None  # default: 1e-2 for linear heads, 1e-3 for MLPs
     weight_decay: float = 1e-4
     positive: str | None = None
     overwrite: bool = False
@@ -81,6 +81,8 @@ class TrainHeadConfig:
             raise UserError("--hidden: positive layer sizes, e.g. 256 or 512,64")
         if not 0.0 <= self.holdout < 1.0:
             raise UserError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", 1e-2 if self.head_type == "linear" else 1e-3)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise UserError("--epochs, --batch-size and --lr must be positive, --weight-decay "
                             "not negative")

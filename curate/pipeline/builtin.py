@@ -65,7 +65,7 @@ def train_head(
     run: str, labels: str, embeddings: str, out: str, type: str = "linear",  # noqa: A002
     task: str = "auto", input: str = "image", hidden: list[int] | None = None,  # noqa: A002
     holdout: float = 0.2, seed: int = 0, epochs: int = 100, batch_size: int = 1024,
-    lr: float = 1e-3, weight_decay: float = 1e-4, positive: str | None = None,
+    lr: float | None = None, weight_decay: float = 1e-4, positive: str | None = None,
     overwrite: bool = False,
 ) -> StageOutcome:
     """Train a linear or MLP head on saved embeddings from a labels table."""
@@ -82,6 +82,27 @@ def train_head(
     return StageOutcome(result.to_dict(), f"{result.info.architecture} head -> {out}; held out: "
                                           + (", ".join(f"{k} {v}" for k, v in held.items())
                                              or "none"), reused=result.reused)
+
+
+@register_stage("score-head")
+def score_head(
+    run: str, head: str, name: str, embeddings: str | None = None, workers: int | None = 0,
+    scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
+) -> StageOutcome:
+    """Score every sample with a learned head over saved embeddings (score --kind head)."""
+    from curate.executor import ExecutorConfig
+    from curate.score.stage import ScoreConfig, score_run
+
+    summary = score_run(ScoreConfig(
+        run=run, kind="head", head=head, embeddings=embeddings, name=name,
+        executor=ExecutorConfig(workers=workers, scheduler=scheduler), overwrite=overwrite,
+        progress=progress,
+    ))
+    failed = summary.failed_shards
+    return StageOutcome(summary.to_dict(), f"'{name}': {summary.stats.samples} samples, "
+                                           f"{summary.shards_skipped} of {summary.shards_total} "
+                                           "shards already done", ok=not failed,
+                        reused=summary.shards_skipped == summary.shards_total)
 
 
 @register_stage("sweep")
