@@ -226,6 +226,9 @@ def test_pickles_unknown_layouts_and_wrong_widths_are_refused(run: Path, tmp_pat
                      "clip_l14", "--name", "bad", "--workers", 0)
         assert result.exit_code == 2, result.output
         assert words in result.output and len(result.output.strip().splitlines()) == 1
+    saving = cli("score", run, "--kind", "head", "--head", narrow, "--embeddings", "clip_b32",
+                 "--name", "bad", "--save-embeddings", "--workers", 0)
+    assert saving.exit_code == 2 and "--save-embeddings" in saving.output
     assert not RunPaths(run).scores_dir("bad").exists()
 
 

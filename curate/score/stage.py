@@ -85,6 +85,9 @@ class ScoreConfig:
             object.__setattr__(self, "head", Path(self.head))
             if self.kind != "head":
                 raise ScoreError(f"--head is for --kind head, not --kind {self.kind}")
+        if self.embeddings is not None and self.kind == "clip":
+            raise ScoreError("--embeddings is for scorer kinds that read saved embeddings "
+                             "(--kind head), not --kind clip")
         if self.embeddings is not None and not NAME_PATTERN.match(self.embeddings):
             raise ScoreError(f"--embeddings '{self.embeddings}': an embeddings name (lower-case "
                              "letters, digits and '_')")
