@@ -243,9 +243,16 @@ def score(
         typer.Option(help="auto (JPEG decode on the GPU when scoring on CUDA), cpu or cuda."),
     ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    head: Annotated[Path | None, typer.Option(
+        help="--kind head: a head file (train-head output, a linear or LAION aesthetic "
+        "state dict).")] = None,
+    embeddings: Annotated[str | None, typer.Option(
+        help="--kind head: saved embeddings to read (e.g. clip_l14) [default: the head's].")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Score every sample with a filter network: image-text cosine similarity."""
+    """Score every sample with a filter network (image-text cosine), or with a learned head
+    over saved embeddings (--kind head)."""
     from curate.models import ModelSpec
     from curate.score.stage import ScoreConfig, score_run
 
@@ -255,9 +262,49 @@ def score(
         batch_size=batch_size, executor=ExecutorConfig(workers=workers, scheduler=scheduler),
         device=device, save_embeddings=save_embeddings, overwrite=overwrite,
         max_image_pixels=max_image_pixels, precision=precision, plain_encoders=plain_encoders,
-        decoder=decode, progress=progress,
+        decoder=decode, progress=progress, head=head, embeddings=embeddings,
     ))
     show(summary, as_json, failed=bool(summary.failed_shards))
+
+
+@app.command("train-head")
+@user_errors
+def train_head_command(
+    run: Annotated[Path, typer.Argument(help="Run directory with saved embeddings.")],
+    labels: Annotated[Path, typer.Option(
+        help="Labels table (parquet, csv): uid,label (binary classes) or uid,value.")],
+    embeddings: Annotated[str, typer.Option(help="Saved embeddings to train on (clip_l14, ...).")],
+    out: Annotated[Path, typer.Option(help="Head file to write (safetensors + JSON metadata).")],
+    head_type: Annotated[str, typer.Option("--type", help="linear or mlp.")] = "linear",
+    task: Annotated[str, typer.Option(
+        help="auto (label: classification, value: regression), classification, regression.")
+    ] = "auto",
+    input_kind: Annotated[str, typer.Option(
+        "--input", help="image, or image_text (image and text embeddings concatenated).")
+    ] = "image",
+    hidden: Annotated[str, typer.Option(help="--type mlp: hidden sizes, e.g. 512,64.")] = "256",
+    holdout: Annotated[float, typer.Option(help="Share of uids held out for the report.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 1024,
+    lr: Annotated[float | None, typer.Option(
+        help="AdamW learning rate [default: 1e-2 linear, 1e-3 mlp].")] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    positive: Annotated[str | None, typer.Option(
+        help="The positive class name [default: 1, true, else the last name sorted].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing head file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a linear or small MLP head on saved embeddings from labels; held-out report."""
+    from curate.heads.train import TrainHeadConfig, train_head
+
+    sizes = tuple(int(v) for v in _csv_floats(hidden, "--hidden"))
+    show(train_head(TrainHeadConfig(
+        run=run, labels=labels, embeddings=embeddings, out=out, head_type=head_type, task=task,
+        input=input_kind, hidden=sizes, holdout=holdout, seed=seed, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, positive=positive,
+        overwrite=overwrite,
+    )), as_json)
 
 
 def _csv_floats(text: str | None, option: str) -> tuple[float, ...]:

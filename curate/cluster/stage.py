@@ -44,7 +44,7 @@ from curate.cluster.kmeans import NITER, train_centroids
 from curate.errors import UserError
 from curate.io.embeddings import EmbeddingPart, open_embeddings
 from curate.io.lock import run_output, writes
-from curate.io.statuses import NO_EMBEDDING
+from curate.io.statuses import MISSING_EMBEDDING
 from curate.io.workspace import SCORER_NAME, RunPaths, atomic_path, check_name, write_json_atomic
 from curate.tables.derived import finished_table, read_table_record, write_derived_table
 
@@ -112,7 +112,7 @@ class ClusterSummary:
     clusters: int
     targets: int
     caption_passed: int
-    no_embedding: int
+    missing_embedding: int
     kept: int
     centroids: str  # "computed", "reused" or the file given
     seconds: float
@@ -122,7 +122,7 @@ class ClusterSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "rows": self.rows,
                 "clusters": self.clusters, "targets": self.targets,
-                "caption_passed": self.caption_passed, "no_embedding": self.no_embedding,
+                "caption_passed": self.caption_passed, "missing_embedding": self.missing_embedding,
                 "kept": self.kept, "centroids": self.centroids,
                 "seconds": round(self.seconds, 3), "reused": self.reused,
                 "outputs": dict(self.outputs)}
@@ -133,7 +133,7 @@ class ClusterSummary:
         return (f"'{self.name}': kept {self.kept} of {self.rows} ({share:.2f}%); "
                 f"{self.targets} target clusters of {self.clusters} ({self.centroids} "
                 f"centroids); caption filter passed {self.caption_passed}; "
-                f"{self.no_embedding} without embedding; {self.seconds:.1f}s{again} -> "
+                f"{self.missing_embedding} without embedding; {self.seconds:.1f}s{again} -> "
                 f"{self.path}")
 
 
@@ -235,7 +235,7 @@ def _part_table(config: ClusterConfig, pool_part: Path, part: EmbeddingPart,
     reason[~present] = "no embedding"
     missing = ~present
     counts["caption_passed"] += int((codes == 0).sum())
-    counts["no_embedding"] += int(missing.sum())
+    counts["missing_embedding"] += int(missing.sum())
     counts["kept"] += int(keep.sum())
     name = config.name
     uids = pq.read_table(pool_part, columns=["uid"]).column("uid")
@@ -245,7 +245,7 @@ def _part_table(config: ClusterConfig, pool_part: Path, part: EmbeddingPart,
         f"{name}_keep": pa.array(keep, pa.bool_(), mask=missing),
         f"{name}_reason": pa.array(reason, pa.string()),
         f"{name}_similarity": pa.array(similarity, pa.float32(), mask=missing),
-        "status": pa.array(np.where(missing, NO_EMBEDDING, "ok"), pa.string()),
+        "status": pa.array(np.where(missing, MISSING_EMBEDDING, "ok"), pa.string()),
         "error": pa.array(np.where(missing, f"no '{config.embeddings}' image embedding", None),
                           pa.string()),
     })
@@ -300,13 +300,13 @@ def cluster_run(config: ClusterConfig) -> ClusterSummary:
     _save_array(config.clusters_dir / "targets.npy", targets,
                 {"settings": settings, "targets": int(len(targets))})
     outputs["targets"] = str(config.clusters_dir / "targets.npy")
-    counts = {"caption_passed": 0, "no_embedding": 0, "kept": 0}
+    counts = {"caption_passed": 0, "missing_embedding": 0, "kept": 0}
     tables = ((pool.stem, _part_table(config, pool, part, code, centroids, targets, counts))
               for pool, part, code in zip(pool_parts, parts, codes, strict=True))
     target_dir = paths.scores_dir(config.name)
     summary = ClusterSummary(
         name=config.name, path=target_dir, rows=embeddings.rows, clusters=len(centroids),
-        targets=len(targets), caption_passed=0, no_embedding=0, kept=0, centroids=source,
+        targets=len(targets), caption_passed=0, missing_embedding=0, kept=0, centroids=source,
         seconds=0.0, outputs=outputs)
 
     def record() -> dict[str, Any]:

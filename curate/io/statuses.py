@@ -11,7 +11,7 @@ SHARD_TRUNCATED = "shard_truncated"  # the tar ended before this sample
 MISSING_SCORE = "missing_score"  # an ingested score column (DataComp) had no value
 DUPLICATE_KEY = "duplicate_key"  # the key occurs twice in the shard: no copy is scored
 BAD_MEMBER = "bad_member"  # a link, device or path-like / non-UTF-8 member name in the tar
-NO_EMBEDDING = "no_embedding"  # a derived table's row whose saved embedding is NaN or zero
+MISSING_EMBEDDING = "missing_embedding"  # a row's saved embedding is NaN or zero: no decision
 
 ALL = (
     OK,
@@ -25,7 +25,7 @@ ALL = (
     MISSING_SCORE,
     DUPLICATE_KEY,
     BAD_MEMBER,
-    NO_EMBEDDING,
+    MISSING_EMBEDDING,
 )
 
 

@@ -35,9 +35,9 @@ def score(
     scheduler: str | None = None, device: str = "auto", batch_size: int = 64,
     save_embeddings: bool = False, overwrite: bool = False, max_image_pixels: int | None = None,
     precision: str = "auto", plain_encoders: bool = False, decode: str = "auto",
-    progress: bool = True,
+    progress: bool = True, head: str | None = None, embeddings: str | None = None,
 ) -> StageOutcome:
-    """Score every sample with a filter network."""
+    """Score every sample with a filter network (or a head over embeddings: kind head)."""
     from curate.executor import ExecutorConfig
     from curate.models import ModelSpec
     from curate.score.stage import ScoreConfig, score_run
@@ -49,7 +49,7 @@ def score(
         batch_size=batch_size, executor=ExecutorConfig(workers=workers, scheduler=scheduler),
         device=device, save_embeddings=save_embeddings, overwrite=overwrite,
         precision=precision, plain_encoders=plain_encoders, decoder=decode, progress=progress,
-        **extra,
+        head=head, embeddings=embeddings, **extra,
     ))
     failed = summary.failed_shards
     text = (f"'{name}': {summary.stats.samples} samples, {summary.shards_skipped} of "
@@ -57,6 +57,51 @@ def score(
     if failed:
         text += "; FAILED shards: " + ", ".join(sorted(failed))
     return StageOutcome(summary.to_dict(), text, ok=not failed,
+                        reused=summary.shards_skipped == summary.shards_total)
+
+
+@register_stage("train-head")
+def train_head(
+    run: str, labels: str, embeddings: str, out: str, type: str = "linear",  # noqa: A002
+    task: str = "auto", input: str = "image", hidden: list[int] | None = None,  # noqa: A002
+    holdout: float = 0.2, seed: int = 0, epochs: int = 100, batch_size: int = 1024,
+    lr: float | None = None, weight_decay: float = 1e-4, positive: str | None = None,
+    overwrite: bool = False,
+) -> StageOutcome:
+    """Train a linear or MLP head on saved embeddings from a labels table."""
+    from curate.heads.train import TrainHeadConfig
+    from curate.heads.train import train_head as run_train_head
+
+    result = run_train_head(TrainHeadConfig(
+        run=run, labels=labels, embeddings=embeddings, out=out, head_type=type, task=task,
+        input=input, hidden=tuple(hidden or (256,)), holdout=holdout, seed=seed, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, positive=positive,
+        overwrite=overwrite,
+    ))
+    held = result.report.get("holdout", {})
+    return StageOutcome(result.to_dict(), f"{result.info.architecture} head -> {out}; held out: "
+                                          + (", ".join(f"{k} {v}" for k, v in held.items())
+                                             or "none"), reused=result.reused)
+
+
+@register_stage("score-head")
+def score_head(
+    run: str, head: str, name: str, embeddings: str | None = None, workers: int | None = 0,
+    scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
+) -> StageOutcome:
+    """Score every sample with a learned head over saved embeddings (score --kind head)."""
+    from curate.executor import ExecutorConfig
+    from curate.score.stage import ScoreConfig, score_run
+
+    summary = score_run(ScoreConfig(
+        run=run, kind="head", head=head, embeddings=embeddings, name=name,
+        executor=ExecutorConfig(workers=workers, scheduler=scheduler), overwrite=overwrite,
+        progress=progress,
+    ))
+    failed = summary.failed_shards
+    return StageOutcome(summary.to_dict(), f"'{name}': {summary.stats.samples} samples, "
+                                           f"{summary.shards_skipped} of {summary.shards_total} "
+                                           "shards already done", ok=not failed,
                         reused=summary.shards_skipped == summary.shards_total)
 
 

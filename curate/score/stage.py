@@ -76,9 +76,21 @@ class ScoreConfig:
     plain_encoders: bool = False
     decoder: str = "auto"
     progress: bool = True
+    head: Path | None = None  # the head kind's head file (curate.heads)
+    embeddings: str | None = None  # saved embeddings a kind reads (RUN/embeddings/NAME)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
+        if self.head is not None:
+            object.__setattr__(self, "head", Path(self.head))
+            if self.kind != "head":
+                raise ScoreError(f"--head is for --kind head, not --kind {self.kind}")
+        if self.embeddings is not None and self.kind == "clip":
+            raise ScoreError("--embeddings is for scorer kinds that read saved embeddings "
+                             "(--kind head), not --kind clip")
+        if self.embeddings is not None and not NAME_PATTERN.match(self.embeddings):
+            raise ScoreError(f"--embeddings '{self.embeddings}': an embeddings name (lower-case "
+                             "letters, digits and '_')")
         if not NAME_PATTERN.match(self.name):
             raise ScoreError(f"--name '{self.name}': use lower-case letters, digits and '_'")
         if self.batch_size < 1:

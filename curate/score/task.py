@@ -178,15 +178,19 @@ class ShardInput:
             else:
                 yield Readable(row, caption, image_member[1])
 
+    def embedding(self, name: str, kind: str = "image") -> np.ndarray:
+        """Saved ``kind`` (image or text) embeddings of ``name`` for this shard, memory-mapped
+        and row-aligned with ``pool``."""
+        run = Path(self.task.pool_part).parent.parent
+        path = run / "embeddings" / name / f"{self.part}.{kind}.npy"
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim != 2 or len(array) != self.pool.num_rows:
+            raise ValueError(f"{path}: embeddings are not row-aligned with the pool part")
+        return array
+
     def embeddings(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Saved float16 image and text embeddings of scorer ``name`` for this shard."""
-        run = Path(self.task.pool_part).parent.parent
-        prefix = run / "embeddings" / name / self.part
-        image, text = (np.load(f"{prefix}.{kind}.npy", allow_pickle=False)
-                       for kind in ("image", "text"))
-        if len(image) != self.pool.num_rows or len(text) != self.pool.num_rows:
-            raise ValueError(f"{prefix}: embeddings are not row-aligned with the pool part")
-        return image, text
+        return self.embedding(name, "image"), self.embedding(name, "text")
 
 
 def write_outputs(task: ShardTask, rows: ShardRows) -> None:
