@@ -12,8 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RULE = ("highest {prefer} first (missing scores last), ties by smallest uid, then smallest "
-        "sample_id (part << 32 | row)")
+
+def rule(prefer: str | None) -> str:
+    """The representative rule in words, as ``_table.json`` and the summary state it."""
+    ties = "smallest uid, then smallest sample_id (part << 32 | row)"
+    if prefer is None:
+        return f"{ties} (no --prefer score)"
+    return f"highest {prefer} (missing scores last), ties by {ties}"
 
 
 def rank_order(scores: np.ndarray, uids: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:

@@ -63,6 +63,7 @@ def kmeans_assign(vectors: np.ndarray, clusters: int, niter: int, seed: int) -> 
         return np.zeros(len(vectors), dtype=np.int64)
     kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True,
                           verbose=False, max_points_per_centroid=max(256, len(vectors)))
+    kmeans.cp.min_points_per_centroid = 1  # small pools: no warning, the same clustering
     kmeans.train(vectors)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(kmeans.centroids)

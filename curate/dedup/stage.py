@@ -11,7 +11,7 @@
 Levels: ``exact`` (same sha256 of the image bytes, or same decoded pixels; optionally the same
 caption too; union-find over both keys), ``phash`` (pHash or dHash within a Hamming distance,
 found by hash bands), ``semantic`` (SemDeDup over saved image embeddings). The representative
-rule is ``curate.dedup.groups.RULE``; it is written into ``_table.json``.
+rule is ``curate.dedup.groups.rule``; it is written into ``_table.json``.
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def dedup_run(config: DedupConfig) -> DedupSummary:
     by_status: dict[str, int] = {}
     for status in level.status:
         by_status[status] = by_status.get(status, 0) + 1
-    rule = gr.RULE.format(prefer=config.prefer or "(no --prefer score)")
+    rule = gr.rule(config.prefer)
     summary = DedupSummary(
         name=config.table, level=config.level, samples=len(pool.uids),
         hashed=int(level.usable.sum()), groups=grouping.groups,

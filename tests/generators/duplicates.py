@@ -3,9 +3,10 @@ benchmark. Every distinct image is a smooth random texture (a few random low-res
 fields upsampled, plus a drawn shape), so two distinct images are far apart in pHash.
 
 Planted, spread over the shards in a fixed shuffled order: exact byte copies, PNG re-saves of
-a JPEG's decoded pixels (same pixels, other bytes), JPEG re-encodes at quality 70,
-resized copies, slight crops (a 1/128 margin per side at 128 px) and, per shard, a sample that failed to download
-and one whose image is corrupt. ``truth`` says, per key, which original it copies and how.
+a JPEG's decoded pixels (same pixels, other bytes), JPEG re-encodes at quality 70, resized
+copies, slight crops (a 1/128 margin per side at 128 px) and, per shard, a sample that failed
+to download and one whose image is corrupt. ``truth`` says, per key, which original it
+copies and how.
 """
 
 from __future__ import annotations
