@@ -315,9 +315,11 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     groups = pa.table({"sample_id": decisions.column("sample_id"), "_group": group})
     del decisions, ids
     layout = samples_layout(con, paths)
+    # the manifest copies every score; derived tables without one (dedup groups) add none
+    with_scores = [s for s in scorers if f"{s}_score" in layout.columns(s)]
     _write_subset(paths, config, request, target, summary, scorers,
                   lambda staging: write_outputs(
-        con, paths, layout, staging, groups, failing, scorers, in_order,
+        con, paths, layout, staging, groups, failing, with_scores, in_order,
         tables=not config.uids_only))
     logger.debug("select %s: written at %.2f s", config.name, time.perf_counter() - started)
     return summary
