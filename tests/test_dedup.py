@@ -332,3 +332,20 @@ filter = ["dedup:level=exact"]
     result = runner.invoke(app, ["run", str(recipe), "--json"])
     assert result.exit_code == 0, result.output
     assert read_table_record(dup_run, "dedup_exact")["stage"] == "dedup"
+
+
+def test_image_hashes_are_computed_once_and_resume_per_shard(dup_run: Path) -> None:
+    from curate.dedup.image_hashes import hashes_dir
+
+    dedup(dup_run, "exact")
+    parts = sorted(hashes_dir(dup_run).glob("part-*.parquet"))
+    assert len(parts) == 3
+    before = {p.name: p.stat().st_mtime_ns for p in parts}
+    dedup(dup_run, "phash")  # reuses every shard's hashes
+    assert {p.name: p.stat().st_mtime_ns for p in parts} == before
+    (hashes_dir(dup_run) / "_done" / "part-00001.json").unlink()
+    dedup(dup_run, "phash", name="again")
+    after = {p.name: p.stat().st_mtime_ns for p in parts}
+    assert [name for name in before if after[name] != before[name]] == ["part-00001.parquet"]
+    assert table(dup_run, "again").equals(
+        table(dup_run, "dedup_phash").rename_columns(table(dup_run, "again").column_names))

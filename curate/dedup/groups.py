@@ -59,8 +59,13 @@ class UnionFind:
             self.union(a, b)
 
     def roots(self) -> np.ndarray:
-        return np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64,
-                           count=len(self.parent))
+        """Each element's set root (pointer jumping over the whole forest, vectorised)."""
+        parent = self.parent.copy()
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                return parent
+            parent = jumped
 
 
 def union_equal_keys(uf: UnionFind, members: np.ndarray, keys: np.ndarray) -> None:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.executor import ExecutorConfig
+from curate.executor.base import ProgressFn
 from curate.io import statuses as st
 from curate.io.image import DEFAULT_MAX_PIXELS
 from curate.io.shards import TarReadResult, iter_tar_samples
@@ -84,7 +85,7 @@ class _Rows:
                          "error": self.error}, schema=HASH_SCHEMA)
 
 
-def hash_task(task: HashTask, progress: object = None) -> ShardStats:
+def hash_task(task: HashTask, progress: ProgressFn | None = None) -> ShardStats:
     """Hash every image of one shard; write its part atomically; its stats."""
     from curate.dedup.hashes import hash_image
 
@@ -114,7 +115,7 @@ def hash_task(task: HashTask, progress: object = None) -> ShardStats:
             for column in rows.values:
                 rows.values[column][row] = getattr(hashes, column)
             rows.mark(row, st.OK, None)
-        if callable(progress):
+        if progress is not None:
             progress(1)
     for row, key in enumerate(pool.column("key").to_pylist()):
         if key in rows.repeated or key in result.duplicate_keys:
