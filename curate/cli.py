@@ -718,6 +718,50 @@ def cluster_command(
     )), as_json)
 
 
+@app.command("dedup")
+@user_errors
+def dedup_command(
+    run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest`.")],
+    level: Annotated[str, typer.Option(help="exact (bytes or pixels), phash (perceptual "
+                                            "hashes) or semantic (SemDeDup on embeddings).")],
+    name: Annotated[str | None, typer.Option(
+        help="Table name (default dedup_LEVEL): columns NAME_keep, NAME_group, ...")] = None,
+    prefer: Annotated[str | None, typer.Option(
+        help="Score column whose highest value is kept in a group (ties: smallest uid).")
+    ] = None,
+    with_caption: Annotated[bool, typer.Option(
+        "--with-caption", help="exact: the caption must match too.")] = False,
+    max_distance: Annotated[int, typer.Option(help="phash: largest Hamming distance.")] = 4,
+    hash_kind: Annotated[str, typer.Option("--hash", help="phash: phash or dhash.")] = "phash",
+    embeddings: Annotated[str, typer.Option(help="semantic: saved image embeddings.")
+                          ] = "clip_l14",
+    clusters: Annotated[int, typer.Option(help="semantic: k-means clusters.")] = 100,
+    eps: Annotated[float, typer.Option(help="semantic: duplicates above cosine 1 - eps.")
+                   ] = 0.05,
+    niter: Annotated[int, typer.Option(help="semantic: k-means iterations.")] = 20,
+    seed: Annotated[int, typer.Option(help="semantic: k-means seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        help="Dask workers hashing images (0 runs in-process).")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of an existing Dask scheduler.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a table made with other settings.")
+                         ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Group duplicate samples and mark one representative per group (a table in samples)."""
+    from curate.dedup.stage import DedupConfig, dedup_run
+
+    show(dedup_run(DedupConfig(
+        run=run, level=level, name=name, prefer=prefer, with_caption=with_caption,
+        max_distance=max_distance, hash=hash_kind, embeddings=embeddings, clusters=clusters,
+        eps=eps, niter=niter, seed=seed,
+        executor=ExecutorConfig(workers=workers, scheduler=scheduler), overwrite=overwrite,
+        progress=progress,
+    )), as_json)
+
+
 @app.command("run")
 @user_errors
 def run_command(

@@ -159,6 +159,30 @@ def export(run: str, subset: str, out: str, shard_size: int = 10_000, overwrite:
     return StageOutcome(summary.to_dict(), text, ok=not summary.missing, reused=summary.reused)
 
 
+@register_stage("dedup")
+def dedup(
+    run: str, level: str, name: str | None = None, prefer: str | None = None,
+    with_caption: bool = False, max_distance: int = 4, hash: str = "phash",  # noqa: A002
+    embeddings: str = "clip_l14", clusters: int = 100, eps: float = 0.05, niter: int = 20,
+    seed: int = 0, workers: int | None = None, scheduler: str | None = None,
+    overwrite: bool = False, progress: bool = True,
+) -> StageOutcome:
+    """Group duplicates (exact, phash or semantic) and mark one representative per group."""
+    from curate.dedup.stage import DedupConfig, dedup_run
+    from curate.executor import ExecutorConfig
+
+    summary = dedup_run(DedupConfig(
+        run=run, level=level, name=name, prefer=prefer, with_caption=with_caption,
+        max_distance=max_distance, hash=hash, embeddings=embeddings, clusters=clusters,
+        eps=eps, niter=niter, seed=seed,
+        executor=ExecutorConfig(workers=workers, scheduler=scheduler), overwrite=overwrite,
+        progress=progress,
+    ))
+    return StageOutcome(summary.to_dict(), f"'{summary.name}': {summary.groups} groups, "
+                                           f"{summary.duplicates} duplicates of "
+                                           f"{summary.samples}", reused=summary.reused)
+
+
 @register_stage("train-dfn")
 def train_dfn(
     data: str, out: str, subset: str | None = None, model: str | None = None,
