@@ -23,8 +23,10 @@ from curate.errors import UserError
 from curate.executor import ExecutorConfig
 from curate.filters import parse_filter_spec
 from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.uids import read_uid_file
 from curate.io.workspace import RunPaths
 from curate.select.subset import SelectConfig, select_subset
+from curate.tables import connect
 from curate.tables.derived import read_table_record, write_derived_table
 from tests.generators.datacomp import write_datacomp_metadata
 from tests.generators.duplicates import EXACT_KINDS, KINDS, DuplicatePool, write_duplicate_pool
@@ -308,30 +310,30 @@ def test_a_metadata_pool_dedups_by_sha256_and_phash_says_it_needs_images(tmp_pat
         dedup(run, "phash")
 
 
-def test_a_recipe_runs_the_dedup_stage(tmp_path: Path, dup_run: Path) -> None:
-    recipe = tmp_path / "dedup.toml"
-    recipe.write_text(f'''name = "dedup"
-[vars]
-run = "{dup_run}"
-
-[[stage]]
-id = "dedup"
-kind = "dedup"
-run = "{{run}}"
-level = "exact"
-workers = 0
-progress = false
-
-[[stage]]
-id = "unique"
-kind = "select"
-run = "{{run}}"
-out = "unique"
-filter = ["dedup:level=exact"]
-''')
-    result = runner.invoke(app, ["run", str(recipe), "--json"])
+def test_the_shipped_recipe_keeps_the_best_scored_unique_samples(dup_run: Path) -> None:
+    """pipelines/dedup_subset.toml: exact + phash dedup preferring the dfn score, then the
+    top fraction of the representatives."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for part in RunPaths(dup_run).pool_parts():
+        uids = pq.read_table(part, columns=["uid"]).column("uid")
+        parts.append((part.stem, pa.table({
+            "uid": uids, "dfn_score": rng.random(len(uids)).astype(np.float32),
+            "status": ["ok"] * len(uids), "error": pa.nulls(len(uids), pa.string())})))
+    write_derived_table(dup_run, "dfn", "test", {}, parts, {})
+    recipe = Path(__file__).parent.parent / "pipelines" / "dedup_subset.toml"
+    result = runner.invoke(app, ["run", str(recipe), "--set", f"run={dup_run}", "--set",
+                                 "workers=0", "--set", "fraction=0.5", "--json"])
     assert result.exit_code == 0, result.output
-    assert read_table_record(dup_run, "dedup_exact")["stage"] == "dedup"
+    assert read_table_record(dup_run, "dedup_exact")["settings"]["prefer"] == "dfn"
+    con = connect(dup_run)
+    scores = np.sort(np.concatenate([t.column("dfn_score").to_numpy() for _, t in parts]))[::-1]
+    threshold = float(scores[int(len(scores) * 0.5)])  # DataComp's fraction rule
+    kept = {row[0] for row in con.execute("SELECT uid FROM samples WHERE dedup_exact_keep AND "
+                                          "dedup_phash_keep AND dfn_score >= ?",
+                                          [threshold]).fetchall()}
+    subset = read_uid_file(RunPaths(dup_run).subset_dir("dfn_unique") / "uids.npy")
+    assert 0 < len(subset) == len(kept) < 40
 
 
 def test_image_hashes_are_computed_once_and_resume_per_shard(dup_run: Path) -> None:
