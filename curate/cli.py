@@ -288,10 +288,10 @@ def train_head_command(
     epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 1024,
     lr: Annotated[float | None, typer.Option(
-        help="AdamW learning rate [default: 1e-2 linear, 1e-3 mlp].")] = None,
+        help="AdamW learning rate (default: 1e-2 linear, 1e-3 mlp).")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     positive: Annotated[str | None, typer.Option(
-        help="The positive class name [default: 1, true, else the last name sorted].")] = None,
+        help="The positive class name (default: 1, true, else the last name sorted).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing head file.")] = False,
     as_json: JsonOption = False,
 ) -> None:

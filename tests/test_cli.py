@@ -108,6 +108,12 @@ def _bad_inputs(tmp: Path) -> dict[str, list]:
                       "--augmentations", "2"],
         "validate-reinforced": ["validate-reinforced", missing],
         "run": ["run", tmp / "missing.toml"],
+        "dedup": ["dedup", missing, "--level", "exact", "--workers", "0"],
+        "dedup-level": ["dedup", missing, "--level", "fuzzy"],
+        "cluster": ["cluster", missing, "--clusters", "10"],
+        "train-head": ["train-head", missing, "--labels", missing, "--embeddings", "clip_l14",
+                       "--out", tmp / "head.safetensors"],
+        "score-head": ["score", missing, "--kind", "head", "--head", missing, "--workers", "0"],
     }
 
 
