@@ -26,6 +26,7 @@ from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.uids import read_uid_file
 from curate.io.workspace import RunPaths
 from curate.select.subset import SelectConfig, select_subset
+from curate.select.sweep import SweepConfig, sweep
 from curate.tables import connect
 from curate.tables.derived import read_table_record, write_derived_table
 from tests.generators.datacomp import write_datacomp_metadata
@@ -334,6 +335,10 @@ def test_the_shipped_recipe_keeps_the_best_scored_unique_samples(dup_run: Path) 
                                           [threshold]).fetchall()}
     subset = read_uid_file(RunPaths(dup_run).subset_dir("dfn_unique") / "uids.npy")
     assert 0 < len(subset) == len(kept) < 40
+    swept = sweep(SweepConfig(run=dup_run, by="dfn", fractions=(1.0,), stats_sample=0,
+                              plot=False, filters=(parse_filter_spec("dedup:level=phash"),)))
+    unique = con.execute("SELECT count(*) FROM samples WHERE dedup_phash_keep").fetchone()[0]
+    assert swept.candidates == unique
 
 
 def test_image_hashes_are_computed_once_and_resume_per_shard(dup_run: Path) -> None:
