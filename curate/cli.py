@@ -14,11 +14,11 @@ from typing import Annotated, Any, Protocol, TypeVar
 import typer
 
 from curate.errors import UserError
-from curate.executor import ExecutorConfig
-from curate.ingest.stage import IngestConfig, ingest_pool
-from curate.io.image import DEFAULT_MAX_PIXELS
+from curate.executor import ExecutorConfig  # stdlib only
+from curate.io.limits import DEFAULT_MAX_PIXELS
 
-# torch, open_clip and dask load only inside the commands that need them (~5 s)
+# Stages load inside their commands: torch, open_clip and dask (~5 s) only where needed, and a
+# table command (query, sweep, select, ...) loads DuckDB and pyarrow but not Pillow or ingest.
 
 app = typer.Typer(
     name="filter-pool",
@@ -182,6 +182,8 @@ def ingest(
 ) -> None:
     """Read a pool into the run's tables (one row per sample); DataComp metadata also brings
     its precomputed scores (clip_b32, clip_l14) and embeddings."""
+    from curate.ingest.stage import IngestConfig, ingest_pool
+
     show(ingest_pool(IngestConfig(pool=pool, run=run, overwrite=overwrite)), as_json)
 
 
@@ -709,7 +711,7 @@ def cluster_command(
     as_json: JsonOption = False,
 ) -> None:
     """DataComp's image-based filter: a table of each sample's centroid and whether it is kept."""
-    from curate.cluster import ClusterConfig, cluster_run
+    from curate.cluster.stage import ClusterConfig, cluster_run
 
     show(cluster_run(ClusterConfig(
         run=run, name=name, embeddings=embeddings, centroids=centroids, clusters=clusters,

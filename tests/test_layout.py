@@ -93,3 +93,20 @@ def test_io_imports_no_generator_stage_or_test_helper() -> None:
             ):
                 offenders.append(f"{path.name}: {name}")
     assert offenders == []
+
+
+def test_the_launcher_and_cli_load_no_heavy_library() -> None:
+    """`filter-pool` starts in a fraction of a second: the launcher (which reads every stage
+    package's ``__init__``) and the CLI load neither DuckDB, pyarrow, Pillow, torch, faiss nor
+    Dask; each command imports what it needs (benchmarks/startup.py measures the time)."""
+    import subprocess
+    import sys
+
+    heavy = ["duckdb", "pyarrow", "PIL", "torch", "faiss", "dask", "distributed", "open_clip",
+             "tqdm", "numpy"]
+    code = ("import sys; import curate.launch; from curate.runner.commands import "
+            "sharded_commands; sharded_commands(); import curate.cli; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    assert loaded == "[]"

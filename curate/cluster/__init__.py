@@ -1,10 +1,8 @@
 """DataComp's image-based clustering filter: caption pre-filter, k-means centroids of the
 pool's image embeddings, targets nearest a reference set, a derived table per sample.
 
-    from curate.cluster import ClusterConfig, cluster_run
+    from curate.cluster.stage import ClusterConfig, cluster_run
     cluster_run(ClusterConfig(run, clusters=1000, reference=(Path("in1k.npy"),)))
+
+Kept light (no imports): the launcher imports every stage package's ``__init__``.
 """
-
-from curate.cluster.stage import ClusterConfig, ClusterSummary, cluster_run
-
-__all__ = ["ClusterConfig", "ClusterSummary", "cluster_run"]

@@ -7,9 +7,10 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from curate.io.limits import DEFAULT_MAX_PIXELS
 from curate.io.statuses import CORRUPT_IMAGE, TOO_LARGE, UNSUPPORTED_FORMAT, SampleError
 
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, enforced explicitly
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_image"]
 
 # The limit is enforced below by size; Pillow's own warning would only duplicate it.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

@@ -317,7 +317,7 @@ def cluster(
     """DataComp's image-based clustering table (centroid per sample, kept or not)."""
     from pathlib import Path
 
-    from curate.cluster import ClusterConfig, cluster_run
+    from curate.cluster.stage import ClusterConfig, cluster_run
 
     summary = cluster_run(ClusterConfig(
         run=Path(run), name=name, embeddings=embeddings,

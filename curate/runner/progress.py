@@ -6,8 +6,6 @@ import logging
 import sys
 import time
 
-from tqdm.auto import tqdm
-
 # Shown by default where logging is configured (the CLI): a log file gets a line per shard
 # at most every LINE_SECONDS, never a stream of carriage returns. -q-style silence: --no-progress.
 logger = logging.getLogger("curate.progress")
@@ -25,6 +23,8 @@ class Progress:
         self.shards_done = 0
         self.started = self.last_line = time.monotonic()
         self.lines = enabled and not sys.stderr.isatty()
+        from tqdm.auto import tqdm  # ~0.1 s (asyncio): only when a bar is shown
+
         self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True,
                         disable=not enabled or self.lines)
 
