@@ -15,6 +15,7 @@ import dask
 from distributed import Client, LocalCluster, as_completed, get_worker
 from distributed.utils import get_mp_context
 
+from curate.errors import UserError
 from curate.executor.base import (
     ProgressFn,
     TaskFailure,
@@ -74,6 +75,20 @@ def _run_on_worker(fn: TaskFn, task: Any, topic: str, threads: int | None) -> An
         raise
 
 
+CONNECT_SECONDS = 15
+
+
+def connect_scheduler(address: str, timeout: float = CONNECT_SECONDS) -> Client:
+    """A client of the Dask scheduler at ``address``; one line naming it when it cannot be
+    reached (down, wrong address, not a scheduler) within ``timeout`` seconds."""
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--scheduler {address}: cannot reach the Dask scheduler ({reason}); "
+                        "start it (`dask scheduler`) or check the address") from None
+
+
 class DaskExecutor:
     """Runs tasks on Dask workers with retries; one worker thread each, torch threads split."""
 
@@ -81,7 +96,7 @@ class DaskExecutor:
         self.retries = retries
         self.cluster: LocalCluster | None = None
         if scheduler:
-            self.client = Client(scheduler)
+            self.client = connect_scheduler(scheduler)
             self.threads_per_task: int | None = None  # the remote machines decide
             logger.info("using the Dask cluster at %s", scheduler)
         else:

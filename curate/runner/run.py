@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.executor import ExecutorConfig, TaskFailure, make_executor
-from curate.executor.base import ProgressFn
+from curate.executor.base import Executor, ProgressFn
 from curate.io.workspace import remove_stale_temporaries
 from curate.runner.progress import Progress
 from curate.runner.records import read_record, record_path, write_record
@@ -104,9 +104,13 @@ def run_sharded(stage: ShardedStage, executor: ExecutorConfig, progress: bool = 
     now = stage.stats_type()
     failures: dict[str, str] = {}
     if jobs:
-        if before_run is not None:
-            before_run()
-        now, failures = _execute(stage, jobs, executor, progress)
+        running = make_executor(executor)  # first: a scheduler that is down writes nothing
+        try:
+            if before_run is not None:
+                before_run()
+            now, failures = _execute(stage, jobs, running, progress)
+        finally:
+            running.close()
     total = len(stage.shards)
     logger.info("%s: %d shards run, %d already done", stage.name, len(jobs), total - len(jobs))
     for name, error in sorted(failures.items()):
@@ -116,13 +120,12 @@ def run_sharded(stage: ShardedStage, executor: ExecutorConfig, progress: bool = 
                       wall_seconds=time.perf_counter() - started)
 
 
-def _execute(stage: ShardedStage, jobs: list[_Job], config: ExecutorConfig,
+def _execute(stage: ShardedStage, jobs: list[_Job], executor: Executor,
              progress: bool) -> tuple[Stats, dict[str, str]]:
     bar = Progress(stage.name, stage.progress_total([j.shard.task for j in jobs]), len(jobs),
                    enabled=progress, unit=stage.unit)
     stats = stage.stats_type()
     failures: dict[str, str] = {}
-    executor = make_executor(config)
     try:
         task_fn = functools.partial(_run_and_record, stage.task_fn)
         for job, outcome in executor.map(task_fn, jobs, bar.update):
@@ -133,5 +136,4 @@ def _execute(stage: ShardedStage, jobs: list[_Job], config: ExecutorConfig,
             bar.shard_done()
     finally:
         bar.close()
-        executor.close()
     return stats, failures

@@ -1,0 +1,186 @@
+"""A real Dask cluster: `dask scheduler` and two `dask worker` processes started through their
+own command line on 127.0.0.1, `score --scheduler` over it, one worker SIGKILLed mid-run, the
+client killed and rerun, and a scheduler that is not there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from curate.executor import ExecutorConfig
+from curate.io.workspace import RunPaths
+from curate.models import ModelSpec
+from curate.score.stage import ScoreConfig, score_run
+
+DASK = str(Path(sys.executable).parent / "dask")
+START_SECONDS = 90  # a worker imports torch before it joins: seconds on a busy 2-core machine
+
+
+@dataclass
+class Cluster:
+    address: str
+    scheduler: subprocess.Popen
+    workers: list[subprocess.Popen]
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {seconds} s")
+        time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A scheduler and two single-threaded workers, each its own process (no nanny: a killed
+    worker stays dead), stopped at the end."""
+    from distributed import Client
+
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    scheduler = subprocess.Popen(
+        [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(scheduler_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    workers: list[subprocess.Popen] = []
+    try:
+        _wait_for(scheduler_file.is_file, START_SECONDS, "the scheduler did not start")
+        _wait_for(lambda: "address" in scheduler_file.read_text(), 10, "no scheduler address")
+        address = json.loads(scheduler_file.read_text())["address"]
+        for n in range(2):
+            workers.append(subprocess.Popen(
+                [DASK, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                 "--host", "127.0.0.1", "--name", f"w{n}", "--preload", "curate.score.stage"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=START_SECONDS)
+        yield Cluster(address, scheduler, workers)
+    finally:
+        for process in [*workers, scheduler]:
+            _stop(process)
+
+
+def _config(run: Path, checkpoint: Path, scheduler: str | None) -> ScoreConfig:
+    return ScoreConfig(run=run, model=ModelSpec("fp-tiny-vit", pretrained=str(checkpoint)),
+                       executor=ExecutorConfig(workers=0 if scheduler is None else None,
+                                               scheduler=scheduler),
+                       batch_size=8, progress=False)
+
+
+def _scores(run: Path) -> dict[str, tuple[list, np.ndarray]]:
+    out = {}
+    for part in sorted(RunPaths(run).scores_dir("dfn").glob("part-*.parquet")):
+        table = pq.read_table(part)
+        out[part.name] = (table.column("status").to_pylist(),
+                          table.column("dfn_score").to_numpy(zero_copy_only=False))
+    return out
+
+
+def _assert_same_tables(run: Path, reference: Path) -> None:
+    ours, theirs = _scores(run), _scores(reference)
+    assert ours.keys() == theirs.keys() and ours
+    for part, (status, score) in ours.items():
+        assert status == theirs[part][0], part
+        np.testing.assert_allclose(score, theirs[part][1], atol=1e-5, err_msg=part)
+
+
+@pytest.fixture()
+def runs(tmp_path: Path, make_shapes_run, tiny_checkpoint: Path) -> tuple[Path, Path]:
+    """Two runs of one 8-shard pool: one scored in-process (the reference), one fresh."""
+    reference = make_shapes_run(tmp_path / "reference", 8, 24)
+    score_run(_config(reference, tiny_checkpoint, None))
+    fresh = make_shapes_run(tmp_path / "fresh", 8, 24)
+    return fresh, reference
+
+
+def test_score_on_a_cluster_started_from_the_dask_cli(
+        cluster: Cluster, runs: tuple[Path, Path], tiny_checkpoint: Path) -> None:
+    fresh, reference = runs
+    summary = score_run(_config(fresh, tiny_checkpoint, cluster.address))
+    assert summary.failed_shards == {} and summary.shards_skipped == 0
+    _assert_same_tables(fresh, reference)
+
+
+def test_a_worker_killed_mid_run_loses_nothing(
+        cluster: Cluster, runs: tuple[Path, Path], tiny_checkpoint: Path) -> None:
+    """SIGKILL one worker once the first shard is done: the scheduler moves its work to the
+    other worker, every shard gets one part and one record, the tables equal the reference."""
+    fresh, reference = runs
+    done_dir = RunPaths(fresh).scores_dir("dfn") / "_done"
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(
+        summary=score_run(_config(fresh, tiny_checkpoint, cluster.address))))
+    thread.start()
+    _wait_for(lambda: done_dir.is_dir() and any(done_dir.iterdir()), START_SECONDS,
+              "no shard finished")
+    finished_before_kill = len(list(done_dir.iterdir()))
+    os.kill(cluster.workers[1].pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    summary = result["summary"]
+    assert finished_before_kill < 8, "the run ended before the kill: nothing was tested"
+    assert summary.failed_shards == {}
+    assert sorted(p.name for p in done_dir.iterdir()) == [f"part-{i:05d}.json" for i in range(8)]
+    assert summary.stats.samples == 8 * 24
+    _assert_same_tables(fresh, reference)
+
+
+def test_a_killed_client_resumes_on_the_cluster(
+        cluster: Cluster, runs: tuple[Path, Path], tiny_checkpoint: Path) -> None:
+    fresh, reference = runs
+    done_dir = RunPaths(fresh).scores_dir("dfn") / "_done"
+    command = [str(Path(sys.executable).parent / "filter-pool"), "score", str(fresh),
+               "--model", "fp-tiny-vit", "--pretrained", str(tiny_checkpoint),
+               "--batch-size", "8", "--scheduler", cluster.address, "--json"]
+    client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: done_dir.is_dir() and any(done_dir.iterdir()), START_SECONDS,
+                  "no shard finished")
+    finally:
+        client.kill()
+        client.wait(timeout=30)
+    before = len(list(done_dir.iterdir()))
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["shards_skipped"] >= before >= 1
+    _assert_same_tables(fresh, reference)
+
+
+def test_a_scheduler_that_is_not_there_is_one_line_and_writes_nothing(run_dir: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "filter-pool"), "score", str(run_dir), "--model",
+         "fp-tiny-vit", "--random-init", "--scheduler", f"tcp://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"tcp://127.0.0.1:{port}" in lines[0], lines
+    assert "cannot reach the Dask scheduler" in lines[0]
+    assert not RunPaths(run_dir).scores_dir("dfn").exists()
