@@ -1,0 +1,1 @@
+"""Compare training sets by fitted scaling curves: ``filter-pool compare``."""
