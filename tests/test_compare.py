@@ -15,6 +15,7 @@ from curate.cli import app
 from curate.compare.fit import FitError, Points, crossings, efficiency, fit_curve, law
 from curate.compare.stage import CompareConfig, compare_subsets
 from curate.errors import UserError
+from curate.select.subset import SelectConfig, select_subset
 from tests.generators.shapes import write_shapes_eval_set
 
 runner = CliRunner()
@@ -116,11 +117,13 @@ def shapes_run(
 ) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("compare")
     run = make_shapes_run(root, 2, 60)
+    select_subset(SelectConfig(run=run, name="not_red", where="text NOT LIKE '%red%'"))
     return run, write_shapes_eval_set(root / "eval", per_class=2)
 
 
-TINY = ["--budgets", "16,32,64,128,256", "--seeds", "2", "--model", "fp-tiny-rn",
-        "--batch-size", "16", "--lr", "0.003", "--workers", "0", "--no-progress"]
+# 4 budgets (the fewest: b fixed at 0) x 2 seeds x 2 subsets: 16 students of a few seconds
+TINY = ["--budgets", "32,64,128,256", "--seeds", "2", "--model", "fp-tiny-rn",
+        "--batch-size", "8", "--lr", "0.003", "--workers", "0", "--no-progress"]
 
 
 def _train_stamps(run: Path) -> dict[Path, int]:
@@ -131,35 +134,36 @@ def test_compare_writes_three_files_and_a_second_call_trains_nothing(
     shapes_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
     run, eval_set = shapes_run
-    args = ["compare", str(run), "--subset", "all", "--subset", "red", "--eval", str(eval_set),
-            *TINY]
+    args = ["compare", str(run), "--subset", "all", "--subset", "not_red", "--eval",
+            str(eval_set), *TINY]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     first = json.loads(result.output)
-    assert first["trained"] == 20 and first["reused_runs"] == 0 and not first["reused"]
-    target = run / "compare" / "all_vs_red"
+    assert first["trained"] == 16 and first["reused_runs"] == 0 and not first["reused"]
+    target = run / "compare" / "all_vs_not_red"
     assert sorted(p.name for p in target.iterdir()) == ["compare.json", "compare.parquet",
                                                          "compare.png"]
     points = pq.read_table(target / "compare.parquet").to_pylist()
-    assert len(points) == 20 and {p["curve"] for p in points} == {"all", "red"}
-    assert sorted({p["budget"] for p in points}) == [16, 32, 64, 128, 256]
+    assert len(points) == 16 and {p["curve"] for p in points} == {"all", "not_red"}
+    assert sorted({p["budget"] for p in points}) == [32, 64, 128, 256]
     assert all(Path(p["train_dir"], "train.json").is_file() for p in points)
     assert all(p["held_out"] == (p["budget"] == 256) for p in points)
     stored = json.loads((target / "compare.json").read_text())
     for curve in stored["curves"]:
         assert set(curve["params"]) == set(curve["intervals"]) == {"a", "b", "c", "d"}
         assert curve["predicted_at_10x"]["budget"] == 2560
+        assert curve["form"].endswith("(b fixed at 0)") and curve["params"]["b"] == 0
         assert curve["held_out"]["budget"] == 256 and "r2" in curve
     assert (target / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = _train_stamps(run)
-    assert len(stamps) == 20
+    assert len(stamps) == 16
 
     result = runner.invoke(app, args)  # the same comparison: reused, nothing trained
     assert result.exit_code == 0 and "reused" in result.output, result.output
     assert "top-1 @2,560" in result.output
     result = runner.invoke(app, [*args, "--name", "again", "--json"])  # recomputed, not trained
     again = json.loads(result.output)
-    assert again["trained"] == 0 and again["reused_runs"] == 20
+    assert again["trained"] == 0 and again["reused_runs"] == 16
     assert again["curves"] == first["curves"]
     assert _train_stamps(run) == stamps
 
@@ -170,7 +174,7 @@ def test_compare_writes_three_files_and_a_second_call_trains_nothing(
     result = runner.invoke(app, ["report", str(run), "--out", str(report)])
     assert result.exit_code == 0, result.output
     page = report.read_text()
-    assert "Scaling comparisons" in page and "all_vs_red" in page and "again" in page
+    assert "Scaling comparisons" in page and "all_vs_not_red" in page and "again" in page
     assert page.count('alt="comparison ') == 2
 
 
