@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +16,9 @@ from curate.cli import app
 from curate.compare.fit import FitError, Points, crossings, efficiency, fit_curve, law
 from curate.compare.stage import CompareConfig, compare_subsets
 from curate.errors import UserError
+from curate.io.workspace import RunPaths
 from curate.select.subset import SelectConfig, select_subset
+from curate.tables.derived import write_derived_table
 from tests.generators.shapes import write_shapes_eval_set
 
 runner = CliRunner()
@@ -199,3 +202,37 @@ def test_bad_requests_are_one_line(shapes_run: tuple[Path, Path]) -> None:
     with pytest.raises(UserError, match="not a valid name"):
         compare_subsets(CompareConfig(run=run, subsets=("../all",), eval_set=eval_set,
                                       budgets=(1, 2, 3, 4)))
+
+
+def test_the_shipped_recipe_selects_and_compares(
+    tmp_path: Path, make_shapes_run: Callable[[Path, int, int], Path]
+) -> None:
+    """pipelines/compare_subsets.toml on a tiny run: no filter against the top half by a score
+    (a derived table of random scores here), 4 tiny budgets, one seed; a rerun trains nothing."""
+    run = make_shapes_run(tmp_path, 2, 40)
+    rng = np.random.default_rng(0)
+    parts = []
+    for part in RunPaths(run).pool_parts():
+        uids = pq.read_table(part, columns=["uid"]).column("uid")
+        parts.append((part.stem, pa.table({
+            "uid": uids, "dfn_score": rng.random(len(uids)).astype(np.float32),
+            "status": ["ok"] * len(uids), "error": pa.nulls(len(uids), pa.string())})))
+    write_derived_table(run, "dfn", "test", {}, parts, {})
+    eval_set = write_shapes_eval_set(tmp_path / "eval", per_class=1)
+    recipe = Path(__file__).parent.parent / "pipelines" / "compare_subsets.toml"
+    settings = ["run", str(recipe), "--set", f"run={run}", "--set", f"eval={eval_set}",
+                "--set", "fraction=0.5", "--set", "budgets=[32, 64, 128, 256]",
+                "--set", "seeds=1", "--set", "batch_size=8", "--set", "lr=0.003",
+                "--set", "workers=0", "--no-progress"]
+    result = runner.invoke(app, [*settings, "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "compare" / "subsets" / "compare.json").read_text())
+    assert [c["label"] for c in record["curves"]] == ["no_filter", "dfn_top"]
+    assert record["points"] == 8 and record["settings"]["seeds"] == 1
+    assert (run / "compare" / "subsets" / "compare.png").is_file()
+    stamps = _train_stamps(run)
+    assert len(stamps) == 8
+    result = runner.invoke(app, settings)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.output.strip().splitlines()[:-1]] == ["done"] * 3
+    assert _train_stamps(run) == stamps
