@@ -580,6 +580,54 @@ def evaluate_command(
     )), as_json)
 
 
+def _csv_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, got '{text}'") from None
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    subset: Annotated[list[str], typer.Option(
+        help="Subset name (RUN/subsets/NAME); repeat to compare several.")],
+    eval_set: Annotated[Path, typer.Option(
+        "--eval", help="Zero-shot eval set folder (see data/README.md).")],
+    budgets: Annotated[str, typer.Option(
+        help="Samples seen per student, comma-separated; at least 4 (the largest checks the "
+             "fit; 5 or more fit all four parameters).")] = "8000,16000,32000,64000",
+    seeds: Annotated[int, typer.Option(help="Seeds per budget (0, 1, ...).")] = 3,
+    name: Annotated[str | None, typer.Option(
+        help="RUN/compare/NAME (default: the subsets joined by _vs_).")] = None,
+    model: Annotated[str, typer.Option(help="Student open_clip config.")] = "fp-tiny-cnn",
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 64,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading processes.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    reinforced: Annotated[Path | None, typer.Option(
+        help="Also train the (one) subset on these reinforced shards and report the "
+             "learning-efficiency factor of reinforced over plain training.")] = None,
+    decoded_cache: Annotated[bool, typer.Option(
+        help="Decode every pair once into memory (as evaluate --decoded-cache).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the comparison (finished evaluate runs are still reused).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Train proxy students per subset, budget and seed (reusing finished evaluate runs), fit
+    err(C) = a*(C+b)^-c + d per subset and write RUN/compare/NAME/ (json, parquet, png)."""
+    from curate.compare.stage import CompareConfig, compare_subsets
+
+    show(compare_subsets(CompareConfig(
+        run=run, subsets=tuple(subset), eval_set=eval_set,
+        budgets=_csv_ints(budgets, "--budgets"), seeds=seeds, name=name, model=model,
+        batch_size=batch_size, lr=lr, workers=workers, device=device, reinforced=reinforced,
+        decoded_cache=decoded_cache, overwrite=overwrite, progress=progress,
+    )), as_json)
+
+
 @app.command()
 @user_errors
 def models(as_json: JsonOption = False) -> None:

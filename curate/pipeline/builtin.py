@@ -294,6 +294,30 @@ def evaluate(
                                               f"{len(evaluation.runs)} seeds")
 
 
+@register_stage("compare")
+def compare(
+    run: str, subset: list[str], eval: str,  # noqa: A002 (the option's name)
+    budgets: list[int], seeds: int = 3, name: str | None = None, model: str = "fp-tiny-cnn",
+    batch_size: int = 64, lr: float | None = None, workers: int | None = None,
+    device: str = "auto", reinforced: str | None = None, decoded_cache: bool = False,
+    overwrite: bool = False, progress: bool = True,
+) -> StageOutcome:
+    """Fitted scaling curves per subset over budgets and seeds (finished students reused)."""
+    from curate.compare.stage import CompareConfig, compare_subsets
+
+    result = compare_subsets(CompareConfig(
+        run=run, subsets=tuple(subset), eval_set=eval, budgets=tuple(budgets), seeds=seeds,
+        name=name or None, model=model, batch_size=batch_size, lr=lr, workers=workers,
+        device=device, reinforced=reinforced or None, decoded_cache=decoded_cache,
+        overwrite=overwrite, progress=progress,
+    ))
+    best = max(result.record["curves"], key=lambda c: c["predicted_at_10x"]["top1"])
+    top1 = best["predicted_at_10x"]["top1"]
+    return StageOutcome(result.to_dict(), f"'{result.record['name']}': {result.trained} trained, "
+                                          f"{result.reused_runs} reused; best at 10x: "
+                                          f"{best['label']} ({top1:.4f})", reused=result.reused)
+
+
 @register_stage("report")
 def report(run: str, out: str, subset: str | None = None, scorer: str | None = None,
            fraction: float = 0.3, grid_size: int = 8, overwrite: bool = False) -> StageOutcome:

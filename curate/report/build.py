@@ -23,6 +23,7 @@ from curate.io.schema import canonical_score_column
 from curate.io.workspace import SCORER_FILE, RunPaths, atomic_path, check_apart
 from curate.report import charts
 from curate.report import html as H
+from curate.report.compare import compare_section
 from curate.report.data import (
     Grid,
     SubsetInfo,
@@ -318,6 +319,8 @@ def build_report(config: ReportConfig) -> ReportSummary:
         sections.append((f"Subset {subset.name}", _subset_section(subset)))
     if sweeps := _sweeps_section(paths):
         sections.append(("Sweeps", sweeps))
+    if compared := compare_section(paths.root):
+        sections.append(("Scaling comparisons", compared))
     derived = derived_sections(con, paths, samples_layout(con, paths), derived_names(paths.root),
                                config.grid_size)
     tar_of_shard = {s["name"]: s.get("tar") for s in run.get("shards", [])}
