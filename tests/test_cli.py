@@ -114,6 +114,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list]:
         "train-head": ["train-head", missing, "--labels", missing, "--embeddings", "clip_l14",
                        "--out", tmp / "head.safetensors"],
         "score-head": ["score", missing, "--kind", "head", "--head", missing, "--workers", "0"],
+        "compare": ["compare", missing, "--subset", "a", "--subset", "b", "--eval", missing,
+                    "--budgets", "8,16"],
     }
 
 
