@@ -18,7 +18,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from curate.errors import UserError
 from curate.filters.registry import FilterSpec, ResolvedFilter
@@ -186,6 +185,8 @@ def evaluate_filters(
             query = f"SELECT {', '.join(select)} FROM {source}"
             total = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0] if progress \
                 else None
+            from tqdm import tqdm  # loaded when filters run, not at startup
+
             reader = _arrow_reader(con, query, batch_size)
             out = []
             with tqdm(total=total, unit="sample", disable=not progress, desc="filters") as bar:

@@ -21,10 +21,12 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ class BatchLanguageIdentifier:
     def _feature_counts(self, encoded: list[bytes]) -> scipy.sparse.csr_matrix:
         """[captions, features] feature counts: all captions step through the DFA together,
         longest first, so the captions still walking are always a prefix."""
+        import scipy.sparse  # ~0.1 s: loaded when captions are identified, not at startup
+
         shape = (len(encoded), len(self.log_likelihood))
         if not encoded:
             return scipy.sparse.csr_matrix(shape, dtype=np.float32)

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib (~0.3 s) loads when a chart is drawn, not at startup
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def subplots(width: float, height: float) -> tuple[Figure, Axes]:
     """A figure with one axis, outside pyplot's global state."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height))
     return figure, figure.add_subplot()
 
