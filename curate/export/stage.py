@@ -31,18 +31,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
-from tqdm import tqdm
 
 import curate
 from curate.errors import UserError
-from curate.io.image import decode_image
 from curate.io.lock import beside, hold, writes
 from curate.io.shards import (
     TarReadResult,
@@ -70,6 +67,9 @@ from curate.io.workspace import (
     write_json_atomic,
 )
 from curate.tables.views import connect
+
+if TYPE_CHECKING:  # Pillow and tqdm load when an export runs, not at startup
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,8 @@ def _jpeg_frame_marker(data: bytes) -> int | None:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB pixels; transparent images are matted on white (as img2dataset does)."""
+    from PIL import Image
+
     if image.mode == "RGB":
         return image
     if "A" in image.getbands() or "transparency" in image.info:
@@ -189,6 +191,8 @@ def to_rgb_jpeg(data: bytes, quality: int = 95) -> tuple[bytes, bool]:
     RGB baseline JPEGs pass through byte for byte; anything else is decoded and re-encoded.
     Raises SampleError (with a status) for bytes that are not a usable image.
     """
+    from curate.io.image import decode_image
+
     image = decode_image(data)
     if image.format == "JPEG" and image.mode == "RGB" and _jpeg_frame_marker(data) == _BASELINE:
         return data, False
@@ -470,6 +474,8 @@ def export_subset(config: ExportConfig) -> ExportSummary:
 
     summary = ExportSummary(out=config.out, selected=table.num_rows)
     missing: list[dict[str, Any]] = []
+    from tqdm import tqdm
+
     bar = tqdm(total=table.num_rows, unit="sample", desc="export", disable=not config.progress)
 
     def report(row: dict[str, Any], reason: str, detail: str | None = None) -> None:
