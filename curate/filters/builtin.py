@@ -164,6 +164,10 @@ def threshold(batch: Batch, p: Mapping[str, Any]) -> np.ndarray:
     return _at_least_mask(batch, p["column"], p["min"])
 
 
+NUMPY_EXACT_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
+                               "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE"})
+
+
 def fraction_threshold(con: Any, column: str, fraction: float) -> tuple[float | None, int, int]:
     """DataComp's threshold for keeping ``fraction`` of the non-null values of ``column``:
     the value at index ``int(N * F)`` of the values sorted descending (null and NaN are not
@@ -173,18 +177,21 @@ def fraction_threshold(con: Any, column: str, fraction: float) -> tuple[float | 
     col = ident(column)
     valid = f"{col} IS NOT NULL AND NOT isnan(CAST({col} AS DOUBLE))"
     source = aligned_source(con, [column])  # a scorer's column: its parts alone
-    values = con.sql(f"SELECT {col} AS v FROM {source} WHERE {valid}").to_arrow_table()
-    values = values.column("v")
-    total = len(values)
+    relation = con.sql(f"SELECT {col} AS v FROM {source} WHERE {valid}")
+    exact = str(relation.types[0]) in NUMPY_EXACT_TYPES
+    # DuckDB's NumPy result is one array of its own (Arrow's to_numpy would load pandas)
+    array = np.asarray(relation.fetchnumpy()["v"]) if exact else None
+    total = len(array) if exact else \
+        con.execute(f"SELECT count(*) FROM {source} WHERE {valid}").fetchall()[0][0]
     if total == 0:
         return None, 0, 0
     index = min(int(total * fraction), total - 1)  # F = 1 keeps every non-null value
     ascending = total - 1 - index
-    array = values.to_numpy()
-    if array.dtype.kind in "fiu":
-        value = np.partition(array, ascending)[ascending]
-        return float(value), int(total), int(total * fraction)
-    del values, array
+    if exact:
+        if not array.flags.writeable:
+            array = array.copy()
+        array.partition(ascending)
+        return float(array[ascending]), int(total), int(total * fraction)
     from_top = index <= ascending
     offset, order = (index, "DESC") if from_top else (ascending, "ASC")
     value = con.execute(

@@ -49,7 +49,7 @@ from curate.io.workspace import (
     staged_directory,
 )
 from curate.select.outputs import write_outputs
-from curate.tables.views import connect, samples_layout, score_names, table_names
+from curate.tables.views import connect_with_layout, score_names, table_names
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +188,19 @@ def _failure_groups(passed: list[np.ndarray], labels: list[str],
         code |= (~kept).view(np.uint8).astype(width) << width(j)
     if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
         present = np.flatnonzero(np.bincount(code, minlength=1))
-        lookup = np.zeros(2 ** len(labels), dtype=np.uint16)  # < 2**16 groups
-        lookup[present] = np.arange(len(present))
-        values, group = present.astype(np.uint64), lookup[code]
+        if len(present) and present[-1] == len(present) - 1:  # codes 0..k all there: as they are
+            values, group = present.astype(np.uint64), code
+        else:
+            lookup = np.zeros(2 ** len(labels), dtype=np.uint16)  # < 2**16 groups
+            lookup[present] = np.arange(len(present))
+            values, group = present.astype(np.uint64), lookup[code]
     else:
         values, group = np.unique(code, return_inverse=True)
     if len(values) and values[0] != 0:  # no kept row: shift so that 0 still means kept
         values, group = np.concatenate([[np.uint64(0)], values]), group + 1
     failing = [[labels[j] for j in range(len(labels)) if int(v) >> j & 1] for v in values[1:]]
-    dtype = np.uint16 if len(values) < 2**16 else np.uint32
-    return group.astype(dtype), failing
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if len(values) <= np.iinfo(t).max)
+    return group.astype(dtype, copy=False), failing
 
 
 def _resolved_records(decisions: pa.Table) -> list[dict[str, Any]]:
@@ -282,7 +285,7 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     started = time.perf_counter()
     paths = RunPaths(config.run)
     target = paths.subset_dir(config.name)
-    con = connect(config.run)
+    con, layout = connect_with_layout(config.run)
     score_column = resolve_score_column(con, config.by) if config.by else None
     request = _request(config, score_column)
     finished = _finished(paths, target, config, request, table_names(config.run))
@@ -314,7 +317,6 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     )
     groups = pa.table({"sample_id": decisions.column("sample_id"), "_group": group})
     del decisions, ids
-    layout = samples_layout(con, paths)
     _write_subset(paths, config, request, target, summary, scorers,
                   lambda staging: write_outputs(
         con, paths, layout, staging, groups, failing, scorers, in_order,

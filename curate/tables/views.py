@@ -254,6 +254,12 @@ def sandboxed_connection(readable: list[str]) -> duckdb.DuckDBPyConnection:
 def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
     """A sandboxed in-memory DuckDB connection with the run's views (pool, each scorer,
     samples); see the module docs for what it may read."""
+    return connect_with_layout(run)[0]
+
+
+def connect_with_layout(run: Path | str) -> tuple[duckdb.DuckDBPyConnection, SamplesLayout]:
+    """``connect``, and the layout its ``samples`` view was built from (read once: each
+    ``samples_layout`` reads every part's footer)."""
     paths = RunPaths(Path(run))
     record = paths.read_run()
     pool_files = paths.pool_parts()
@@ -273,7 +279,7 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
         con.execute(f'CREATE VIEW {ALIGNED}."{name}" AS SELECT {_sample_id_sql()}, '
                     f'{fields}, status AS "{name}_status", error AS "{name}_error" '
                     f"FROM ({_aligned(paths.scores_dir(name), list(files))})")
-    return con
+    return con, layout
 
 
 def aligned_source(con: duckdb.DuckDBPyConnection, columns: Collection[str]) -> str:
