@@ -371,3 +371,26 @@ def test_evaluate_errors_and_empty_samples() -> None:
         result = evaluate_filters(empty, specs, where="true", reasons=True)
         assert result.num_rows == 0
         assert result.column_names == ["uid", specs[0].label, "where", "reason"]
+
+
+@pytest.mark.parametrize("sql_type", ["FLOAT", "DOUBLE", "INTEGER", "UBIGINT", "DECIMAL(9,3)"])
+def test_fraction_threshold_is_datacomps_index_for_every_column_type(sql_type: str) -> None:
+    """int(N * F) of the non-null values sorted descending, whether NumPy holds the column
+    (partition in place) or DuckDB orders it (DECIMAL); nulls and NaN are not among the N."""
+    from curate.filters.builtin import fraction_threshold
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 5000, 997).astype(float)
+    if "INT" not in sql_type:
+        values /= 8  # exact in binary and in three decimals
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE samples (s {sql_type})")
+    rows = [(float(v),) for v in values] + [(None,)]
+    if sql_type in ("FLOAT", "DOUBLE"):
+        rows.append((float("nan"),))
+    con.executemany("INSERT INTO samples VALUES (?)", rows)
+    for fraction in (0.0, 0.1, 0.3, 0.999, 1.0):
+        value, total, index = fraction_threshold(con, "s", fraction)
+        ordered = -np.sort(-values)
+        assert total == len(values) and index == int(len(values) * fraction)
+        assert value == ordered[min(index, len(values) - 1)]
