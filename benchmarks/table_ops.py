@@ -17,7 +17,8 @@ fresh subprocess of this script:
   ``score >= threshold`` become ``u8,u8`` pairs through ``int(uid[:16], 16)``, concatenated,
   sorted, ``np.save``-d;
 
-checks that both selects and the pandas path write the same uids, and prints seconds (the
+checks that both selects and the pandas path write the same uids, times ``dd`` writing as
+many bytes as the full select wrote (its MB/s beside the select's), and prints seconds (the
 library call, timed inside the step) and peak RSS (``ru_maxrss`` of the step's process from
 ``os.wait4``: the step's own peak, or a waited-for child's if larger). Usage::
 
@@ -134,8 +135,21 @@ def step_select(work: Path, fraction: float, uids_only: bool = False) -> dict[st
                                          overwrite=True, uids_only=uids_only))
     threshold = next(f["resolved"]["threshold"] for f in summary.filters
                      if f["name"] == "fraction")
+    written = sum(f.stat().st_size for f in summary.path.iterdir() if f.is_file())
     return {"kept": summary.kept, "total": summary.total, "threshold": threshold,
-            "uids": str(summary.path / "uids.npy")}
+            "uids": str(summary.path / "uids.npy"), "bytes": written}
+
+
+def dd_seconds(work: Path, size: int) -> float:
+    """Seconds for ``dd`` to write ``size`` bytes (1 MiB blocks) into the work folder, as the
+    select writes its files (page cache, no fsync); the file is removed after."""
+    target = work / "dd.tmp"
+    started = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M",
+                    f"count={max(1, -(-size // 2**20))}"], check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return seconds
 
 
 def _pandas_threshold_part(path: str) -> Any:
@@ -282,6 +296,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     uids_only = spawn(args, "select-uids", f"select fraction {args.fraction} --uids-only")
     pandas_path = spawn(args, "pandas", "DataComp pandas path")
     results += [select, uids_only, pandas_path]
+    dd = dd_seconds(args.work, select.details["bytes"])
     load_after = os.getloadavg()
 
     identical, ours_n, theirs_n = _same_uids(Path(select.details["uids"]),
@@ -320,6 +335,9 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "pandas_over_select": pandas_path.seconds / select.seconds,
         "pandas_over_sweep_plus_select": pandas_path.seconds / ours_seconds,
         "peak_rss_ours_mib": peak,
+        "select_bytes": select.details["bytes"],
+        "select_mb_per_s": select.details["bytes"] / 1e6 / select.seconds,
+        "dd_mb_per_s": select.details["bytes"] / 1e6 / dd,
         "targets": {
             f"sweep + select (every output) <= {TARGET_SECONDS:g} s":
                 ours_seconds <= TARGET_SECONDS,
@@ -366,6 +384,9 @@ def print_report(figures: dict[str, Any]) -> None:
           "pandas path / (sweep + select --uids-only): "
           f"{figures['pandas_over_sweep_plus_select_uids_only']:.2f}x")
     print(f"peak RSS of our steps: {figures['peak_rss_ours_mib']:.0f} MiB")
+    print(f"select (every output) writes {figures['select_bytes'] / 1e6:.0f} MB: "
+          f"{figures['select_mb_per_s']:.0f} MB/s over the whole select; dd of the same bytes "
+          f"(page cache, no fsync, as the select writes): {figures['dd_mb_per_s']:.0f} MB/s")
     print()
     for target, met in figures["targets"].items():
         print(f"  [{'met' if met else 'MISSED'}] {target}")
