@@ -44,7 +44,14 @@ from curate.io.schema import (
 )
 from curate.io.shards import PoolError
 from curate.io.statuses import MISSING_SCORE, OK
-from curate.io.storage import Location, StorageError, is_url, list_pool, open_pool_file
+from curate.io.storage import (
+    Location,
+    StorageError,
+    base_name,
+    is_url,
+    list_pool,
+    open_pool_file,
+)
 from curate.io.uids import UID_PATTERN
 from curate.io.workspace import (
     DONE_DIR,
@@ -468,5 +475,5 @@ def ingest_metadata_file(plan: FilePlan, paths: RunPaths) -> FileResult:
                            by_status=+statuses[scorer.name])
         write_json_atomic(paths.scores_dir(scorer.name) / DONE_DIR / f"{part}.json",
                           stats.to_dict())
-    logger.debug("%s: %d rows in %.1fs", file.parquet.name, rows, seconds)
+    logger.debug("%s: %d rows in %.1fs", base_name(file.parquet), rows, seconds)
     return FileResult(rows, Counter({"success": rows}) if rows else Counter())

@@ -37,7 +37,7 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_WORDS = ("secret", "token", "password", "credential", "passwd")
 _SECRET_NAMES = re.compile(r"(^|_)key($|_id$)|access_key", re.IGNORECASE)
 S3_DEFAULTS: dict[str, Any] = {  # bounded: an endpoint that is not there fails in seconds
-    "config_kwargs": {"connect_timeout": 3, "read_timeout": 30,
+    "config_kwargs": {"connect_timeout": 3, "read_timeout": 15,
                       "retries": {"max_attempts": 2, "mode": "standard"}},
 }
 S3_RETRIES = 2  # s3fs's own retries of a failed call (its default: 5, with back-off)
@@ -196,6 +196,10 @@ def list_pool(location: Location, options: Mapping[str, Any] | None = None,
     try:
         filesystem, path = _filesystem(url, options)
         listed = filesystem.ls(path, detail=True, refresh=True)
+    except FileNotFoundError as exc:
+        if "bucket" in str(exc).lower():
+            raise storage_error(exc, url, what) from exc
+        raise StorageError(f"{what} {url} does not exist (no object under that prefix)") from exc
     except Exception as exc:  # the storage layer raises many kinds; each becomes one line
         raise storage_error(exc, url, what) from exc
     if len(listed) == 1 and listed[0].get("type") == "file" and \
