@@ -264,6 +264,8 @@ def test_bad_object_storage_input_is_one_line_exit_2_nothing_written(
     refused(url, "'client_kwargs.aws_secret_access_key'", options=[
         "--storage-options", '{"client_kwargs": {"aws_secret_access_key": "x"}}'])
     refused(url, "not valid JSON", options=["--storage-options", "{endpoint"])
+    _refused(["ingest", url, "--run", f"s3://{BUCKET}/runs/r1"], "a run is a local folder")
+    assert not Path("s3:").exists()
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     refused(url, "access refused", "signature")

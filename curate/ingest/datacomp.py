@@ -47,8 +47,8 @@ from curate.io.statuses import MISSING_SCORE, OK
 from curate.io.storage import (
     Location,
     StorageError,
+    arrow_source,
     base_name,
-    is_url,
     list_pool,
     open_pool_file,
 )
@@ -144,17 +144,9 @@ class FileResult:
 def _has_uid_column(parquet: Location, options: Mapping[str, Any] | None) -> bool:
     try:
         with ExitStack() as stack:
-            return "uid" in pq.read_schema(_parquet_source(parquet, options, stack)).names
+            return "uid" in pq.read_schema(arrow_source(parquet, options, stack)).names
     except (pa.ArrowInvalid, OSError):
         return False
-
-
-def _parquet_source(parquet: Location, options: Mapping[str, Any] | None,
-                    stack: ExitStack) -> Any:
-    """What pyarrow opens: a local path itself, a URL through curate.io.storage."""
-    if not is_url(parquet):
-        return parquet
-    return stack.enter_context(open_pool_file(parquet, options))
 
 
 def _listing(folder: Location, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -364,7 +356,7 @@ def _open_parquet(file: MetadataFile) -> Iterator[pq.ParquetFile]:
     """The metadata parquet, open for the block (a URL's handle closed after it)."""
     with ExitStack() as stack:
         try:
-            metadata = pq.ParquetFile(_parquet_source(file.parquet, file.options, stack))
+            metadata = pq.ParquetFile(arrow_source(file.parquet, file.options, stack))
         except (pa.ArrowInvalid, OSError) as exc:
             raise PoolError(f"{file.parquet}: unreadable parquet ({exc})") from exc
         missing = [c for c in REQUIRED_COLUMNS if c not in metadata.schema_arrow.names]

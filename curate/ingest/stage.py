@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,11 +43,12 @@ from curate.io.shards import PoolError, Shard, TarReadResult, find_shards, iter_
 from curate.io.storage import (
     Location,
     absolute,
+    arrow_source,
     as_location,
     check_storage_options,
     is_url,
     list_pool,
-    open_pool_file,
+    looks_like_url,
 )
 from curate.io.uids import is_valid_uid, uid_from_url_caption
 from curate.io.workspace import (
@@ -84,7 +86,7 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pool", as_location(self.pool))
-        if is_url(str(self.run)):
+        if looks_like_url(self.run):
             raise UserError(f"--run {self.run}: a run is a local folder (pools may be URLs)")
         object.__setattr__(self, "run", Path(self.run))
         options = check_storage_options(self.storage_options)
@@ -211,10 +213,8 @@ def _table_from_tar(shard: Shard, options: dict[str, Any] | None = None) -> pa.T
 
 
 def _read_parquet(location: Location, options: dict[str, Any] | None) -> pa.Table:
-    if not is_url(location):
-        return pq.read_table(location)
-    with open_pool_file(location, options) as handle:
-        return pq.read_table(handle)
+    with ExitStack() as stack:
+        return pq.read_table(arrow_source(location, options, stack))
 
 
 def read_shard_table(shard: Shard, options: dict[str, Any] | None = None) -> pa.Table:

@@ -26,6 +26,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +35,7 @@ from curate.errors import UserError
 
 Location = str | Path  # a local path, or a URL (str) as fsspec takes it
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_COLLAPSED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # a URL that went through Path()
 _SECRET_WORDS = ("secret", "token", "password", "credential", "passwd")
 _SECRET_NAMES = re.compile(r"(^|_)key($|_id$)|access_key", re.IGNORECASE)
 S3_DEFAULTS: dict[str, Any] = {  # bounded: an endpoint that is not there fails in seconds
@@ -68,6 +70,11 @@ class PoolEntry:
 def is_url(location: Location | None) -> bool:
     """True for ``scheme://...`` (s3://, gs://, memory://, file://), False for a path."""
     return isinstance(location, str) and _URL.match(location) is not None
+
+
+def looks_like_url(location: Location) -> bool:
+    """True for a URL, also one whose '//' a Path collapsed (``s3:/bucket``)."""
+    return _COLLAPSED_URL.match(str(location)) is not None
 
 
 def as_location(location: Location) -> Location:
@@ -312,6 +319,15 @@ def open_pool_file(location: Location, options: Mapping[str, Any] | None = None)
     except Exception as exc:
         raise OSError(f"{url}: {_reason(exc)}") from exc
     return _RemoteFile(handle, url)  # type: ignore[return-value]
+
+
+def arrow_source(location: Location, options: Mapping[str, Any] | None,
+                 stack: ExitStack) -> Any:
+    """What pyarrow opens for a pool file: a local path itself, a URL's handle (open for the
+    ``stack``), so pyarrow never picks a filesystem of its own."""
+    if not is_url(location):
+        return location
+    return stack.enter_context(open_pool_file(location, options))
 
 
 def file_size(handle: IO[bytes]) -> int:
