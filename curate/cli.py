@@ -174,17 +174,26 @@ def download(
 @user_errors
 def ingest(
     pool: Annotated[
-        Path, typer.Argument(help="img2dataset webdataset output or a DataComp metadata folder.")
+        str, typer.Argument(help="img2dataset webdataset output or a DataComp metadata folder: "
+                            "a path, or an fsspec URL such as s3://bucket/pool.")
     ],
     run: Annotated[Path, typer.Option("--run", help="Run directory to create or complete.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a run made from another pool.")] = False,
+    storage_options: Annotated[str | None, typer.Option(
+        "--storage-options", help="JSON fsspec options for a pool on a URL (endpoint_url, "
+        "client_kwargs, profile...), kept in the run record: no credentials here, they come "
+        "from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Read a pool into the run's tables (one row per sample); DataComp metadata also brings
     its precomputed scores (clip_b32, clip_l14) and embeddings."""
     from curate.ingest.stage import IngestConfig, ingest_pool
+    from curate.io.storage import parse_storage_options
 
-    show(ingest_pool(IngestConfig(pool=pool, run=run, overwrite=overwrite)), as_json)
+    config = IngestConfig(pool=pool, run=run, overwrite=overwrite,
+                          storage_options=parse_storage_options(storage_options))
+    show(ingest_pool(config), as_json)
 
 
 @app.command()

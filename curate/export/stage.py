@@ -55,6 +55,7 @@ from curate.io.statuses import (
     UNSUPPORTED_FORMAT,
     SampleError,
 )
+from curate.io.storage import as_location, is_url, tar_exists
 from curate.io.uids import UID_PATTERN
 from curate.io.workspace import (
     SUBSET_MANIFEST,
@@ -369,7 +370,8 @@ def _prepare_out(config: ExportConfig, run_record: dict[str, Any]) -> ExportSumm
     """Refuse a DIR that is, holds or lies in the run or the pool's shards, an existing file,
     and (with overwrite) a DIR that is not an export; without overwrite an existing export of
     the same subset and settings is returned (reused), any other is refused."""
-    shard_dirs = {Path(s["tar"]).parent for s in run_record["shards"] if s.get("tar")}
+    shard_dirs = {Path(s["tar"]).parent for s in run_record["shards"]
+                  if s.get("tar") and not is_url(s["tar"])}
     check_apart(config.out, [config.run, *sorted(shard_dirs)])
     if config.out.exists() and not config.out.is_dir():
         raise UserError(f"output {config.out} exists and is not a directory")
@@ -464,7 +466,9 @@ def export_subset(config: ExportConfig) -> ExportSummary:
         return finished
     table = _with_pool_metadata(config.run, table)
     score_columns = [c for c in table.column_names if c.endswith(SCORE_SUFFIX)]
-    tars = {s["name"]: Path(s["tar"]) if s.get("tar") else None for s in run_record["shards"]}
+    tars = {s["name"]: as_location(s["tar"]) if s.get("tar") else None
+            for s in run_record["shards"]}
+    options = run_record["source"].get("storage_options")  # a pool on a URL
     if not any(tars.values()):
         raise UserError(
             f"run {config.run} lists no image tars (metadata-only ingest); ingest a downloaded "
@@ -508,15 +512,17 @@ def export_subset(config: ExportConfig) -> ExportSummary:
                         report(row, DUPLICATE_KEY)
                     else:
                         wanted[row["key"]] = row
-                if tar is None or not tar.is_file():
+                if tar is None or not tar_exists(tar, options):
                     for row in wanted.values():
                         detail = f"{tar} does not exist" if tar else "run.json lists no tar"
                         report(row, TAR_MISSING, detail)
                     wanted = {}
-                for key in repeated_keys(tar) & set(wanted) if tar and wanted else ():
+                for key in repeated_keys(tar, options) & set(wanted) if tar and wanted else ():
                     report(wanted.pop(key), DUPLICATE_KEY, f"key {key!r} occurs twice in {tar}")
                 result = TarReadResult()
-                for sample in iter_tar_samples(tar, result) if tar and wanted else ():
+                samples = iter_tar_samples(tar, result, options=options) if tar and wanted \
+                    else ()
+                for sample in samples:
                     row = wanted.pop(sample.key, None)
                     if row is None:
                         continue

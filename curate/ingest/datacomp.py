@@ -16,12 +16,13 @@ bounded whatever the file size. Every output is written atomically, completion r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +44,14 @@ from curate.io.schema import (
 )
 from curate.io.shards import PoolError
 from curate.io.statuses import MISSING_SCORE, OK
+from curate.io.storage import (
+    Location,
+    StorageError,
+    arrow_source,
+    base_name,
+    list_pool,
+    open_pool_file,
+)
 from curate.io.uids import UID_PATTERN
 from curate.io.workspace import (
     DONE_DIR,
@@ -98,12 +107,17 @@ SCORE_COLUMNS = tuple(s.column for s in SCORERS)
 
 @dataclass(frozen=True)
 class MetadataFile:
-    """One metadata parquet, its position in sorted order and its npz (if any)."""
+    """One metadata parquet, its position in sorted order and its npz (if any); paths, or
+    URLs (str) read with ``options``."""
 
     index: int
     name: str
-    parquet: Path
-    npz: Path | None
+    parquet: Location
+    npz: Location | None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False,
+                                                   hash=False)
+    fingerprints: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False,
+                                                     hash=False)
 
 
 @dataclass(frozen=True)
@@ -127,27 +141,46 @@ class FileResult:
     skipped: bool = False
 
 
-def _has_uid_column(parquet: Path) -> bool:
+def _has_uid_column(parquet: Location, options: Mapping[str, Any] | None) -> bool:
     try:
-        return "uid" in pq.read_schema(parquet).names
+        with ExitStack() as stack:
+            return "uid" in pq.read_schema(arrow_source(parquet, options, stack)).names
     except (pa.ArrowInvalid, OSError):
         return False
 
 
-def is_datacomp_metadata(folder: Path) -> bool:
-    """True for a folder with no ``*.tar`` whose ``*.parquet`` files carry a ``uid`` column."""
-    folder = Path(folder)
-    if not folder.is_dir() or any(folder.glob("*.tar")):
+def _listing(folder: Location, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    try:
+        return list_pool(folder, options)
+    except StorageError:
+        return {}
+
+
+def is_datacomp_metadata(folder: Location, options: Mapping[str, Any] | None = None) -> bool:
+    """True for a folder (or prefix) with no ``*.tar`` whose ``*.parquet`` files carry a
+    ``uid`` column."""
+    entries = _listing(folder, options)
+    if not entries or any(name.endswith(".tar") for name in entries):
         return False
-    return any(_has_uid_column(p) for p in sorted(folder.glob("*.parquet")))
+    parquets = sorted(name for name in entries if name.endswith(".parquet"))
+    return any(_has_uid_column(entries[name].location, options) for name in parquets)
 
 
-def find_metadata_files(folder: Path) -> list[MetadataFile]:
+def find_metadata_files(folder: Location, options: Mapping[str, Any] | None = None
+                        ) -> list[MetadataFile]:
     """The folder's metadata parquets in sorted order, each with its npz when present."""
+    entries = _listing(folder, options)
     files = []
-    for index, parquet in enumerate(sorted(Path(folder).glob("*.parquet"))):
-        npz = parquet.with_suffix(".npz")
-        files.append(MetadataFile(index, parquet.stem, parquet, npz if npz.is_file() else None))
+    parquets = sorted(name for name in entries if name.endswith(".parquet"))
+    for index, name in enumerate(parquets):
+        stem = name[: -len(".parquet")]
+        npz = entries.get(f"{stem}.npz")
+        npz = npz if npz is not None and npz.is_file else None
+        fingerprints = {"parquet": entries[name].fingerprint(),
+                        **({"npz": npz.fingerprint()} if npz else {})}
+        files.append(MetadataFile(index, stem, entries[name].location,
+                                  npz.location if npz else None, dict(options or {}),
+                                  fingerprints))
     return files
 
 
@@ -181,7 +214,8 @@ def _npz_members(file: MetadataFile, rows: int) -> list[_Member]:
         return []
     members = []
     try:
-        with zipfile.ZipFile(file.npz) as archive:
+        with open_pool_file(file.npz, file.options) as handle, \
+                zipfile.ZipFile(handle) as archive:
             stored = set(archive.namelist())
             for scorer in SCORERS:
                 for kind, name in scorer.members().items():
@@ -206,15 +240,17 @@ def _npz_members(file: MetadataFile, rows: int) -> list[_Member]:
     return members
 
 
-def _copy_member(npz: Path, member: _Member, target: Path) -> None:
+def _copy_member(npz: Location, member: _Member, target: Path,
+                 options: Mapping[str, Any] | None = None) -> None:
     """Stream one npz member into a float16 ``.npy``, a chunk of rows at a time."""
     rows, dim = member.shape
-    with zipfile.ZipFile(npz) as archive, archive.open(f"{member.name}.npy") as source, \
+    with open_pool_file(npz, options) as handle, zipfile.ZipFile(handle) as archive, \
+            archive.open(f"{member.name}.npy") as source, \
             atomic_path(target) as tmp, open(tmp, "wb") as out:
         _read_npy_header(source)
         if member.fortran_order:  # rare: read the member whole (one member, one file)
             with archive.open(f"{member.name}.npy") as whole:
-                array = np.lib.format.read_array(whole)
+                array = np.lib.format.read_array(whole, allow_pickle=False)
             np.lib.format.write_array(out, np.ascontiguousarray(array, EMBEDDING_DTYPE))
             return
         header = {"descr": EMBEDDING_DTYPE.str, "fortran_order": False, "shape": (rows, dim)}
@@ -315,15 +351,18 @@ def _score_batch(batch: pa.Table, uids: pa.ChunkedArray, scorer: DataCompScorer,
     )
 
 
-def _open_parquet(file: MetadataFile) -> pq.ParquetFile:
-    try:
-        metadata = pq.ParquetFile(file.parquet)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise PoolError(f"{file.parquet}: unreadable parquet ({exc})") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in metadata.schema_arrow.names]
-    if missing:
-        raise PoolError(f"{file.parquet}: missing column(s) {', '.join(missing)}")
-    return metadata
+@contextmanager
+def _open_parquet(file: MetadataFile) -> Iterator[pq.ParquetFile]:
+    """The metadata parquet, open for the block (a URL's handle closed after it)."""
+    with ExitStack() as stack:
+        try:
+            metadata = pq.ParquetFile(arrow_source(file.parquet, file.options, stack))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise PoolError(f"{file.parquet}: unreadable parquet ({exc})") from exc
+        missing = [c for c in REQUIRED_COLUMNS if c not in metadata.schema_arrow.names]
+        if missing:
+            raise PoolError(f"{file.parquet}: missing column(s) {', '.join(missing)}")
+        yield metadata
 
 
 def _write_tables(file: MetadataFile, metadata: pq.ParquetFile,
@@ -403,7 +442,8 @@ class FilePlan:
 
 def inspect_file(file: MetadataFile) -> FilePlan:
     """Check a file's columns and its npz against the parquet (footers and headers only)."""
-    rows = _open_parquet(file).metadata.num_rows
+    with _open_parquet(file) as metadata:
+        rows = metadata.metadata.num_rows
     if file.npz is None:
         logger.info("%s: no npz beside it; no embedding tables for this file", file.parquet)
     return FilePlan(file, rows, tuple(_npz_members(file, rows)))
@@ -416,9 +456,10 @@ def ingest_metadata_file(plan: FilePlan, paths: RunPaths) -> FileResult:
     if all(p.is_file() for p in _outputs(file, plan.members, paths)):
         pool = pq.read_table(paths.pool_part(file.index), columns=["status"])
         return FileResult(pool.num_rows, _count(pool.column("status")), skipped=True)
-    statuses = _write_tables(file, _open_parquet(file), paths)
+    with _open_parquet(file) as metadata:
+        statuses = _write_tables(file, metadata, paths)
     for member in plan.members:
-        _copy_member(file.npz, member, _embedding_path(paths, file, member))
+        _copy_member(file.npz, member, _embedding_path(paths, file, member), file.options)
     seconds = time.perf_counter() - started
     part = part_name(file.index)
     for scorer in SCORERS:
@@ -426,5 +467,5 @@ def ingest_metadata_file(plan: FilePlan, paths: RunPaths) -> FileResult:
                            by_status=+statuses[scorer.name])
         write_json_atomic(paths.scores_dir(scorer.name) / DONE_DIR / f"{part}.json",
                           stats.to_dict())
-    logger.debug("%s: %d rows in %.1fs", file.parquet.name, rows, seconds)
+    logger.debug("%s: %d rows in %.1fs", base_name(file.parquet), rows, seconds)
     return FileResult(rows, Counter({"success": rows}) if rows else Counter())

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,16 @@ from curate.io.schema import (
     with_renames,
 )
 from curate.io.shards import PoolError, Shard, TarReadResult, find_shards, iter_tar_samples
+from curate.io.storage import (
+    Location,
+    absolute,
+    arrow_source,
+    as_location,
+    check_storage_options,
+    is_url,
+    list_pool,
+    looks_like_url,
+)
 from curate.io.uids import is_valid_uid, uid_from_url_caption
 from curate.io.workspace import (
     RUN_FILE,
@@ -64,15 +75,24 @@ DUCKDB_MEMORY_LIMIT = "512MB"  # for the duplicate-uid count over the whole pool
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """Where the pool is and which run directory receives its table."""
+    """Where the pool is (a folder, or an fsspec URL such as ``s3://bucket/pool``) and which
+    run directory (local) receives its table. ``storage_options`` (fsspec options of a pool
+    on a URL: endpoint, region, profile; never credentials) are stored in the run record."""
 
-    pool: Path
+    pool: Location
     run: Path
     overwrite: bool = False
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pool", Path(self.pool))
+        object.__setattr__(self, "pool", as_location(self.pool))
+        if looks_like_url(self.run):
+            raise UserError(f"--run {self.run}: a run is a local folder (pools may be URLs)")
         object.__setattr__(self, "run", Path(self.run))
+        options = check_storage_options(self.storage_options)
+        if options and not is_url(self.pool):
+            raise UserError(f"--storage-options applies to a pool on a URL, not to {self.pool}")
+        object.__setattr__(self, "storage_options", options)
 
 
 @dataclass
@@ -109,7 +129,7 @@ class IngestSummary:
                 f" ({statuses}; {self.duplicate_uids} duplicate uids){renamed}")
 
 
-def _uids(table: pa.Table, source: Path) -> list[str]:
+def _uids(table: pa.Table, source: Location) -> list[str]:
     urls = table.column("url").to_pylist()
     texts = table.column("text").to_pylist()
     if "uid" in table.column_names:
@@ -124,7 +144,7 @@ def _uids(table: pa.Table, source: Path) -> list[str]:
     return [uid_from_url_caption(url, text) for url, text in zip(urls, texts, strict=True)]
 
 
-def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
+def _conform(table: pa.Table, shard: Shard, source: Location) -> pa.Table:
     """Rename, type and order columns as POOL_SCHEMA; extra columns follow it unchanged."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names and RENAMED.get(c, c)
                not in table.column_names]
@@ -159,11 +179,11 @@ def _conform(table: pa.Table, shard: Shard, source: Path) -> pa.Table:
     return with_renames(pa.table(columns), renames)
 
 
-def _table_from_tar(shard: Shard) -> pa.Table:
+def _table_from_tar(shard: Shard, options: dict[str, Any] | None = None) -> pa.Table:
     """Rows for a shard with no parquet, from each sample's .json and .txt members."""
     rows: list[dict[str, Any]] = []
     result = TarReadResult()
-    for sample in iter_tar_samples(shard.tar, result):
+    for sample in iter_tar_samples(shard.tar, result, options=options):
         meta: dict[str, Any] = {}
         if "json" in sample.members:
             try:
@@ -192,21 +212,29 @@ def _table_from_tar(shard: Shard) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def read_shard_table(shard: Shard) -> pa.Table:
-    """The pool rows of one shard, conformed to POOL_SCHEMA."""
+def _read_parquet(location: Location, options: dict[str, Any] | None) -> pa.Table:
+    with ExitStack() as stack:
+        return pq.read_table(arrow_source(location, options, stack))
+
+
+def read_shard_table(shard: Shard, options: dict[str, Any] | None = None) -> pa.Table:
+    """The pool rows of one shard, conformed to POOL_SCHEMA (``options``: a pool on a URL)."""
     if shard.parquet is not None:
         try:
-            raw = pq.read_table(shard.parquet)
+            raw = _read_parquet(shard.parquet, options)
         except (pa.ArrowException, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PoolError(f"{shard.parquet}: unreadable parquet ({first})") from exc
         return _conform(raw, shard, shard.parquet)
-    return _conform(_table_from_tar(shard), shard, shard.tar)
+    return _conform(_table_from_tar(shard, options), shard, shard.tar)
 
 
 def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]]) -> dict:
+    source: dict[str, Any] = {"kind": kind, "path": absolute(config.pool)}
+    if is_url(config.pool):  # what a later stage needs to read the pool (never a secret)
+        source["storage_options"] = config.storage_options
     return {
-        "source": {"kind": kind, "path": str(config.pool.resolve())},
+        "source": source,
         "shards": shards,
         "created": datetime.now(timezone.utc).isoformat(),
         "versions": {
@@ -219,6 +247,8 @@ def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]]) -
 
 def _check_overlap(config: IngestConfig) -> None:
     """Refuse a run that is, lies inside or contains the pool, with or without --overwrite."""
+    if is_url(config.pool):
+        return  # the run is local, the pool is not
     pool, run = config.pool.resolve(), config.run.resolve()
     if run == pool or pool in run.parents or run in pool.parents:
         relation = "is" if run == pool else "lies inside" if pool in run.parents else "contains"
@@ -238,7 +268,7 @@ def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
                             "ingest; it is left untouched (choose another --run)")
         return False
     previous = paths.read_run()["source"]["path"]
-    if previous == str(config.pool.resolve()) and not config.overwrite:
+    if previous == absolute(config.pool) and not config.overwrite:
         return True
     if not config.overwrite:
         raise PoolError(f"run {paths.root} already holds pool {previous}; use --overwrite")
@@ -260,7 +290,7 @@ def _staging(config: IngestConfig) -> Path:
     of the same pool resumes from it, one of another pool is discarded."""
     staging = config.run.with_name(f".{config.run.name}{STAGING_SUFFIX}")
     marker = staging / STAGING_MARKER
-    source = str(config.pool.resolve())
+    source = absolute(config.pool)
     if staging.exists():
         try:
             same = json.loads(marker.read_text())["source"] == source
@@ -306,9 +336,12 @@ def ingest_pool(config: IngestConfig) -> IngestSummary:
     All or nothing: a new run is written into a staging folder beside RUN and renamed into
     place when every part is written; a bad shard anywhere leaves no run behind.
     """
-    is_datacomp = datacomp.is_datacomp_metadata(config.pool)
+    options = config.storage_options
+    if is_url(config.pool):  # unreachable, refused, missing: one line before anything is made
+        list_pool(config.pool, options)
+    is_datacomp = datacomp.is_datacomp_metadata(config.pool, options)
     if not is_datacomp:
-        find_shards(config.pool)  # a missing or empty pool: one line before anything is made
+        find_shards(config.pool, options)  # a missing or empty pool: one line, nothing made
     _check_overlap(config)
     if _continues_finished_run(config, RunPaths(config.run)):
         return _ingest(config, RunPaths(config.run), is_datacomp)
@@ -328,7 +361,7 @@ def _ingest(config: IngestConfig, paths: RunPaths, is_datacomp: bool) -> IngestS
 
 def _ingest_shards(config: IngestConfig, paths: RunPaths) -> IngestSummary:
     """Pool parts for every shard of an img2dataset webdataset pool."""
-    shards = find_shards(config.pool)
+    shards = find_shards(config.pool, config.storage_options)
     remove_stale_temporaries(paths.pool_dir)
     summary = IngestSummary(shards=len(shards))
     counts: dict[str, int] = {}
@@ -338,7 +371,7 @@ def _ingest_shards(config: IngestConfig, paths: RunPaths) -> IngestSummary:
             table = pq.read_table(part)
             summary.skipped_shards += 1
         else:
-            table = read_shard_table(shard)
+            table = read_shard_table(shard, config.storage_options)
             with atomic_path(part) as tmp:
                 pq.write_table(table, tmp)
         counts[shard.name] = table.num_rows
@@ -348,9 +381,10 @@ def _ingest_shards(config: IngestConfig, paths: RunPaths) -> IngestSummary:
         {
             "index": s.index,
             "name": s.name,
-            "tar": str(s.tar.resolve()),
-            "parquet": str(s.parquet.resolve()) if s.parquet else None,
+            "tar": absolute(s.tar),
+            "parquet": absolute(s.parquet) if s.parquet else None,
             "samples": counts.get(s.name),
+            "fingerprint": s.fingerprints,
         }
         for s in shards
     ]
@@ -377,7 +411,8 @@ def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind:
 
 def _ingest_datacomp(config: IngestConfig, paths: RunPaths) -> IngestSummary:
     """Pool, score and embedding parts for every file of a DataComp metadata folder."""
-    plans = [datacomp.inspect_file(f) for f in datacomp.find_metadata_files(config.pool)]
+    files = datacomp.find_metadata_files(config.pool, config.storage_options)
+    plans = [datacomp.inspect_file(f) for f in files]
     datacomp.prepare_run(paths)
     summary = IngestSummary(shards=len(plans), source="datacomp",
                             score_tables=[s.name for s in datacomp.SCORERS])
@@ -393,9 +428,10 @@ def _ingest_datacomp(config: IngestConfig, paths: RunPaths) -> IngestSummary:
                 "index": file.index,
                 "name": file.name,
                 "tar": None,
-                "parquet": str(file.parquet.resolve()),
-                "npz": str(file.npz.resolve()) if file.npz else None,
+                "parquet": absolute(file.parquet),
+                "npz": absolute(file.npz) if file.npz else None,
                 "samples": result.rows,
+                "fingerprint": file.fingerprints,
             }
         )
     _finish(config, paths, summary, "datacomp", entries)

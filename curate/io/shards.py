@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curate.errors import UserError
 from curate.io.statuses import BAD_MEMBER, DUPLICATE_KEY, TOO_LARGE, SampleError
+from curate.io.storage import (
+    Location,
+    StorageError,
+    base_name,
+    file_size,
+    is_url,
+    list_pool,
+    open_pool_file,
+)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 MAX_MEMBER_BYTES = 64 * 1024 * 1024  # a member declaring more is not read (images are far less)
@@ -29,15 +39,19 @@ class PoolError(UserError):
     """A pool that cannot be read at all; the message names the path and the problem."""
 
 
+StorageOptions = Mapping[str, Any] | None  # fsspec options of a pool on a URL (no secrets)
+
+
 @dataclass(frozen=True)
 class Shard:
-    """One input shard: its index (part number), name and files."""
+    """One input shard: its index (part number), name and files (paths, or URLs as str)."""
 
     index: int
     name: str
-    tar: Path
-    parquet: Path | None
-    stats: Path | None
+    tar: Location
+    parquet: Location | None
+    stats: Location | None
+    fingerprints: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def add_tar_member(
@@ -54,28 +68,33 @@ def add_tar_member(
     archive.addfile(info, io.BytesIO(data))
 
 
-def find_shards(pool: Path) -> list[Shard]:
-    """The pool's shards, ordered by name; a clear error for a missing or empty pool."""
-    pool = Path(pool)
-    if not pool.exists():
-        raise PoolError(f"pool {pool} does not exist")
-    if not pool.is_dir():
-        raise PoolError(f"pool {pool} is not a directory")
-    tars = sorted(pool.glob("*.tar"))
+def find_shards(pool: Location, options: StorageOptions = None) -> list[Shard]:
+    """The pool's shards (a folder, or a prefix on object storage), ordered by name; a clear
+    error for a missing, unreachable or empty pool."""
+    pool = pool.rstrip("/") if is_url(pool) else Path(pool)
+    try:
+        entries = list_pool(pool, options)
+    except StorageError as exc:
+        raise PoolError(str(exc)) from exc
+    tars = sorted(name for name in entries if name.endswith(".tar"))
     if not tars:
         raise PoolError(f"pool {pool} holds no shards (*.tar)")
-    numeric = all(t.stem.isdigit() for t in tars)
+    stems = [name[: -len(".tar")] for name in tars]
+    numeric = all(stem.isdigit() for stem in stems)
     shards = []
-    for position, tar in enumerate(tars):
-        parquet = tar.with_suffix(".parquet")
-        stats = tar.with_name(f"{tar.stem}_stats.json")
+    for position, (tar, stem) in enumerate(zip(tars, stems, strict=True)):
+        parquet = entries.get(f"{stem}.parquet")
+        stats = entries.get(f"{stem}_stats.json")
+        parquet = parquet if parquet is not None and parquet.is_file else None
         shards.append(
             Shard(
-                index=int(tar.stem) if numeric else position,
-                name=tar.stem,
-                tar=tar,
-                parquet=parquet if parquet.is_file() else None,
-                stats=stats if stats.is_file() else None,
+                index=int(stem) if numeric else position,
+                name=stem,
+                tar=entries[tar].location,
+                parquet=parquet.location if parquet else None,
+                stats=stats.location if stats is not None and stats.is_file else None,
+                fingerprints={"tar": entries[tar].fingerprint(),
+                              **({"parquet": parquet.fingerprint()} if parquet else {})},
             )
         )
     return shards
@@ -122,17 +141,20 @@ class TarReadResult:
     duplicate_keys: set[str] = field(default_factory=set)  # keys seen in two places
 
 
-def compression(path: Path) -> str | None:
+def compression(path: Location, options: StorageOptions = None) -> str | None:
     """The compression of a tar file by its first bytes (gzip, bzip2, xz), or None."""
-    with open(path, "rb") as handle:
-        head = handle.read(6)
+    with open_pool_file(path, options) as handle:
+        return _compression(handle.read(6))
+
+
+def _compression(head: bytes) -> str | None:
     return next((name for magic, name in _COMPRESSION_MAGIC.items() if head.startswith(magic)),
                 None)
 
 
-def _missing_end_marker(path: Path, archive: tarfile.TarFile) -> bool:
+def _missing_end_marker(size: int, archive: tarfile.TarFile) -> bool:
     """A plain tar ends with two zero blocks after its last member; a cut one does not."""
-    return path.stat().st_size < archive.offset + 2 * tarfile.BLOCKSIZE
+    return size < archive.offset + 2 * tarfile.BLOCKSIZE
 
 
 def _name_problem(name: str) -> str | None:
@@ -168,14 +190,15 @@ def _read_member(archive: tarfile.TarFile, info: tarfile.TarInfo, sample: TarSam
         sample.members[extension] = handle.read() if handle else b""
 
 
-def repeated_keys(path: Path) -> set[str]:
+def repeated_keys(path: Location, options: StorageOptions = None) -> set[str]:
     """Keys that occur in two places of a tar (a headers-only pass: member data is skipped, not
     read), so that a caller writing samples out can leave every copy of them aside."""
     seen: set[str] = set()
     repeated: set[str] = set()
     previous = None
     try:
-        with tarfile.open(path, mode="r:*") as archive:
+        with open_pool_file(path, options) as handle, \
+                tarfile.open(fileobj=handle, mode="r:*") as archive:
             for info in archive:
                 if info.isdir():
                     continue
@@ -189,46 +212,58 @@ def repeated_keys(path: Path) -> set[str]:
     return repeated
 
 
-def iter_tar_samples(path: Path, result: TarReadResult,
-                     max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[TarSample]:
+def iter_tar_samples(path: Location, result: TarReadResult,
+                     max_member_bytes: int = MAX_MEMBER_BYTES, *,
+                     options: StorageOptions = None) -> Iterator[TarSample]:
     """Stream complete samples from a tar (plain or compressed) in order.
 
-    A truncated or unreadable tar stops the stream: the samples completed before the damage
-    are yielded, the sample being read when it broke is not, and ``result.error`` says why.
+    ``path`` is a local path or a URL (read through :mod:`curate.io.storage` with ``options``).
+    A truncated or unreadable tar (or one the storage cannot serve) stops the stream: the
+    samples completed before the damage are yielded, the sample being read when it broke is
+    not, and ``result.error`` says why.
     A sample with an unusable member carries ``problem``; a key met again after other keys
     is yielded with a ``duplicate_key`` problem and listed in ``result.duplicate_keys``, so
     the caller can void its first copy too.
     """
-    current: TarSample | None = None
-    seen: set[str] = set()
     compressed = None
     try:
-        compressed = compression(path)
-        with tarfile.open(path, mode="r|*") as archive:
-            for info in archive:
-                if info.isdir():
-                    continue
-                key, extension = split_member_name(info.name)
-                if current is not None and key != current.key:
-                    result.samples_read += 1
-                    yield current
-                    current = None
-                if current is None:
-                    current = TarSample(key=key)
-                    if key in seen:
-                        result.duplicate_keys.add(key)
-                        current.refuse(DUPLICATE_KEY, f"key {key!r} occurs twice in the shard")
-                    seen.add(key)
-                _read_member(archive, info, current, extension, max_member_bytes)
-                if current.problem is not None and current.problem.status == DUPLICATE_KEY:
-                    result.duplicate_keys.add(key)
-            if compressed is None and _missing_end_marker(path, archive):
-                result.error = f"{path.name}: truncated tar (ends after member data, no end marker)"
-                return
+        with open_pool_file(path, options) as handle:
+            compressed = _compression(handle.read(6))
+            handle.seek(0)
+            size = file_size(handle)
+            yield from _stream_samples(handle, result, max_member_bytes, size, compressed,
+                                       base_name(path))
     except (tarfile.TarError, EOFError, OSError) as exc:
         kind = f"{compressed}-compressed tar" if compressed else "tar"
-        result.error = f"{path.name}: unreadable or truncated {kind} ({exc})"
-        return
+        result.error = f"{base_name(path)}: unreadable or truncated {kind} ({exc})"
+
+
+def _stream_samples(handle: Any, result: TarReadResult, max_member_bytes: int, size: int,
+                    compressed: str | None, name: str) -> Iterator[TarSample]:
+    """The samples of an open tar; a read error propagates, the sample in hand not yielded."""
+    current: TarSample | None = None
+    seen: set[str] = set()
+    with tarfile.open(fileobj=handle, mode="r|*") as archive:
+        for info in archive:
+            if info.isdir():
+                continue
+            key, extension = split_member_name(info.name)
+            if current is not None and key != current.key:
+                result.samples_read += 1
+                yield current
+                current = None
+            if current is None:
+                current = TarSample(key=key)
+                if key in seen:
+                    result.duplicate_keys.add(key)
+                    current.refuse(DUPLICATE_KEY, f"key {key!r} occurs twice in the shard")
+                seen.add(key)
+            _read_member(archive, info, current, extension, max_member_bytes)
+            if current.problem is not None and current.problem.status == DUPLICATE_KEY:
+                result.duplicate_keys.add(key)
+        if compressed is None and _missing_end_marker(size, archive):
+            result.error = f"{name}: truncated tar (ends after member data, no end marker)"
+            return
     if current is not None:
         result.samples_read += 1
         yield current

@@ -119,6 +119,13 @@ class RunPaths:
             )
         return json.loads(self.run_file.read_text())
 
+    def pool_storage_options(self) -> dict[str, Any] | None:
+        """The fsspec options of the run's pool when it lies on a URL (run.json keeps them,
+        without secrets); None for a local pool or a folder that is not a run yet."""
+        if not self.run_file.is_file():
+            return None
+        return json.loads(self.run_file.read_text())["source"].get("storage_options")
+
 
 def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -196,6 +196,7 @@ def score_stage(config: ScoreConfig, shards: list[dict]) -> ShardedStage:
     """The score stage as the runner runs it: every shard of the run (the runner skips the
     finished ones by their records), the kind's per-shard task, ShardStats."""
     paths = RunPaths(config.run)
+    storage_options = paths.pool_storage_options()
     scores_dir = paths.scores_dir(config.name)
     planned = []
     for shard in shards:
@@ -210,6 +211,7 @@ def score_stage(config: ScoreConfig, shards: list[dict]) -> ShardedStage:
             embeddings_prefix=str(embeddings) if embeddings else None,
             batch_size=config.batch_size,
             max_image_pixels=config.max_image_pixels,
+            storage_options=storage_options,
         )
         planned.append(Shard(name=shard["name"], part=part, task=task))
     return ShardedStage(

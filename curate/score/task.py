@@ -12,8 +12,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ from curate.io import statuses as st
 from curate.io.image import DEFAULT_MAX_PIXELS
 from curate.io.schema import score_schema
 from curate.io.shards import TarReadResult, iter_tar_samples
+from curate.io.storage import as_location
 from curate.io.workspace import atomic_path
 from curate.runner.stats import ShardStats
 from curate.score.registry import ProgressFn, ShardScorer
@@ -34,7 +36,8 @@ ROW_COLUMNS = ["uid", "key", "text", "status", "error_message"]
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Everything needed to score one shard; paths are plain strings so it pickles anywhere."""
+    """Everything needed to score one shard; paths are plain strings so it pickles anywhere.
+    ``tar`` may be a URL, read with ``storage_options`` (the run record's; never secrets)."""
 
     scorer: str
     shard_name: str
@@ -45,6 +48,7 @@ class ShardTask:
     batch_size: int = 64
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     decode_threads: int = 0  # 0: the worker's torch threads when scoring on CUDA, else 1
+    storage_options: dict[str, Any] | None = field(default=None, hash=False)
 
 
 class ShardRows:
@@ -159,7 +163,8 @@ class ShardInput:
         """The tar's samples that have an image and a caption; mark the ones that do not."""
         if not self.task.tar:
             raise ValueError(f"shard {self.task.shard_name} has no tar to read images from")
-        for sample in iter_tar_samples(Path(self.task.tar), tar_result):
+        for sample in iter_tar_samples(as_location(self.task.tar), tar_result,
+                                       options=self.task.storage_options):
             row = rows.row_of_key.get(sample.key)
             if row is None:
                 rows.unlisted_samples += 1
