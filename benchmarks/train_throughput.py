@@ -10,10 +10,16 @@ unmeasured steps plus ``--steps`` measured ones. Per model it prints
 * the data-wait fraction: time blocked in ``next()`` on the DataLoader over the measured
   step time (target under 10%), with the number of DataLoader worker processes.
 
+With ``--reference`` it also trains each model side by side in this process: ``train-dfn
+--decoded-cache`` (``decoded_cache=True``), a plain loop over preloaded tensors (same model,
+batch, fused AdamW and CLIP loss, no data pipeline: the ceiling for the data path), and that
+loop with the token embedding frozen (the most a compact vocabulary or a sparse embedding update
+could buy: neither gradient nor optimizer state for the 49,408-row table), twice each.
+
 Usage::
 
     .venv/bin/python benchmarks/train_throughput.py [--models fp-tiny-vit,ViT-S-32]
-        [--batch-size 64] [--steps 20] [--warmup-steps 5] [--workers N] [--json]
+        [--batch-size 64] [--steps 20] [--warmup-steps 5] [--workers N] [--reference] [--json]
 
 Progress goes to stderr; the figures go to stdout.
 """
@@ -78,6 +84,7 @@ def measure(model: str, pool: Path, out: Path, args: argparse.Namespace) -> dict
         device=args.device,
         overwrite=True,
         progress=False,
+        decoded_cache=args.decoded_cache,
     )
     result = train_clip(config, on_step=on_step)
     with open(out / "loss_curve.csv") as handle:
@@ -102,6 +109,55 @@ def measure(model: str, pool: Path, out: Path, args: argparse.Namespace) -> dict
     }
 
 
+def _plain_loop(model: str, batch_size: int, steps: int, warmup: int,
+                frozen_tokens: bool) -> float:
+    """Samples/s of a bare training loop over preloaded tensors (random init, fused AdamW,
+    symmetric CLIP loss), ``frozen_tokens``: the token embedding takes no gradient."""
+    import torch.nn.functional as F
+
+    from curate.models import ModelSpec
+    from curate.models.spec import load_model
+
+    torch.manual_seed(0)
+    net = load_model(ModelSpec(model, random_init=True)).model.train()
+    size = net.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    context = net.positional_embedding.shape[0]
+    images = torch.randn(batch_size * 4, 3, size, size)
+    tokens = torch.randint(1, 49_000, (batch_size * 4, context))
+    net.token_embedding.weight.requires_grad_(not frozen_tokens)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=5e-4,
+                                  weight_decay=0.2, fused=True)
+    labels = torch.arange(batch_size)
+    started = time.perf_counter()
+    for step in range(warmup + steps):
+        if step == warmup:
+            started = time.perf_counter()
+        rows = slice((step % 4) * batch_size, (step % 4 + 1) * batch_size)
+        out = net(images[rows], tokens[rows])
+        image, text, scale = (out["image_features"], out["text_features"],
+                              out["logit_scale"]) if isinstance(out, dict) else out[:3]
+        logits = scale * image @ text.t()
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def reference(model: str, pool: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """train-dfn --decoded-cache, the plain loop and the plain loop with frozen tokens, each
+    twice, interleaved: samples/s."""
+    figures: dict[str, list[float]] = {"decoded_cache": [], "plain": [], "plain_frozen_tokens": []}
+    cached = argparse.Namespace(**{**vars(args), "decoded_cache": True})
+    for _ in range(2):
+        figures["decoded_cache"].append(measure(model, pool, out, cached)["samples_per_second"])
+        for name, frozen in (("plain", False), ("plain_frozen_tokens", True)):
+            figures[name].append(_plain_loop(model, args.batch_size, args.steps,
+                                             args.warmup_steps, frozen))
+    return {"model": model, **figures}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fp-tiny-vit,ViT-S-32")
@@ -113,8 +169,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--reference", action="store_true",
+                        help="also --decoded-cache, a plain loop and one with frozen tokens")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    args.decoded_cache = False
 
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"pool: {args.samples} pairs at {args.image_size} px under {args.work}", file=sys.stderr)
@@ -123,8 +182,10 @@ def main() -> None:
     for model in args.models.split(","):
         print(f"training {model} for {args.warmup_steps}+{args.steps} steps", file=sys.stderr)
         results.append(measure(model, pool, args.work / f"out-{model}", args))
+    references = [reference(m, pool, args.work / f"ref-{m}", args)
+                  for m in args.models.split(",")] if args.reference else []
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"train_dfn": results, "reference": references}, indent=2))
         return
     print(
         f"{'model':<14} {'params':>10} {'batch':>6} {'steps/s':>8} {'samples/s':>10} "
@@ -136,6 +197,13 @@ def main() -> None:
             f"{r['steps_per_second']:>8.3f} {r['samples_per_second']:>10.1f} "
             f"{100 * r['data_wait_fraction']:>9.1f}% {r['workers']:>8} {r['device']:>7}"
         )
+    if references:
+        print("\nsamples/s, two interleaved runs each (same model and batch):")
+        print(f"{'model':<14} {'--decoded-cache':>18} {'plain loop':>16} {'frozen tokens':>16}")
+        for r in references:
+            cells = [" / ".join(f"{v:.0f}" for v in r[k])
+                     for k in ("decoded_cache", "plain", "plain_frozen_tokens")]
+            print(f"{r['model']:<14} {cells[0]:>18} {cells[1]:>16} {cells[2]:>16}")
 
 
 if __name__ == "__main__":
