@@ -1,11 +1,13 @@
 """A real Dask cluster: `dask scheduler` and two `dask worker` processes started through their
 own command line on 127.0.0.1, `score --scheduler` over it, one worker SIGKILLed mid-run, the
-client killed and rerun, and a scheduler that is not there."""
+client killed and rerun, a scheduler that is not there, and workers that read the pool from a
+real S3 server."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +24,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.executor import ExecutorConfig
+from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.workspace import RunPaths
 from curate.models import ModelSpec
 from curate.score.stage import ScoreConfig, score_run
+from tests.generators.synthetic import write_synthetic_pool
+from tests.test_object_storage import _upload, s3, s3_server  # noqa: F401  (fixtures)
 
 DASK = str(Path(sys.executable).parent / "dask")
 START_SECONDS = 90  # a worker imports torch before it joins: seconds on a busy 2-core machine
@@ -54,13 +60,13 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=20)
 
 
-@pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@contextmanager
+def _started_cluster(folder: Path) -> Iterator[Cluster]:
     """A scheduler and two single-threaded workers, each its own process (no nanny: a killed
-    worker stays dead), stopped at the end."""
+    worker stays dead) with this process's environment, stopped on leaving."""
     from distributed import Client
 
-    scheduler_file = tmp_path / "scheduler.json"
+    scheduler_file = folder / "scheduler.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     scheduler = subprocess.Popen(
         [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
@@ -82,6 +88,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     finally:
         for process in [*workers, scheduler]:
             _stop(process)
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with _started_cluster(tmp_path) as started:
+        yield started
 
 
 def _config(run: Path, checkpoint: Path, scheduler: str | None) -> ScoreConfig:
@@ -184,3 +196,24 @@ def test_a_scheduler_that_is_not_there_is_one_line_and_writes_nothing(run_dir: P
     assert len(lines) == 1 and f"tcp://127.0.0.1:{port}" in lines[0], lines
     assert "cannot reach the Dask scheduler" in lines[0]
     assert not RunPaths(run_dir).scores_dir("dfn").exists()
+
+
+@pytest.mark.usefixtures("s3")  # the user's environment: key, secret, endpoint
+def test_workers_read_a_pool_on_s3_that_no_disk_of_theirs_holds(
+        tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The pool lives only on a real S3 server (moto, credentials enforced): the workers, started
+    with the user's AWS_* environment, read its tars from the bucket; the tables equal an
+    in-process score of a local copy, which is deleted before the cluster scores."""
+    local = write_synthetic_pool(tmp_path / "pool", num_shards=4, samples_per_shard=8,
+                                 image_size=32).root
+    url = _upload(local, "cluster-pool")
+    reference = tmp_path / "reference"
+    ingest_pool(IngestConfig(pool=local, run=reference))
+    score_run(_config(reference, tiny_checkpoint, None))
+    remote = tmp_path / "remote"
+    ingest_pool(IngestConfig(pool=url, run=remote))
+    shutil.rmtree(local)
+    with _started_cluster(tmp_path) as started:
+        summary = score_run(_config(remote, tiny_checkpoint, started.address))
+    assert summary.failed_shards == {} and summary.stats.samples == 4 * 8
+    _assert_same_tables(remote, reference)
