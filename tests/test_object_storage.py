@@ -194,6 +194,43 @@ def test_pool_on_s3_gives_the_tables_of_its_local_copy(
     assert exported and exported == _members(tmp_path / "local" / "export")
 
 
+def test_export_fetches_each_remote_tar_once_and_names_a_store_that_is_down(
+        s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export reads a tar twice (duplicate keys, then samples): a remote tar is fetched once
+    into the staging folder and the copy removed; with the store down every selected sample
+    is in missing.parquet as shard_truncated naming the endpoint, and no copy is left."""
+    from curate.io import storage
+
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=2, samples_per_shard=6,
+                                image_size=32, plant_bad=False)
+    run = _pipeline(_upload(pool.root, "once/pool"), tmp_path)
+    opened: list[str] = []  # every remote file opened, whoever opens it
+    real_init = storage._RemoteFile.__init__
+
+    def counting_init(self: Any, handle: Any, url: str) -> None:
+        opened.append(url)
+        real_init(self, handle, url)
+
+    monkeypatch.setattr(storage._RemoteFile, "__init__", counting_init)
+    again = tmp_path / "again"
+    _ok(["export", str(run), "--subset", "top", "--out", str(again), "--no-progress"])
+    tars = [name for name in opened if name.endswith(".tar")]
+    assert sorted(tars) == sorted(set(tars)) and len(tars) == 2, opened
+    assert _members(again) == _members(tmp_path / "export")
+    assert not list(again.rglob(".fetch-*"))
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # store gone
+    down = tmp_path / "down"
+    result = runner.invoke(app, ["export", str(run), "--subset", "top", "--out", str(down),
+                                 "--no-progress"])
+    assert result.exit_code == 1, result.output  # samples missing: reported, not a crash
+    missing = pq.read_table(down / "missing.parquet").to_pylist()
+    selected = len(np.load(run / "subsets" / "top" / "uids.npy", allow_pickle=False))
+    assert len(missing) == selected and {m["reason"] for m in missing} == {"shard_truncated"}
+    assert all("cannot reach the storage endpoint" in m["detail"] for m in missing), missing[0]
+    assert not list(down.rglob(".fetch-*"))
+
+
 def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
                                                             tmp_path: Path) -> None:
     folder = tmp_path / "metadata"

@@ -28,6 +28,7 @@ import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,7 +56,15 @@ from curate.io.statuses import (
     UNSUPPORTED_FORMAT,
     SampleError,
 )
-from curate.io.storage import as_location, is_url, tar_exists
+from curate.io.storage import (
+    Location,
+    UnreadableFile,
+    as_location,
+    base_name,
+    fetch_file,
+    is_url,
+    tar_exists,
+)
 from curate.io.uids import UID_PATTERN
 from curate.io.workspace import (
     SUBSET_MANIFEST,
@@ -366,6 +375,27 @@ def _sample_members(
     return members, reencoded
 
 
+@contextmanager
+def _readable_tar(tar: Location, options: dict[str, Any] | None,
+                  staging: Path) -> Iterator[tuple[Location, str | None]]:
+    """The tar to read twice (the duplicate-key pass, then the samples): a local path as it
+    is; a URL copied once into the staging folder and deleted after, so that the store serves
+    it once. Yields (what to read, why the copy failed or None)."""
+    if not is_url(tar):
+        yield tar, None
+        return
+    copy = staging / f".fetch-{base_name(tar)}"
+    try:
+        try:
+            fetch_file(tar, options, copy)
+        except UnreadableFile as exc:  # a full disk is not the store's fault: it raises
+            yield tar, str(exc)
+            return
+        yield copy, None
+    finally:
+        copy.unlink(missing_ok=True)
+
+
 def _prepare_out(config: ExportConfig, run_record: dict[str, Any]) -> ExportSummary | None:
     """Refuse a DIR that is, holds or lies in the run or the pool's shards, an existing file,
     and (with overwrite) a DIR that is not an export; without overwrite an existing export of
@@ -517,30 +547,39 @@ def export_subset(config: ExportConfig) -> ExportSummary:
                         detail = f"{tar} does not exist" if tar else "run.json lists no tar"
                         report(row, TAR_MISSING, detail)
                     wanted = {}
-                for key in repeated_keys(tar, options) & set(wanted) if tar and wanted else ():
-                    report(wanted.pop(key), DUPLICATE_KEY, f"key {key!r} occurs twice in {tar}")
-                result = TarReadResult()
-                samples = iter_tar_samples(tar, result, options=options) if tar and wanted \
-                    else ()
-                for sample in samples:
-                    row = wanted.pop(sample.key, None)
-                    if row is None:
-                        continue
-                    try:
-                        members, reencoded = _sample_members(
-                            row, sample, score_columns, config.jpeg_quality
-                        )
-                    except SampleError as exc:
-                        report(row, exc.status, exc.reason)
-                        continue
-                    writer.add(row["uid"], members)
-                    summary.exported += 1
-                    summary.reencoded += reencoded
-                    bar.update(1)
-                    if not wanted:
-                        break
-                for row in wanted.values():
-                    report(row, SHARD_TRUNCATED if result.error else NOT_IN_TAR, result.error)
+                readable = _readable_tar(tar, options, staging) if tar and wanted \
+                    else nullcontext((tar, None))
+                with readable as (source, fetch_error):
+                    if fetch_error:  # the store could not serve the tar: no sample read
+                        for row in wanted.values():
+                            report(row, SHARD_TRUNCATED, fetch_error)
+                        wanted = {}
+                    repeated = repeated_keys(source, options) if tar and wanted else set()
+                    for key in repeated & set(wanted):
+                        report(wanted.pop(key), DUPLICATE_KEY, f"key {key!r} occurs twice in {tar}")
+                    result = TarReadResult()
+                    samples = iter_tar_samples(source, result, options=options) if tar and wanted \
+                        else ()
+                    for sample in samples:
+                        row = wanted.pop(sample.key, None)
+                        if row is None:
+                            continue
+                        try:
+                            members, reencoded = _sample_members(
+                                row, sample, score_columns, config.jpeg_quality
+                            )
+                        except SampleError as exc:
+                            report(row, exc.status, exc.reason)
+                            continue
+                        writer.add(row["uid"], members)
+                        summary.exported += 1
+                        summary.reencoded += reencoded
+                        bar.update(1)
+                        if not wanted:
+                            break
+                    error = result.error and result.error.replace(str(source), str(tar))
+                    for row in wanted.values():  # the error names the tar, not a local copy
+                        report(row, SHARD_TRUNCATED if error else NOT_IN_TAR, error)
                 if len(missing) > before:
                     reasons = Counter(m["reason"] for m in missing[before:])
                     logger.warning("shard %s: %d selected sample(s) missing (%s)", shard,

@@ -321,6 +321,34 @@ def open_pool_file(location: Location, options: Mapping[str, Any] | None = None)
     return _RemoteFile(handle, url)  # type: ignore[return-value]
 
 
+class UnreadableFile(OSError):
+    """A pool file the store (or disk) could not serve; the message names it and why."""
+
+
+def fetch_file(location: Location, options: Mapping[str, Any] | None, target: Path) -> None:
+    """Copy a pool file to the local ``target`` in 8 MiB reads. A failed read raises
+    UnreadableFile naming the file; a failed write (a full disk) raises as it is; either way
+    the partial copy is removed."""
+    try:
+        with open(target, "wb") as out:
+            try:
+                source = open_pool_file(location, options)
+            except OSError as exc:
+                raise UnreadableFile(str(exc)) from exc
+            with source:
+                while True:
+                    try:
+                        chunk = source.read(8 << 20)
+                    except OSError as exc:
+                        raise UnreadableFile(str(exc)) from exc
+                    if not chunk:
+                        break
+                    out.write(chunk)
+    except BaseException:
+        Path(target).unlink(missing_ok=True)
+        raise
+
+
 def arrow_source(location: Location, options: Mapping[str, Any] | None,
                  stack: ExitStack) -> Any:
     """What pyarrow opens for a pool file: a local path itself, a URL's handle (open for the
