@@ -231,6 +231,27 @@ def test_export_fetches_each_remote_tar_once_and_names_a_store_that_is_down(
     assert not list(down.rglob(".fetch-*"))
 
 
+def test_a_remote_tar_changed_since_ingest_is_one_line_and_nothing_is_written(
+        s3: dict[str, str], tmp_path: Path) -> None:
+    """run.json holds each remote tar's size and ETag from ingest: a tar replaced on the store
+    afterwards stops score and export with one line naming it (exit 2), before they write."""
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=2, samples_per_shard=6,
+                                image_size=32, plant_bad=False)
+    url = _upload(pool.root, "moved/pool")
+    run = _pipeline(url, tmp_path)
+    other = write_synthetic_pool(tmp_path / "other", num_shards=1, samples_per_shard=4,
+                                 image_size=32, plant_bad=False, seed=7)
+    _filesystem().put_file(str(other.root / "00000.tar"), f"{BUCKET}/moved/pool/00000.tar")
+    line = _refused(["score", str(run), "--name", "again", "--model", "fp-tiny-vit",
+                     "--random-init", "--workers", "0", "--no-progress"],
+                    f"{url}/00000.tar", "changed since ingest")
+    assert "ingest the pool again" in line
+    assert not (run / "scores" / "again").exists()
+    _refused(["export", str(run), "--subset", "top", "--out", str(tmp_path / "out2"),
+              "--no-progress"], f"{url}/00000.tar", "changed since ingest")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
                                                             tmp_path: Path) -> None:
     folder = tmp_path / "metadata"

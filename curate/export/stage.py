@@ -61,6 +61,7 @@ from curate.io.storage import (
     UnreadableFile,
     as_location,
     base_name,
+    changed_since_ingest,
     fetch_file,
     is_url,
     tar_exists,
@@ -504,6 +505,8 @@ def export_subset(config: ExportConfig) -> ExportSummary:
             f"run {config.run} lists no image tars (metadata-only ingest); ingest a downloaded "
             f"pool to export, or reshard with {subset_dir / 'uids.npy'} (DataComp resharder)"
         )
+    if changed := changed_since_ingest(run_record["shards"], options):
+        raise UserError(changed)
     groups, duplicates = _group_by_shard(table)
 
     summary = ExportSummary(out=config.out, selected=table.num_rows)

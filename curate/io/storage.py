@@ -242,6 +242,33 @@ def pool_fingerprint(location: Location, options: Mapping[str, Any] | None = Non
     return _entry(base_name(location), str(location), info).fingerprint()
 
 
+def changed_since_ingest(shards: list[dict[str, Any]],
+                         options: Mapping[str, Any] | None) -> str | None:
+    """The first shard tar on a URL whose size or ETag now differs from what ingest recorded
+    in ``run.json``, as a sentence; None when every one agrees. Local pools are not checked
+    (their readers give every sample its status), nor are tars that are gone or a store that
+    cannot be asked: the readers report those per sample."""
+    recorded = [(s["tar"], s.get("fingerprint", {}).get("tar") or {}) for s in shards
+                if s.get("tar") and is_url(s["tar"])]
+    listings: dict[str, dict[str, PoolEntry]] = {}
+    for url, before in recorded:
+        if not before.get("etag"):
+            continue
+        folder = str(url).rsplit("/", 1)[0]
+        try:
+            listing = listings.setdefault(folder, list_pool(folder, options))
+        except UserError:
+            return None
+        now = listing.get(base_name(url))
+        if now is None:
+            continue
+        if (now.size, now.etag) != (before.get("size"), before["etag"]):
+            return (f"pool file {url} changed since ingest (size {before.get('size')}, ETag "
+                    f"{before['etag']}; now size {now.size}, ETag {now.etag}): its samples "
+                    "would not match the run's pool table; ingest the pool again")
+    return None
+
+
 def tar_exists(location: Location, options: Mapping[str, Any] | None = None) -> bool:
     """False when the path or URL names no file; True when it does, and for a URL that cannot
     be asked (unreachable, refused): its reader then reports why it cannot read it."""

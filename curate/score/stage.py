@@ -32,6 +32,7 @@ from curate.executor import (
 )
 from curate.io.image import DEFAULT_MAX_PIXELS
 from curate.io.lock import run_output, writes
+from curate.io.storage import changed_since_ingest
 from curate.io.workspace import (
     SCORER_FILE,
     SCORER_NAME,
@@ -243,6 +244,9 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
             f"run {paths.root} has no image shards for {imageless[0]} (ingested from "
             f"{run['source']['kind']} metadata); score needs img2dataset webdataset shards"
         )
+    if kind.reads in READS_TARS and (changed := changed_since_ingest(
+            run["shards"], paths.pool_storage_options())):
+        raise ScoreError(changed)
     record = _scorer_record(kind, config)
     _check_previous_scorer(paths, config, record)
     if config.overwrite:
