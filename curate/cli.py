@@ -652,7 +652,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the world, pool, run and results.")] = Path(
         "demo-run"
     ),
-    scale: Annotated[str, typer.Option(help="small (CI, ~3 min) or full (~15 min).")] = "full",
+    scale: Annotated[str, typer.Option(help="small (CI, ~2 min) or full (30-60 min).")] = "full",
     workers: Annotated[int, typer.Option(help="Dask workers for scoring (0: in-process).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the world and of the filters.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,

@@ -45,6 +45,29 @@ def _mix_plot(subsets: list[dict[str, Any]], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def _comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
+    """The scaling comparison: mean top-1 per curve and budget, each fit's check, the plot."""
+    if not comparison:
+        return []
+    budgets = [str(b) for b in comparison["budgets"]]
+    lines = ["", "## Scaling comparison", "",
+             f"Students trained at each budget (samples seen), seeds {comparison['seeds']}; "
+             f"`filter-pool compare` fits err(C) = a(C+b)^-c + d on all but the largest budget "
+             f"and checks it there ({comparison['path']}).", "",
+             "| curve | " + " | ".join(f"{int(b):,}" for b in budgets)
+             + " | held-out error | R^2 |",
+             "|---|" + "---:|" * (len(budgets) + 2)]
+    fits = {c["label"]: c for c in comparison["curves"]}
+    for label, means in comparison["means"].items():
+        fit = fits.get(label, {})
+        cells = [f"{means[b]:.4f}" if b in means else "" for b in budgets]
+        lines.append(f"| {label} | " + " | ".join(cells)
+                     + f" | {fit.get('held_out_abs_error', float('nan')):.4f}"
+                     + f" | {fit.get('r2', float('nan')):.3f} |")
+    lines += ["", f"![scaling comparison]({comparison['plot']})"]
+    return lines
+
+
 def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
     """Write ``demo_report.md`` with ``demo_top1.png`` and ``demo_label_mix.png``."""
     subsets = results["subsets"]
@@ -83,6 +106,9 @@ def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
             f"- `{s['name']}` {verdict} the best baseline `{best_baseline['name']}`: "
             f"{margin:+.4f} top-1 against a seed spread of {spread:.4f}."
         )
+    lines += ["", "## Claims", ""]
+    lines += [f"- {'holds' if c['holds'] else '**does not hold**'}: {c['claim']} ({c['detail']})"
+              for c in results.get("claims", [])]
     lines += [
         "",
         "![top-1 by subset](demo_top1.png)",
@@ -99,6 +125,7 @@ def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
             f"its own zero-shot top-1 {metrics.get('zero_shot_top1', float('nan')):.4f}, "
             f"held-out recall@1 i->t {metrics.get('image_to_text_r1', float('nan')):.4f}"
         )
+    lines += _comparison_lines(results.get("comparison"))
     lines += ["", "## Timings (s)", ""]
     lines += [f"- {stage}: {seconds}" for stage, seconds in results.get("timings", {}).items()]
     path = out / REPORT_FILE

@@ -81,16 +81,19 @@ def demo_report(out: str, run: str, world: str, subsets: list[str], filters: lis
                 eval: str, scale: str = "full",  # noqa: A002 (evaluate's option name)
                 model: str = "fp-tiny-cnn", filter_samples: int = 0, samples_seen: int = 20_000,
                 seed: list[int] | None = None, batch_size: int = 64, lr: float | None = None,
-                decoded_cache: bool = False, basic: str = "") -> StageOutcome:
+                decoded_cache: bool = False, basic: str = "",
+                comparison: str | None = None) -> StageOutcome:
     """The demo's comparison: precision against the hidden labels, zero-shot top-1 per seed;
-    demo_results.json and demo_report.md (evaluations are those of the evaluate stages)."""
+    the scaling comparison ``comparison`` (RUN/compare/NAME) when given; the demo's claims
+    checked; demo_results.json and demo_report.md (evaluations are those of the evaluate
+    stages)."""
     from curate.toyworld.demo import write_demo_results
 
     result = write_demo_results(
         Path(out), Path(run), Path(world), subsets, filters, Path(eval),
         scale=scale, model=model, filter_samples=filter_samples, samples_seen=samples_seen,
         seeds=tuple(seed or (0,)), batch_size=batch_size, lr=lr, decoded_cache=decoded_cache,
-        basic=basic,
+        basic=basic, comparison=comparison or None,
     )
     return StageOutcome(result.to_dict(), f"{len(result.subsets)} subsets compared -> "
                                           f"{result.report}")
