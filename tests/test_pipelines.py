@@ -183,7 +183,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(PIPELINES / "demo.toml"), "--set", f"out={out}",
                                  "--dry-run", "--json"])
     plan = json.loads(result.output)
-    assert plan["dry_run"] and len(plan["stages"]) == 22 and not out.exists()
+    assert plan["dry_run"] and len(plan["stages"]) == 23 and not out.exists()
+    assert [s["id"] for s in plan["stages"]][-2:] == ["compare", "report"]
 
 
 def test_dry_run_after_a_partial_run_shows_what_is_done(metadata: Path, tmp_path: Path):
