@@ -5,7 +5,10 @@ generate the world, serve its POOL on 127.0.0.1 and download it with img2dataset
 train a DFN on the clean HQ split and a "web CLIP" on the raw POOL, score the POOL with
 both, sweep, select the subsets below, export the DFN subset as hand-off shards, and then
 measure each subset the DataComp way: a fresh small CLIP per seed trained for the same
-number of samples seen, zero-shot top-1 on the EVAL split.
+number of samples seen, zero-shot top-1 on the EVAL split. A scaling comparison (``filter-pool
+compare``) then trains no filter, web CLIP 30% and DFN 30% at smaller budgets too and fits a
+curve per subset, and the demo's claims (:mod:`curate.toyworld.claims`) are checked against
+the numbers.
 
 Subsets: ``no_filter`` (every downloaded sample), ``random`` (same size as DFN 30%),
 ``basic`` (DataComp's basic filter, the size rule scaled to the toy images), ``web_clip_30``
