@@ -106,3 +106,32 @@ def test_on_a_two_worker_local_cluster(tmp_path: Path) -> None:
     assert os.getpid() not in pids  # written on the workers
     records = sorted(p.name for p in (tmp_path / "_done").glob("*.json"))
     assert records == ["s0.json", "s2.json", "s3.json"]
+
+
+def test_a_job_run_twice_in_one_attempt_keeps_its_record(tmp_path: Path) -> None:
+    """Dask recomputes a finished task whose result was on a worker that died; that second
+    execution must leave the first one's record in place (it once deleted it and was cancelled
+    before rewriting it: a shard without a record in a run that reported no failures)."""
+    from curate.runner.run import _run_and_record, plan
+
+    stage = _stage(tmp_path, _specs())
+    jobs, _ = plan(stage)
+    calls: list[str] = []
+
+    def counted(task: dict, progress) -> ShardStats:
+        calls.append(task["name"])
+        return write_shard(task, progress)
+
+    first = _run_and_record(counted, ShardStats, jobs[0], lambda n: None)
+    record = Path(jobs[0].record)
+    written = record.read_bytes()
+    again = _run_and_record(counted, ShardStats, jobs[0], lambda n: None)
+    assert calls == ["s0"] and again == first and record.read_bytes() == written
+    assert json.loads(written)["attempt"] == jobs[0].attempt
+    # a later run (another attempt) that plans the shard again really reruns it
+    (tmp_path / "s0.txt").unlink()
+    rerun_jobs, _ = plan(stage)
+    assert rerun_jobs[0].attempt != jobs[0].attempt
+    _run_and_record(counted, ShardStats, rerun_jobs[0], lambda n: None)
+    assert calls == ["s0", "s0"]
+    assert json.loads(record.read_text())["attempt"] == rerun_jobs[0].attempt

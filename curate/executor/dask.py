@@ -138,9 +138,13 @@ class DaskExecutor:
             for future in as_completed(futures):
                 task = futures[future]
                 try:
-                    yield task, future.result()
+                    outcome: Any = future.result()
                 except Exception as exc:
-                    yield task, TaskFailure(task=task, error=describe_exception(exc))
+                    outcome = TaskFailure(task=task, error=describe_exception(exc))
+                # the client holds the result now: a worker that dies later must not make the
+                # scheduler recompute it
+                future.release()
+                yield task, outcome
         finally:
             self.client.unsubscribe_topic(topic)
 

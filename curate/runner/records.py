@@ -1,4 +1,8 @@
-"""Completion records: ``<done_dir>/<part>.json``, a shard's stats, written after its outputs."""
+"""Completion records: ``<done_dir>/<part>.json``, a shard's stats, written after its outputs.
+
+A record may also name the ``attempt`` that wrote it (one token per run of a stage), so that a
+second execution of the same job within that run can tell the shard is already done.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,21 @@ def record_path(output_dir: Path | str, part: str) -> Path:
     return Path(output_dir) / DONE_DIR / f"{part}.json"
 
 
-def write_record(path: Path | str, stats: Stats) -> None:
+def write_record(path: Path | str, stats: Stats, attempt: str | None = None) -> None:
     """Write a shard's completion record (atomically); call it after its outputs are in place."""
-    write_json_atomic(Path(path), stats.to_dict())
+    payload = stats.to_dict()
+    if attempt is not None:
+        payload["attempt"] = attempt
+    write_json_atomic(Path(path), payload)
 
 
-def read_record(path: Path | str, stats_type: type[S]) -> S | None:
-    """The stats a completion record holds, or None when the shard has not finished."""
+def read_record(path: Path | str, stats_type: type[S], attempt: str | None = None) -> S | None:
+    """The stats a completion record holds, or None when the shard has not finished (with
+    ``attempt``: None too when the record was written by another attempt)."""
     path = Path(path)
     if not path.is_file():
         return None
-    return stats_type.from_dict(json.loads(path.read_text()))
+    payload = json.loads(path.read_text())
+    if attempt is not None and payload.get("attempt") != attempt:
+        return None
+    return stats_type.from_dict(payload)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,15 +60,24 @@ class ShardedStage:
 class _Job:
     shard: Shard
     record: str
+    attempt: str  # one token per run_sharded call, written into the records it makes
 
 
-def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], job: _Job,
-                    progress: ProgressFn) -> Stats:
+def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], stats_type: type[Stats],
+                    job: _Job, progress: ProgressFn) -> Stats:
     """Runs on the worker: drop a stale record, run the stage's shard function (which puts
-    its outputs in place), then write the completion record."""
+    its outputs in place), then write the completion record.
+
+    A job can run twice in one attempt: Dask recomputes a finished task whose result lived on
+    a worker that then died. The second execution finds this attempt's record and returns its
+    stats without touching anything (dropping the record first would leave the shard without
+    one if the client, which already has the result, ends the run before it is rewritten)."""
+    finished = read_record(job.record, stats_type, attempt=job.attempt)
+    if finished is not None:
+        return finished
     Path(job.record).unlink(missing_ok=True)
     stats = task_fn(job.shard.task, progress)
-    write_record(job.record, stats)
+    write_record(job.record, stats, attempt=job.attempt)
     return stats
 
 
@@ -83,12 +93,13 @@ def plan(stage: ShardedStage) -> tuple[list[_Job], Stats]:
     """The jobs left to run and the summed stats of the shards already finished."""
     done = stage.stats_type()
     jobs = []
+    attempt = uuid.uuid4().hex
     for shard in stage.shards:
         finished = _finished(stage, shard)
         if finished is not None:
             done = done + finished
         else:
-            jobs.append(_Job(shard, str(record_path(stage.output_dir, shard.part))))
+            jobs.append(_Job(shard, str(record_path(stage.output_dir, shard.part)), attempt))
     return jobs, done
 
 
@@ -127,7 +138,7 @@ def _execute(stage: ShardedStage, jobs: list[_Job], executor: Executor,
     stats = stage.stats_type()
     failures: dict[str, str] = {}
     try:
-        task_fn = functools.partial(_run_and_record, stage.task_fn)
+        task_fn = functools.partial(_run_and_record, stage.task_fn, stage.stats_type)
         for job, outcome in executor.map(task_fn, jobs, bar.update):
             if isinstance(outcome, TaskFailure):
                 failures[job.shard.name] = outcome.error
