@@ -87,3 +87,5 @@ def test_claims_without_their_numbers_are_left_out() -> None:
     names = [c["claim"] for c in demo_claims(results)]
     assert not any("curve" in n or "DFN reaches" in n for n in names)
     assert demo_claims({"subsets": [], "filters": {}}) == []
+    alone = {"comparison": {"means": {"dfn_30": {"24000": 0.07}}}}  # nothing to be above
+    assert [c["holds"] for c in demo_claims(alone)] == [True]

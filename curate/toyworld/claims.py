@@ -76,9 +76,9 @@ def _comparison_claim(comparison: Mapping[str, Any] | None) -> dict[str, Any] | 
     means = comparison["means"]
     behind = []
     for budget, value in sorted(means[DFN_SUBSET].items(), key=lambda kv: int(kv[0])):
-        best_other = max((m[budget], label) for label, m in means.items()
-                         if label != DFN_SUBSET and budget in m)
-        if value <= best_other[0]:
+        best_other = max(((m[budget], label) for label, m in means.items()
+                          if label != DFN_SUBSET and budget in m), default=None)
+        if best_other is not None and value <= best_other[0]:
             behind.append(f"{int(budget):,} ({value:.4f} vs {best_other[1]} {best_other[0]:.4f})")
     budgets = ", ".join(f"{int(b):,}" for b in sorted(means[DFN_SUBSET], key=int))
     return _claim(
