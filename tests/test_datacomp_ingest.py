@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.ingest.datacomp import FACE_BBOXES, MISSING_SCORE
 from curate.ingest.stage import IngestConfig, IngestSummary, ingest_pool
+from curate.io.pool_table import read_pool_part
 from curate.io.schema import POOL_SCHEMA, score_schema
 from curate.io.shards import PoolError
 from curate.io.uids import is_valid_uid
@@ -45,8 +46,8 @@ def copy(tmp_path: Path, metadata: list[Path]) -> Path:
     return target
 
 
-def _ingest(folder: Path, run: Path) -> IngestSummary:
-    return ingest_pool(IngestConfig(pool=folder, run=run))
+def _ingest(folder: Path, run: Path, copy_pool: bool = False) -> IngestSummary:
+    return ingest_pool(IngestConfig(pool=folder, run=run, copy_pool=copy_pool))
 
 
 def _file_hashes(run: Path) -> dict[str, str]:
@@ -70,14 +71,18 @@ def test_generator_is_deterministic_with_unique_uids(tmp_path: Path, metadata: l
         np.testing.assert_allclose(norms, 1.0, atol=1e-2)
 
 
-def test_metadata_rows_become_pool_rows(tmp_path: Path, metadata: list[Path]) -> None:
-    summary = _ingest(metadata[0].parent, tmp_path / "run")
+@pytest.mark.parametrize("copy_pool", [False, True], ids=["referenced", "copied"])
+def test_metadata_rows_become_pool_rows(tmp_path: Path, metadata: list[Path],
+                                        copy_pool: bool) -> None:
+    summary = _ingest(metadata[0].parent, tmp_path / "run", copy_pool)
     assert (summary.shards, summary.samples, summary.duplicate_uids) == (3, 120, 0)
     paths = RunPaths(tmp_path / "run")
     for index, source in enumerate(metadata):
         part = paths.pool_part(index)
-        assert pq.read_schema(part).names == [*POOL_SCHEMA.names, FACE_BBOXES]
-        pool = pq.read_table(part).to_pylist()
+        assert ("url" in pq.read_schema(part).names) == copy_pool
+        pool = read_pool_part(part)
+        assert pool.schema.names == [*POOL_SCHEMA.names, FACE_BBOXES]
+        pool = pool.to_pylist()
         given = pq.read_table(source).to_pylist()
         assert [r["uid"] for r in pool] == [r["uid"] for r in given]
         assert [r["key"] for r in pool] == [r["uid"] for r in given]
@@ -97,9 +102,12 @@ def test_metadata_rows_become_pool_rows(tmp_path: Path, metadata: list[Path]) ->
     assert [s["samples"] for s in record["shards"]] == [40, 40, 40]
 
 
-def test_score_tables_equal_the_metadata_columns(tmp_path: Path, metadata: list[Path]) -> None:
+@pytest.mark.parametrize("copy_pool", [False, True], ids=["referenced", "copied"])
+def test_score_tables_equal_the_metadata_columns(tmp_path: Path, metadata: list[Path],
+                                                 copy_pool: bool) -> None:
+    """Copied runs' score parts carry the uid; referencing runs' are row-aligned without it."""
     run = tmp_path / "run"
-    _ingest(metadata[0].parent, run)
+    _ingest(metadata[0].parent, run, copy_pool)
     paths = RunPaths(run)
     for scorer in SCORERS:
         scores_dir = paths.scores_dir(scorer)
@@ -107,9 +115,11 @@ def test_score_tables_equal_the_metadata_columns(tmp_path: Path, metadata: list[
         assert record["model"] == f"datacomp:{scorer}_similarity_score"
         for index, source in enumerate(metadata):
             table = pq.read_table(scores_dir / f"part-{index:05d}.parquet")
-            assert table.schema == score_schema(scorer)
+            schema = score_schema(scorer)
+            assert table.schema == (schema if copy_pool else schema.remove(0))
             given = pq.read_table(source)
-            assert table.column("uid").equals(given.column("uid"))
+            if copy_pool:
+                assert table.column("uid").equals(given.column("uid"))
             expected = given.column(f"{scorer}_similarity_score").cast(pa.float32())
             assert table.column(f"{scorer}_score").equals(expected)
             assert set(table.column("status").to_pylist()) == {"ok"}
@@ -195,8 +205,9 @@ def test_uids_are_lower_cased_and_checked(tmp_path: Path, copy: Path) -> None:
     upper = table.set_column(0, "uid", pc.utf8_upper(table.column("uid")))
     pq.write_table(upper, source)
     _ingest(copy, tmp_path / "run")
-    pool = pq.read_table(RunPaths(tmp_path / "run").pool_part(0))
+    pool = read_pool_part(RunPaths(tmp_path / "run").pool_part(0), ["uid", "key"])
     assert pool.column("uid").equals(table.column("uid"))
+    assert pool.column("key").equals(table.column("uid"))
     uids = table.column("uid").to_pylist()
     uids[7] = "not-a-uid"
     pq.write_table(table.set_column(0, "uid", pa.array(uids)), source)
@@ -220,8 +231,9 @@ def test_reingest_is_idempotent_and_completes_missing_parts(tmp_path: Path, copy
 
 
 def test_duckdb_reads_the_score_tables(tmp_path: Path, metadata: list[Path]) -> None:
+    """A copied run's files are plain Parquet that any DuckDB joins by uid."""
     run = tmp_path / "run"
-    _ingest(metadata[0].parent, run)
+    _ingest(metadata[0].parent, run, copy_pool=True)
     query = (
         f"SELECT count(*), count(DISTINCT p.shard), avg(s.clip_l14_score) "
         f"FROM '{run}/scores/clip_l14/part-*.parquet' s "

@@ -22,6 +22,7 @@ from curate.heads.model import load_head
 from curate.heads.train import roc_auc, split_uids
 from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.embeddings import open_embeddings
+from curate.io.pool_table import read_pool_part
 from curate.io.workspace import RunPaths
 from curate.tables import connect
 from tests.generators.datacomp import write_datacomp_metadata
@@ -50,7 +51,7 @@ def run(tmp_path: Path, metadata: Path) -> Path:
 
 def _pool_embeddings(run: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Every pool row's uid and (float32) image embedding, in pool order."""
-    uids = np.concatenate([pq.read_table(p, columns=["uid"]).column("uid").to_numpy(
+    uids = np.concatenate([read_pool_part(p, ["uid"]).column("uid").to_numpy(
         zero_copy_only=False) for p in RunPaths(run).pool_parts()])
     rows = np.concatenate([np.asarray(part.load(), dtype=np.float32)
                            for part in open_embeddings(run, name)])

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.io.workspace import RunPaths
+from curate.tables.views import run_query
 from tests.generators.datacomp import write_datacomp_metadata
 from tests.generators.synthetic import write_synthetic_pool
 
@@ -259,10 +260,16 @@ def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
                             embed_dim_l14=24)
     url = _upload(folder, "datacomp/medium")
     local, remote = tmp_path / "local", tmp_path / "remote"
-    _ok(["ingest", str(folder), "--run", str(local)])
+    _ok(["ingest", str(folder), "--run", str(local), "--copy-pool"])
     _ok(["ingest", url, "--run", str(remote)])
-    assert RunPaths(remote).read_run()["source"]["kind"] == "datacomp"
+    record = RunPaths(remote).read_run()
+    assert record["source"]["kind"] == "datacomp"
+    assert record["pool_table"] == {"layout": "copy"}  # a pool on a URL is always copied
     assert _table(remote / "pool").equals(_table(local / "pool"))
+    referenced = tmp_path / "referenced"  # the default for a local pool: the same tables
+    _ok(["ingest", str(folder), "--run", str(referenced)])
+    for query in ("SELECT * FROM samples", "SELECT * FROM clip_l14"):
+        assert run_query(referenced, query).equals(run_query(remote, query))
     for scorer in ("clip_b32", "clip_l14"):
         assert _table(remote / "scores" / scorer).equals(_table(local / "scores" / scorer))
         for kind in ("image", "text"):

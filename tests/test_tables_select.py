@@ -378,16 +378,21 @@ def test_fraction_thresholds_follow_datacomp_with_ties(dtype: type) -> None:
     assert fraction_thresholds(scores[:0], fractions) == {}
 
 
+def _old_run(run: Path, target: Path) -> Path:
+    """The run's pool ingested again as runs before 2026-12 held it: its columns copied."""
+    folder = Path(RunPaths(run).read_run()["source"]["path"])
+    ingest_pool(IngestConfig(pool=folder, run=target, copy_pool=True))
+    return target
+
+
 def test_sweep_of_a_pool_without_text_chars_reads_the_captions(
     tmp_path: Path, datacomp_run: tuple[Path, pa.Table],
 ) -> None:
     """Pools ingested before text_chars existed: caption lengths come from the captions, and
     the sweep table is the same."""
-    import shutil
 
     source, table = datacomp_run
-    run = tmp_path / "old"
-    shutil.copytree(source, run, ignore=shutil.ignore_patterns("sweeps", "subsets"))
+    run = _old_run(source, tmp_path / "old")
     for part in RunPaths(run).pool_parts():
         pq.write_table(pq.read_table(part).drop_columns(["text_chars"]), part)
     config = {"by": "clip_l14", "fractions": (0.1, 0.5, 1.0), "stats_sample": 50,
@@ -440,11 +445,9 @@ def test_select_of_a_pool_without_uid_halves_parses_the_uids(
 ) -> None:
     """Pools ingested before uid_high/uid_low existed: the kept uids are parsed from the uid
     strings, and every output is byte-identical."""
-    import shutil
 
     source, _ = datacomp_run
-    run = tmp_path / "old"
-    shutil.copytree(source, run, ignore=shutil.ignore_patterns("sweeps", "subsets"))
+    run = _old_run(source, tmp_path / "old")
     for part in RunPaths(run).pool_parts():
         pq.write_table(pq.read_table(part).drop_columns(["uid_high", "uid_low"]), part)
     config = {"name": "s", "by": "clip_l14", "fraction": 0.3, "uids_only": uids_only,

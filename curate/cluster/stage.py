@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.cluster.assign import nearest_centroids, target_clusters
 from curate.cluster.caption import REASONS, CaptionFilter
@@ -44,6 +43,7 @@ from curate.cluster.kmeans import NITER, train_centroids
 from curate.errors import UserError
 from curate.io.embeddings import EmbeddingPart, open_embeddings
 from curate.io.lock import run_output, writes
+from curate.io.pool_table import read_pool_part
 from curate.io.statuses import MISSING_EMBEDDING
 from curate.io.workspace import SCORER_NAME, RunPaths, atomic_path, check_name, write_json_atomic
 from curate.tables.derived import finished_table, read_table_record, write_derived_table
@@ -238,7 +238,7 @@ def _part_table(config: ClusterConfig, pool_part: Path, part: EmbeddingPart,
     counts["missing_embedding"] += int(missing.sum())
     counts["kept"] += int(keep.sum())
     name = config.name
-    uids = pq.read_table(pool_part, columns=["uid"]).column("uid")
+    uids = read_pool_part(pool_part, ["uid"]).column("uid")
     return pa.table({
         "uid": uids,
         f"{name}_cluster": pa.array(cluster, pa.int32(), mask=missing),
@@ -271,7 +271,7 @@ def cluster_run(config: ClusterConfig) -> ClusterSummary:
     parts = list(embeddings)
     pool_parts = paths.pool_parts()
     caption = CaptionFilter(config.fasttext_model)
-    codes = [caption.codes(pq.read_table(p, columns=["text"]).column("text").to_pylist())
+    codes = [caption.codes(read_pool_part(p, ["text"]).column("text").to_pylist())
              for p in pool_parts]
     logger.info("caption filter: %d of %d pass", sum(int((c == 0).sum()) for c in codes),
                 embeddings.rows)

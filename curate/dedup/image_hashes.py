@@ -22,6 +22,7 @@ from curate.executor import ExecutorConfig
 from curate.executor.base import ProgressFn
 from curate.io import statuses as st
 from curate.io.image import DEFAULT_MAX_PIXELS
+from curate.io.pool_table import read_pool_part
 from curate.io.shards import TarReadResult, iter_tar_samples
 from curate.io.statuses import SampleError
 from curate.io.workspace import RunPaths, atomic_path, part_name
@@ -90,7 +91,7 @@ def hash_task(task: HashTask, progress: ProgressFn | None = None) -> ShardStats:
     from curate.dedup.hashes import hash_image
 
     started = time.perf_counter()
-    pool = pq.read_table(task.pool_part, columns=["uid", "key", "status", "error_message"])
+    pool = read_pool_part(task.pool_part, ["uid", "key", "status", "error_message"])
     rows = _Rows(pool)
     result = TarReadResult()
     unlisted = 0

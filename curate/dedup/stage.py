@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.dedup import groups as gr
 from curate.dedup.hashes import hamming
@@ -32,6 +31,7 @@ from curate.errors import UserError
 from curate.executor import ExecutorConfig
 from curate.io import statuses as st
 from curate.io.lock import run_output, writes
+from curate.io.pool_table import read_pool_part
 from curate.io.workspace import SCORER_NAME, RunPaths, check_name
 from curate.tables.derived import finished_table, read_table_record, write_derived_table
 
@@ -171,7 +171,7 @@ class _Pool:
 def _read_pool(paths: RunPaths) -> _Pool:
     parts, uids, ids, status, sha, text = [], [], [], [], [], []
     for file in paths.pool_parts():
-        table = pq.read_table(file, columns=["uid", "status", "sha256", "text"])
+        table = read_pool_part(file, ["uid", "status", "sha256", "text"])
         number = int(file.stem.split("-", 1)[1])
         parts.append((file.stem, table.num_rows))
         uids += table.column("uid").to_pylist()

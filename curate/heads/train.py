@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -36,6 +35,7 @@ from curate.heads.model import (
     save_head,
 )
 from curate.io.embeddings import open_embeddings
+from curate.io.pool_table import read_pool_part
 from curate.io.workspace import SCORER_NAME, RunPaths, atomic_path
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def labelled_rows(run: Path, labels: Labels, embeddings: str, info: HeadInfo) ->
     seen = np.zeros(len(labels.uids), dtype=bool)  # labels whose uid is in the run
     for number, (pool_part, image_part) in enumerate(zip(RunPaths(run).pool_parts(), image,
                                                          strict=True)):
-        part_uids = pq.read_table(pool_part, columns=["uid"]).column("uid")
+        part_uids = read_pool_part(pool_part, ["uid"]).column("uid")
         index = pc.index_in(part_uids, value_set=labels.uids)
         rows = np.flatnonzero(index.is_valid().to_numpy(zero_copy_only=False))
         if not len(rows):

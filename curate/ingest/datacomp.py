@@ -5,9 +5,12 @@ clip_b32_similarity_score, clip_l14_similarity_score, face_bboxes, sha256``; the
 beside it holds ``b32_img, b32_txt, l14_img, l14_txt`` (float16, rows aligned with the
 parquet). File number ``NNNNN`` (its position in sorted order) gives:
 
-* ``RUN/pool/part-NNNNN.parquet``: POOL_SCHEMA plus ``face_bboxes`` (and unknown columns);
-* ``RUN/scores/clip_{b32,l14}/part-NNNNN.parquet`` with ``_done/part-NNNNN.json``, exactly as
-  ``filter-pool score`` writes them, so the score stage treats them as finished;
+* ``RUN/pool/part-NNNNN.parquet``: POOL_SCHEMA plus ``face_bboxes`` (and unknown columns),
+  or, for a referencing run (metadata on disk, the default), only the columns ingest derives:
+  the rest are read from the metadata file by row position (``curate.io.pool_table``);
+* ``RUN/scores/clip_{b32,l14}/part-NNNNN.parquet`` with ``_done/part-NNNNN.json``, as
+  ``filter-pool score`` writes them, so the score stage treats them as finished (a
+  referencing run's score parts leave out the uid: they are row-aligned with the pool);
 * ``RUN/embeddings/clip_{b32,l14}/part-NNNNN.{image,text}.npy`` (float16) when the npz exists.
 
 Parquet is streamed by record batch and npz members are copied in row chunks, so memory stays
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.io.pool_table import FACE_BBOXES_TYPE, Column
 from curate.io.schema import (
     POOL_SCHEMA,
     TEXT_CHARS,
@@ -68,7 +72,6 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("uid", "url", "text")
 FACE_BBOXES = "face_bboxes"
-FACE_BBOXES_TYPE = pa.list_(pa.list_(pa.float64()))
 BATCH_ROWS = 65_536
 CHUNK_BYTES = 32 * 2**20
 EMBEDDING_DTYPE = np.dtype("<f2")
@@ -327,9 +330,79 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
     return with_renames(pa.table(columns), renames)
 
 
-def _score_batch(batch: pa.Table, uids: pa.ChunkedArray, scorer: DataCompScorer,
+@dataclass(frozen=True)
+class ReferenceLayout:
+    """A referencing run's pool table: every column (held by the part or read from the
+    metadata file), the parts' own schema, and the referenced columns whose type differs from
+    the pool table's (ingest reads and casts those once, so a bad value fails here)."""
+
+    columns: tuple[Column, ...]
+    part_schema: pa.Schema
+    checked: tuple[Column, ...]
+
+
+DERIVED_COLUMNS = ("uid_high", "uid_low", "shard", "status", "error_message", TEXT_CHARS)
+CAST_NAMES = {pa.string(): "string", pa.int32(): "int32"}
+
+
+def reference_layout(schemas: list[pa.Schema]) -> ReferenceLayout:
+    """The pool table over metadata files with these schemas, in the copied table's column
+    order (POOL_SCHEMA, face_bboxes, then the files' other columns, renamed on a clash)."""
+    types: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for field in schema:
+            types.setdefault(field.name, field.type)
+    columns: list[Column] = []
+    part_fields: list[pa.Field] = []
+    targets: dict[str, pa.DataType] = {}
+    for field in [*POOL_SCHEMA, pa.field(FACE_BBOXES, FACE_BBOXES_TYPE)]:
+        if field.name in ("uid", "key"):
+            columns.append(Column(field.name, "uid", "uid"))
+        elif field.name in DERIVED_COLUMNS or field.name not in types:
+            columns.append(Column(field.name))
+            part_fields.append(field)
+        else:
+            cast = "face_bboxes" if field.name == FACE_BBOXES else CAST_NAMES[field.type]
+            columns.append(Column(field.name, field.name, cast))
+            targets[field.name] = field.type
+    fixed = {"uid", "uid_high", "uid_low", "key", "shard", "status", "error_message", TEXT_CHARS}
+    consumed = {"uid", FACE_BBOXES, *SCORE_COLUMNS} | (set(POOL_SCHEMA.names) - fixed)
+    carried = [name for name in types if name not in consumed]  # as a copying run carries them
+    renames = clash_renames(carried, [c.name for c in columns])
+    columns += [Column(renames.get(name, name), name) for name in carried]
+    checked = tuple(c for c in columns if c.source in targets and c.name not in ("uid", "key")
+                    and types[c.source] != targets[c.source])
+    part_schema = with_renames(pa.schema(part_fields).empty_table(), renames).schema
+    return ReferenceLayout(tuple(columns), part_schema, checked)
+
+
+def _reference_batch(batch: pa.Table, file: MetadataFile, layout: ReferenceLayout) -> pa.Table:
+    """One batch of metadata rows as a referencing part's rows: what ingest derives (and nulls
+    for pool columns no file has); the referenced columns whose type differs are cast once
+    here so that a value that cannot be read fails ingest, naming the file and column."""
+    n = batch.num_rows
+    uids = _checked_uids(batch.column("uid"), file.parquet)
+    text = cast_column(batch.column("text"), pa.string(), file.parquet, "text")
+    derived: dict[str, Any] = {
+        **uid_halves(uids),
+        "shard": pa.repeat(pa.scalar(file.name, pa.string()), n),
+        "status": pa.repeat(pa.scalar("success", pa.string()), n),
+        "error_message": pa.nulls(n, pa.string()),
+        TEXT_CHARS: text_chars(text),
+    }
+    for column in layout.checked:
+        if column.source in batch.column_names:
+            target = FACE_BBOXES_TYPE if column.cast == "face_bboxes" else \
+                POOL_SCHEMA.field(column.name).type
+            cast_column(batch.column(column.source), target, file.parquet, column.source)
+    arrays = [derived.get(field.name, pa.nulls(n, field.type)) for field in layout.part_schema]
+    return pa.Table.from_arrays(arrays, schema=layout.part_schema)
+
+
+def _score_batch(batch: pa.Table, uids: pa.ChunkedArray | None, scorer: DataCompScorer,
                  source: Path) -> pa.Table:
-    """Score rows of one batch: ``ok``, or ``missing_score`` with a null score."""
+    """Score rows of one batch: ``ok``, or ``missing_score`` with a null score; without
+    ``uids`` (a referencing run) the rows carry no uid."""
     n = batch.num_rows
     if scorer.column in batch.column_names:
         values = cast_column(batch.column(scorer.column), pa.float32(), source, scorer.column)
@@ -340,15 +413,15 @@ def _score_batch(batch: pa.Table, uids: pa.ChunkedArray, scorer: DataCompScorer,
         reason = f"the metadata has no column {scorer.column}"
     missing = np.isnan(scores)
     mask = pa.array(missing, pa.bool_())
-    return pa.table(
-        {
-            "uid": uids,
-            score_column(scorer.name): pa.array(scores, pa.float32(), mask=missing),
-            "status": pc.if_else(mask, MISSING_SCORE, OK),
-            "error": pc.if_else(mask, pa.scalar(reason), pa.scalar(None, pa.string())),
-        },
-        schema=score_schema(scorer.name),
-    )
+    columns = {
+        "uid": uids,
+        score_column(scorer.name): pa.array(scores, pa.float32(), mask=missing),
+        "status": pc.if_else(mask, MISSING_SCORE, OK),
+        "error": pc.if_else(mask, pa.scalar(reason), pa.scalar(None, pa.string())),
+    }
+    if uids is None:
+        del columns["uid"]
+    return pa.table(columns, schema=_score_part_schema(scorer.name, uids is None))
 
 
 @contextmanager
@@ -365,12 +438,20 @@ def _open_parquet(file: MetadataFile) -> Iterator[pq.ParquetFile]:
         yield metadata
 
 
-def _write_tables(file: MetadataFile, metadata: pq.ParquetFile,
-                  paths: RunPaths) -> dict[str, Counter[str]]:
-    """Stream the parquet into the pool part and the score parts; return score statuses."""
+def _write_tables(file: MetadataFile, metadata: pq.ParquetFile, paths: RunPaths,
+                  layout: ReferenceLayout | None = None) -> dict[str, Counter[str]]:
+    """Stream the parquet into the pool part and the score parts; return score statuses.
+    With ``layout`` (a referencing run) the pool part holds the derived columns alone, the
+    score parts no uid, and only the columns these need are read."""
     statuses: dict[str, Counter[str]] = {s.name: Counter() for s in SCORERS}
     part = part_name(file.index)
-    pool_schema = _pool_batch(metadata.schema_arrow.empty_table(), file).schema
+    if layout is None:
+        pool_schema = _pool_batch(metadata.schema_arrow.empty_table(), file).schema
+        columns = None
+    else:
+        pool_schema = layout.part_schema
+        wanted = {"uid", "text", *SCORE_COLUMNS, *(c.source for c in layout.checked)}
+        columns = [name for name in metadata.schema_arrow.names if name in wanted]
     with ExitStack() as stack:
         pool_tmp = stack.enter_context(atomic_path(paths.pool_part(file.index)))
         score_tmps = {
@@ -381,25 +462,39 @@ def _write_tables(file: MetadataFile, metadata: pq.ParquetFile,
         pool_writer = stack.enter_context(
             pq.ParquetWriter(pool_tmp, pool_schema, use_dictionary=POOL_DICTIONARY_COLUMNS)
         )
+        score_schemas = {s.name: _score_part_schema(s.name, layout is not None) for s in SCORERS}
         score_writers = {
             s.name: stack.enter_context(pq.ParquetWriter(
-                score_tmps[s.name], score_schema(s.name), use_dictionary=["status", "error"]
+                score_tmps[s.name], score_schemas[s.name], use_dictionary=["status", "error"]
             ))
             for s in SCORERS
         }
-        for batch in _batches(metadata, file):
-            pool = _pool_batch(batch, file)
+        for batch in _batches(metadata, file, columns):
+            if layout is None:
+                pool = _pool_batch(batch, file)
+                uids = pool.column("uid")
+            else:
+                pool = _reference_batch(batch, file, layout)
+                uids = None
             pool_writer.write_table(pool)
             for scorer in SCORERS:
-                scores = _score_batch(batch, pool.column("uid"), scorer, file.parquet)
+                scores = _score_batch(batch, uids, scorer, file.parquet)
                 score_writers[scorer.name].write_table(scores)
                 statuses[scorer.name].update(_count(scores.column("status")))
     return statuses
 
 
-def _batches(metadata: pq.ParquetFile, file: MetadataFile) -> Iterator[pa.Table]:
-    """The file's rows in bounded batches; a PoolError naming the file if it cannot be read."""
-    batches = metadata.iter_batches(batch_size=BATCH_ROWS)
+def _score_part_schema(scorer: str, referencing: bool) -> pa.Schema:
+    """A score part's schema: a referencing run's parts leave out the uid (row-aligned)."""
+    schema = score_schema(scorer)
+    return schema.remove(schema.get_field_index("uid")) if referencing else schema
+
+
+def _batches(metadata: pq.ParquetFile, file: MetadataFile,
+             columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The file's rows (``columns`` of them, or all) in bounded batches; a PoolError naming
+    the file if it cannot be read."""
+    batches = metadata.iter_batches(batch_size=BATCH_ROWS, columns=columns)
     while True:
         try:
             batch = next(batches)
@@ -438,26 +533,30 @@ class FilePlan:
     file: MetadataFile
     rows: int
     members: tuple[_Member, ...]
+    schema: pa.Schema
 
 
 def inspect_file(file: MetadataFile) -> FilePlan:
     """Check a file's columns and its npz against the parquet (footers and headers only)."""
     with _open_parquet(file) as metadata:
         rows = metadata.metadata.num_rows
+        schema = metadata.schema_arrow
     if file.npz is None:
         logger.info("%s: no npz beside it; no embedding tables for this file", file.parquet)
-    return FilePlan(file, rows, tuple(_npz_members(file, rows)))
+    return FilePlan(file, rows, tuple(_npz_members(file, rows)), schema)
 
 
-def ingest_metadata_file(plan: FilePlan, paths: RunPaths) -> FileResult:
-    """Write (or find finished) the pool, score and embedding parts of one metadata file."""
+def ingest_metadata_file(plan: FilePlan, paths: RunPaths,
+                         layout: ReferenceLayout | None = None) -> FileResult:
+    """Write (or find finished) the pool, score and embedding parts of one metadata file
+    (with ``layout``, a referencing run's parts)."""
     started = time.perf_counter()
     file, rows = plan.file, plan.rows
     if all(p.is_file() for p in _outputs(file, plan.members, paths)):
         pool = pq.read_table(paths.pool_part(file.index), columns=["status"])
         return FileResult(pool.num_rows, _count(pool.column("status")), skipped=True)
     with _open_parquet(file) as metadata:
-        statuses = _write_tables(file, metadata, paths)
+        statuses = _write_tables(file, metadata, paths, layout)
     for member in plan.members:
         _copy_member(file.npz, member, _embedding_path(paths, file, member), file.options)
     seconds = time.perf_counter() - started

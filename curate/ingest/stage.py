@@ -30,6 +30,7 @@ from curate.errors import UserError
 from curate.ingest import datacomp
 from curate.ingest.datacomp import cast_column
 from curate.io.lock import LOCKS_DIR, beside, hold, writes
+from curate.io.pool_table import COPY, REFERENCE, reference_record
 from curate.io.schema import (
     POOL_SCHEMA,
     TEXT_CHARS,
@@ -83,6 +84,7 @@ class IngestConfig:
     run: Path
     overwrite: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    copy_pool: bool = False  # DataComp metadata on disk: copy url/text/... instead of referencing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pool", as_location(self.pool))
@@ -229,13 +231,15 @@ def read_shard_table(shard: Shard, options: dict[str, Any] | None = None) -> pa.
     return _conform(_table_from_tar(shard, options), shard, shard.tar)
 
 
-def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]]) -> dict:
+def _run_record(config: IngestConfig, kind: str, shards: list[dict[str, Any]],
+                pool_table: dict[str, Any] | None = None) -> dict:
     source: dict[str, Any] = {"kind": kind, "path": absolute(config.pool)}
     if is_url(config.pool):  # what a later stage needs to read the pool (never a secret)
         source["storage_options"] = config.storage_options
     return {
         "source": source,
         "shards": shards,
+        "pool_table": pool_table or {"layout": COPY},
         "created": datetime.now(timezone.utc).isoformat(),
         "versions": {
             "filter_pool": curate.__version__,
@@ -256,7 +260,7 @@ def _check_overlap(config: IngestConfig) -> None:
                         "folder outside it")
 
 
-def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
+def _continues_finished_run(config: IngestConfig, paths: RunPaths, layout: str) -> bool:
     """True for a finished run of the same pool (ingest finishes any missing parts in place);
     else checks that the run may be replaced: a finished run only with --overwrite and only when
     it holds nothing but what ingest wrote; any other non-empty folder never."""
@@ -267,8 +271,15 @@ def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
             raise PoolError(f"--run {paths.root} exists and is not a run made by filter-pool "
                             "ingest; it is left untouched (choose another --run)")
         return False
-    previous = paths.read_run()["source"]["path"]
+    record = paths.read_run()
+    previous = record["source"]["path"]
     if previous == absolute(config.pool) and not config.overwrite:
+        held = (record.get("pool_table") or {}).get("layout", COPY)
+        if held != layout:
+            how = {COPY: "copied", REFERENCE: "referenced"}
+            raise PoolError(f"run {paths.root} holds pool {previous} with its columns "
+                            f"{how.get(held, held)}, this ingest would have them {how[layout]} "
+                            "(--copy-pool); use --overwrite to ingest it again that way")
         return True
     if not config.overwrite:
         raise PoolError(f"run {paths.root} already holds pool {previous}; use --overwrite")
@@ -285,7 +296,7 @@ def _continues_finished_run(config: IngestConfig, paths: RunPaths) -> bool:
     return False
 
 
-def _staging(config: IngestConfig) -> Path:
+def _staging(config: IngestConfig, layout: str) -> Path:
     """The folder a new run is ingested into before it is renamed into place: a killed ingest
     of the same pool resumes from it, one of another pool is discarded."""
     staging = config.run.with_name(f".{config.run.name}{STAGING_SUFFIX}")
@@ -293,13 +304,13 @@ def _staging(config: IngestConfig) -> Path:
     source = absolute(config.pool)
     if staging.exists():
         try:
-            same = json.loads(marker.read_text())["source"] == source
+            same = json.loads(marker.read_text()) == {"source": source, "layout": layout}
         except (OSError, ValueError, KeyError, TypeError):
             same = False
         if not same:
             shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, {"source": source})
+    write_json_atomic(marker, {"source": source, "layout": layout})
     return staging
 
 
@@ -312,14 +323,16 @@ def _publish(staging: Path, run: Path) -> None:
     replace_directory(staging, run)
 
 
-def _count_duplicate_uids(paths: RunPaths) -> int:
-    """Rows whose uid an earlier row already has, counted by DuckDB over the parts.
+def _count_duplicate_uids(paths: RunPaths, halves: bool = False) -> int:
+    """Rows whose uid an earlier row already has, counted by DuckDB over the parts (with
+    ``halves``, over ``uid_high, uid_low``: a referencing run's parts hold no uid string).
 
     DuckDB's memory is capped (it spills to a temporary folder in the run, removed after), so
     a pool of millions of rows is counted in bounded memory.
     """
     files = [duckdb_file(f) for f in paths.pool_parts()]  # never a glob over the run's path
-    query = "SELECT count(*) - count(DISTINCT uid) FROM read_parquet(?)"
+    uid = "(uid_high, uid_low)" if halves else "uid"
+    query = f"SELECT count(*) - count(DISTINCT {uid}) FROM read_parquet(?)"
     spill = paths.root / ".duckdb-tmp"
     config = {"memory_limit": DUCKDB_MEMORY_LIMIT, "temp_directory": str(spill)}
     try:
@@ -343,9 +356,10 @@ def ingest_pool(config: IngestConfig) -> IngestSummary:
     if not is_datacomp:
         find_shards(config.pool, options)  # a missing or empty pool: one line, nothing made
     _check_overlap(config)
-    if _continues_finished_run(config, RunPaths(config.run)):
+    layout = _layout(config, is_datacomp)
+    if _continues_finished_run(config, RunPaths(config.run), layout):
         return _ingest(config, RunPaths(config.run), is_datacomp)
-    staging = _staging(config)
+    staging = _staging(config, layout)
     try:
         summary = _ingest(config, RunPaths(staging), is_datacomp)
     except (UserError, OSError):  # bad input, a full disk: no run is left behind
@@ -393,16 +407,16 @@ def _ingest_shards(config: IngestConfig, paths: RunPaths) -> IngestSummary:
 
 
 def _finish(config: IngestConfig, paths: RunPaths, summary: IngestSummary, kind: str,
-            entries: list[dict[str, Any]]) -> None:
+            entries: list[dict[str, Any]], pool_table: dict[str, Any] | None = None) -> None:
     """Count duplicate uids, collect column renames, write run.json, log the outcome."""
     summary.run = config.run
-    summary.duplicate_uids = _count_duplicate_uids(paths)
+    summary.duplicate_uids = _count_duplicate_uids(paths, pool_table is not None)
     for part in paths.pool_parts():
         summary.renamed_columns.update(read_renames(pq.read_schema(part)))
     for old, new in sorted(summary.renamed_columns.items()):
         logger.warning("pool column %r clashes with a name filter-pool derives or reserves; "
                        "it is %r in the run", old, new)
-    write_json_atomic(paths.run_file, _run_record(config, kind, entries))
+    write_json_atomic(paths.run_file, _run_record(config, kind, entries, pool_table))
     if summary.duplicate_uids:
         logger.warning("%d samples share a uid with an earlier sample", summary.duplicate_uids)
     logger.info("ingested %d samples from %d shards into %s", summary.samples, len(entries),
@@ -414,12 +428,15 @@ def _ingest_datacomp(config: IngestConfig, paths: RunPaths) -> IngestSummary:
     files = datacomp.find_metadata_files(config.pool, config.storage_options)
     plans = [datacomp.inspect_file(f) for f in files]
     datacomp.prepare_run(paths)
+    layout = None
+    if _layout(config, True, files) == REFERENCE:
+        layout = datacomp.reference_layout([plan.schema for plan in plans])
     summary = IngestSummary(shards=len(plans), source="datacomp",
                             score_tables=[s.name for s in datacomp.SCORERS])
     entries = []
     for plan in plans:
         file = plan.file
-        result = datacomp.ingest_metadata_file(plan, paths)
+        result = datacomp.ingest_metadata_file(plan, paths, layout)
         summary.samples += result.rows
         summary.by_status.update(result.by_status)
         summary.skipped_shards += int(result.skipped)
@@ -434,5 +451,23 @@ def _ingest_datacomp(config: IngestConfig, paths: RunPaths) -> IngestSummary:
                 "fingerprint": file.fingerprints,
             }
         )
-    _finish(config, paths, summary, "datacomp", entries)
+    _finish(config, paths, summary, "datacomp", entries,
+            reference_record(layout.columns) if layout is not None else None)
     return summary
+
+
+def _layout(config: IngestConfig, is_datacomp: bool,
+            files: list[datacomp.MetadataFile] | None = None) -> str:
+    """How the run holds the pool's columns: REFERENCE (read from the metadata files by row
+    position) for DataComp metadata on disk whose files lie inside the pool folder, unless
+    --copy-pool; COPY for everything else (webdataset pools, pools on a URL)."""
+    if config.copy_pool or not is_datacomp or is_url(config.pool):
+        return COPY
+    root = Path(absolute(config.pool))
+    files = datacomp.find_metadata_files(config.pool) if files is None else files
+    outside = [f.parquet for f in files if root not in Path(absolute(f.parquet)).parents]
+    if outside:
+        logger.info("%s lies outside the pool folder (a link?): the run copies the pool's "
+                    "columns", outside[0])
+        return COPY
+    return REFERENCE

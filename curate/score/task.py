@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from curate.io import statuses as st
 from curate.io.image import DEFAULT_MAX_PIXELS
+from curate.io.pool_table import read_pool_part
 from curate.io.schema import score_schema
 from curate.io.shards import TarReadResult, iter_tar_samples
 from curate.io.storage import as_location
@@ -157,7 +158,7 @@ class ShardInput:
 
     def pool_columns(self, columns: list[str]) -> pa.Table:
         """More columns of the shard's pool part, row-aligned with ``pool``."""
-        return pq.read_table(self.task.pool_part, columns=columns)
+        return read_pool_part(self.task.pool_part, columns)
 
     def readable(self, rows: ShardRows, tar_result: TarReadResult) -> Iterator[Readable]:
         """The tar's samples that have an image and a caption; mark the ones that do not."""
@@ -231,7 +232,7 @@ def score_task(task: ShardTask, scorer: ShardScorer, progress: ProgressFn | None
         if progress is not None:
             progress(count)
 
-    pool = pq.read_table(task.pool_part, columns=ROW_COLUMNS)
+    pool = read_pool_part(task.pool_part, ROW_COLUMNS)
     rows = scorer.score(ShardInput(task, pool), counted)
     if len(rows) != pool.num_rows or rows.undecided():
         raise ValueError(f"shard {task.shard_name}: the scorer left rows without a status")

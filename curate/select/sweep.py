@@ -206,7 +206,7 @@ def _drawn_captions(con: duckdb.DuckDBPyConnection, paths: RunPaths, size: int,
     drawn captions."""
     cursor = con.cursor()  # runs beside the candidate scan
     cut = min(int(_sample_rate(cursor, size) * 2.0**64), 2**64 - 1)
-    query = pool_rows_sql(paths, "text", f"hash(_row, {int(seed)}) <= {cut}::UBIGINT")
+    query = pool_rows_sql(paths, ["text"], f"hash(_row, {int(seed)}) <= {cut}::UBIGINT")
     drawn = cursor.sql(query).to_arrow_table()
     return drawn.take(pc.sort_indices(drawn.column("sample_id")))
 

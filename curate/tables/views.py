@@ -34,6 +34,7 @@ import duckdb
 import pyarrow as pa
 
 from curate.errors import UserError
+from curate.io.pool_table import metadata_rows_sql, pool_reference, pool_relation_sql
 from curate.io.schema import score_column, table_field_columns
 from curate.io.workspace import SCORER_NAME, TABLE_FILE, RunPaths, check_name
 
@@ -98,15 +99,29 @@ def file_list_sql(files: list[Path] | tuple[Path, ...]) -> str:
     return f"[{', '.join(path_literal(f) for f in files)}]"
 
 
-def _aligned(directory: Path, files: list[Path] | None = None) -> str:
+def _aligned(directory: Path, files: list[Path] | None = None, relation: str | None = None
+             ) -> str:
     """A file's rows with their part number and row number, for the (part, row) join;
-    ``files`` reads exactly those files (in that order), else the directory's part files."""
-    source = file_list_sql(files if files is not None else _part_files(directory))
+    ``files`` reads exactly those files (in that order), else the directory's part files;
+    ``relation`` (a SELECT with ``filename`` and ``file_row_number``) replaces the read."""
+    if relation is None:
+        source = file_list_sql(files if files is not None else _part_files(directory))
+        relation = (f"SELECT * FROM read_parquet({source}, filename = true, "
+                    "file_row_number = true, union_by_name = true)")
     return (
         f"SELECT *, CAST(regexp_extract(filename, 'part-(\\d+)\\.parquet$', 1) AS INTEGER) "
-        f"AS _part, file_row_number AS _row FROM read_parquet({source}, "
-        "filename = true, file_row_number = true, union_by_name = true)"
+        f"AS _part, file_row_number AS _row FROM ({relation})"
     )
+
+
+def _pool_aligned(paths: RunPaths, files: list[Path] | None = None) -> str:
+    """``_aligned`` over the pool parts (``files``, else all): a referencing run's parts side
+    by side with their metadata files, so the rows carry every pool column."""
+    reference = pool_reference(paths.root)
+    if reference is None:
+        return _aligned(paths.pool_dir, files)
+    parts = files if files is not None else paths.pool_parts()
+    return _aligned(paths.pool_dir, relation=pool_relation_sql(reference, parts, file_list_sql))
 
 
 def _row_counts(con: duckdb.DuckDBPyConnection, files: list[Path]) -> dict[str, int]:
@@ -133,6 +148,7 @@ class SamplesLayout:
     score_files: dict[str, tuple[Path, ...]]  # scorer -> files, positional scorers only
     pool_rows: tuple[int, ...] = ()  # per pool file, its row count (Parquet footer)
     fields: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scorer -> its columns
+    without_uid: frozenset[str] = frozenset()  # tables whose parts hold no uid (row-aligned)
 
     def columns(self, name: str) -> tuple[str, ...]:
         """Table ``name``'s ``<name>_<field>`` columns (``<name>_score`` for a scorer)."""
@@ -149,23 +165,26 @@ def samples_layout(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> SamplesLa
     pool_files = paths.pool_parts()
     pool_rows = _row_counts(con, pool_files)
     scorers = table_names(paths.root)
-    aligned, fields = {}, {}
+    aligned, fields, without_uid = {}, {}, set()
     for name in scorers:
         score_files = sorted(paths.scores_dir(name).glob("part-*.parquet"))
-        fields[name] = _field_columns(con, name, score_files)
+        columns = _part_columns(con, score_files)
+        fields[name] = tuple(table_field_columns(name, columns))
         if _positional(pool_rows, _row_counts(con, score_files)):
             aligned[name] = tuple(score_files)
+        if "uid" not in columns:
+            without_uid.add(name)
     return SamplesLayout(tuple(scorers), tuple(pool_files), aligned,
-                         tuple(pool_rows.get(f.name, 0) for f in pool_files), fields)
+                         tuple(pool_rows.get(f.name, 0) for f in pool_files), fields,
+                         frozenset(without_uid))
 
 
-def _field_columns(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]
-                   ) -> tuple[str, ...]:
-    """Table ``name``'s ``<name>_<field>`` columns over all its parts (Parquet footers), in
-    the order they first appear."""
+def _part_columns(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[str]:
+    """The column names over all of a table's parts (Parquet footers), in the order they first
+    appear."""
     rows = con.execute("SELECT name FROM parquet_schema(?)",
                        [[duckdb_file(f) for f in files]]).fetchall()
-    return tuple(table_field_columns(name, list(dict.fromkeys(row[0] for row in rows))))
+    return list(dict.fromkeys(row[0] for row in rows))
 
 
 def _sample_id_sql(table: str = "") -> str:
@@ -202,23 +221,33 @@ def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = No
             hashed.append(f'LEFT JOIN ({_aligned(paths.scores_dir(name))}) AS "{name}" '
                           f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
     pool_files = list(layout.pool_files[chosen])
-    pool = _aligned(paths.pool_dir, pool_files if positional or parts is not None else None)
+    pool = _pool_aligned(paths, pool_files if positional or parts is not None else None)
     return (f"SELECT {', '.join(columns)} "
             f"FROM ({pool}) AS p {' '.join(positional + hashed)}")
 
 
-def pool_rows_sql(paths: RunPaths, columns: str, where: str) -> str:
-    """A SELECT of ``sample_id`` and ``columns`` straight from the pool parts, for the rows
-    matching ``where`` (over ``_row``, the row in its part, and the pool's columns). No join:
-    DuckDB tests a ``_row`` condition inside the Parquet scan and decodes the other columns of
-    matching rows only."""
-    return (f"SELECT {_sample_id_sql()}, {columns} "
-            f"FROM ({_aligned(paths.pool_dir)}) WHERE {where}")
+def pool_rows_sql(paths: RunPaths, columns: Sequence[str], row_condition: str) -> str:
+    """A SELECT of ``sample_id`` and the pool's ``columns`` straight from the pool parts (or,
+    for a referencing run whose ``columns`` all live in the metadata, from the metadata files),
+    for the rows matching ``row_condition`` over ``_row``, the row in its part. No join: DuckDB
+    tests the condition inside the Parquet scan and decodes the other columns of matching rows
+    only."""
+    reference = pool_reference(paths.root)
+    if reference is not None and all(reference.column(c).source for c in columns):
+        return metadata_rows_sql(reference, paths.pool_parts(), columns, row_condition,
+                                 file_list_sql)
+    selected = ", ".join(f'"{column}"' for column in columns)
+    return (f"SELECT {_sample_id_sql()}, {selected} "
+            f"FROM ({_pool_aligned(paths)}) WHERE {row_condition}")
 
 
 def pool_has_columns(con: duckdb.DuckDBPyConnection, paths: RunPaths,
                      columns: Sequence[str]) -> bool:
-    """True when every pool part has every one of ``columns`` (from the Parquet footers)."""
+    """True when every pool part has every one of ``columns`` (from the Parquet footers; for
+    a referencing run, from its run.json)."""
+    reference = pool_reference(paths.root)
+    if reference is not None:
+        return set(columns) <= set(reference.names)
     files = [duckdb_file(f) for f in paths.pool_parts()]
     if not files:
         return False
@@ -265,13 +294,29 @@ def connect_with_layout(run: Path | str) -> tuple[duckdb.DuckDBPyConnection, Sam
     pool_files = paths.pool_parts()
     if not pool_files:
         raise UserError(f"run {paths.root} has no pool table (pool/part-*.parquet)")
+    reference = pool_reference(paths.root)
     con = sandboxed_connection(_readable_roots(paths, record))
-    con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet({file_list_sql(pool_files)}, "
-                "union_by_name = true)")
+    if reference is None:
+        con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet("
+                    f"{file_list_sql(pool_files)}, union_by_name = true)")
+    else:
+        reference.check_sources()  # gone, moved or changed: one line before any query runs
+        con.execute("CREATE VIEW pool AS SELECT * EXCLUDE (filename, file_row_number) FROM "
+                    f"({pool_relation_sql(reference, pool_files, file_list_sql)})")
     layout = samples_layout(con, paths)
     for name in layout.scorers:
-        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM '
-                    f"read_parquet({file_list_sql(_part_files(paths.scores_dir(name)))})")
+        parts = f"read_parquet({file_list_sql(_part_files(paths.scores_dir(name)))})"
+        if name in layout.without_uid and name in layout.score_files:
+            # row-aligned with the pool: the uid comes from there, by position
+            con.execute(f'CREATE VIEW "{name}" AS SELECT p.uid, s.* FROM (SELECT uid FROM pool)'
+                        f" AS p POSITIONAL JOIN {parts} AS s")
+        elif name in layout.without_uid:  # some parts missing: by (part, row)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT p.uid, s.* EXCLUDE (filename, '
+                        f"file_row_number, _part, _row) FROM ({_aligned(paths.scores_dir(name))})"
+                        f" AS s JOIN ({_pool_aligned(paths)}) AS p ON p._part = s._part AND "
+                        "p._row = s._row ORDER BY s._part, s._row")
+        else:
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {parts}')
     con.execute(f"CREATE VIEW samples AS {samples_sql(paths, layout)}")
     con.execute(f"CREATE SCHEMA {ALIGNED}")
     for name, files in layout.score_files.items():
