@@ -120,11 +120,16 @@ def sort_uid_array(pairs: np.ndarray, runs: bool = False) -> np.ndarray:
         return pairs.copy()
     bits = np.uint64(int(len(pairs) - 1).bit_length())
     high = pairs["f0"]
-    keys = (high >> bits << bits) | np.arange(len(pairs), dtype=np.uint64)
+    keys = high >> bits  # in place from here on: one key array, no array-sized temporaries
+    keys <<= bits
+    keys |= np.arange(len(pairs), dtype=np.uint64)
     keys.sort(kind="stable" if runs else None)
-    order = (keys & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.intp)
-    prefix = keys >> bits
-    tied = prefix[1:] == prefix[:-1]
+    tied = np.empty(len(pairs) - 1, dtype=bool)
+    for start in range(0, len(tied), 1 << 22):  # equal prefixes, a block at a time
+        block = keys[start:start + (1 << 22) + 1] >> bits
+        tied[start:start + len(block) - 1] = block[1:] == block[:-1]
+    keys &= (np.uint64(1) << bits) - np.uint64(1)
+    order = keys.view(np.intp)  # the row indices (< 2**63): the same bits
     if tied.any():
         in_tie = np.zeros(len(pairs), dtype=bool)
         in_tie[1:] |= tied
@@ -160,7 +165,11 @@ def save_uid_file(path: Path, pairs: np.ndarray, runs: bool = False) -> str:
     with open(tmp, "wb") as handle:
         np.save(handle, pairs)
     os.replace(tmp, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:  # in blocks: the file can be as large as the subset
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_uid_file(path: Path) -> np.ndarray:

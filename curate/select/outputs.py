@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ("uid", "shard", "key", "url", "text")
 MANIFEST = SUBSET_MANIFEST
 DROPPED = SUBSET_DROPPED
-CHUNKS = 32  # pool parts are read in about this many chunks
+CHUNKS = 32  # pool parts are read in about this many chunks, or more:
+CHUNK_ROWS = 1_000_000  # ... so that a chunk holds about this many rows at most (bounded memory)
 # Hex digests and ids: snappy saves ~10% on them at twice the write time (measured on 3.84M
 # DataComp-style rows), so they are written uncompressed; every other column uses snappy.
 UNCOMPRESSED = frozenset({"uid", "key"})
@@ -261,8 +262,33 @@ def _chunked_uids(con: Any, paths: RunPaths, layout: SamplesLayout, decisions: p
         except duckdb.InvalidInputException as exc:
             raise OutOfOrder(str(exc)) from exc
 
-    pairs = list(ordered_map(read, part_chunks(layout, CHUNKS)))
-    return np.concatenate(pairs) if pairs else np.empty(0, dtype=UID_DTYPE)
+    return _gather(ordered_map(read, _chunks(layout)), _kept_count(decisions))
+
+
+def _chunks(layout: SamplesLayout) -> list[slice]:
+    """The chunks of pool parts read side by side: about CHUNKS, more on a large pool so that
+    each holds about CHUNK_ROWS rows (two in flight: memory does not grow with the pool)."""
+    rows = sum(layout.pool_rows)
+    return part_chunks(layout, max(CHUNKS, -(-rows // CHUNK_ROWS)))
+
+
+def _gather(runs: Iterable[np.ndarray], total: int) -> np.ndarray:
+    """Concatenate uid pair arrays into one array of ``total`` pairs, allocated once (a list
+    and its concatenation would hold every kept uid twice)."""
+    out = np.empty(total, dtype=UID_DTYPE)
+    filled = 0
+    for pairs in runs:
+        if filled + len(pairs) > total:
+            raise RuntimeError(f"more kept uids than the {total} decided")
+        out[filled:filled + len(pairs)] = pairs
+        filled += len(pairs)
+    if filled != total:
+        raise RuntimeError(f"{filled} kept uids written, {total} decided")
+    return out
+
+
+def _kept_count(decisions: pa.Table) -> int:
+    return int(np.count_nonzero(decisions.column("_group").to_numpy() == 0))
 
 
 def _column_options(schema: pa.Schema) -> dict[str, Any]:
@@ -334,7 +360,8 @@ def _chunked_outputs(
         return manifest, dropped, sort_uid_array(kept)
 
     started = time.perf_counter()
-    pairs: list[np.ndarray] = []
+    pairs = np.empty(_kept_count(decisions), dtype=UID_DTYPE)
+    filled = 0
     writers: dict[str, pq.ParquetWriter] = {}
     dictionary = {MANIFEST: ["shard"], DROPPED: ["first_failed_filter", "failed_filters"]}
 
@@ -348,15 +375,17 @@ def _chunked_outputs(
 
     # one thread per output file, one chunk in flight each: the two files are written side by
     # side while the next chunks are read (the writer was the bottleneck on one thread)
+    chunks = _chunks(layout)
     with ThreadPoolExecutor(1) as manifest_thread, ThreadPoolExecutor(1) as dropped_thread:
         writing: list[Future[None]] = []
         try:
-            for manifest, dropped, kept_pairs in ordered_map(read, part_chunks(layout, CHUNKS)):
+            for manifest, dropped, kept_pairs in ordered_map(read, chunks):
                 for future in writing:
                     future.result()
                 writing = [manifest_thread.submit(write, MANIFEST, manifest),
                            dropped_thread.submit(write, DROPPED, dropped)]
-                pairs.append(kept_pairs)
+                pairs[filled:filled + len(kept_pairs)] = kept_pairs
+                filled += len(kept_pairs)
                 del manifest, dropped
             for future in writing:
                 future.result()
@@ -365,14 +394,11 @@ def _chunked_outputs(
                 future.exception()  # both writers idle before their files close
             for writer in writers.values():
                 writer.close()
-    logger.debug(
-        "%s, %s: %d chunks in %.2f s",
-        MANIFEST,
-        DROPPED,
-        len(part_chunks(layout, CHUNKS)),
-        time.perf_counter() - started,
-    )
-    return np.concatenate(pairs) if pairs else np.empty(0, dtype=UID_DTYPE)
+    logger.debug("%s, %s: %d chunks in %.2f s", MANIFEST, DROPPED, len(chunks),
+                 time.perf_counter() - started)
+    if filled != len(pairs):
+        raise RuntimeError(f"{filled} kept uids written, {len(pairs)} decided")
+    return pairs
 
 
 def write_outputs(

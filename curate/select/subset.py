@@ -57,6 +57,7 @@ NAME_PATTERN = OUTPUT_NAME  # a subset's or sweep's name: one path component
 FINGERPRINT_TAIL = 64 * 1024
 MAX_FILTERS = 63  # a row's failing filters are one bit each of a uint64
 LOOKUP_FILTERS = 16  # up to this many filters, rows map to failure groups by a lookup table
+BLOCK_ROWS = 1 << 22  # per-row temporaries (bincount's int64 copy) are made a block at a time
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,14 @@ def _failure_groups(passed: list[np.ndarray], labels: list[str],
     width = next(t for t in (np.uint8, np.uint16, np.uint64) if np.iinfo(t).bits >= len(labels))
     code = np.zeros(rows, dtype=width)
     for j, kept in enumerate(passed):
-        code |= (~kept).view(np.uint8).astype(width) << width(j)
+        for start in range(0, rows, BLOCK_ROWS):  # a block at a time: small temporaries
+            part = slice(start, start + BLOCK_ROWS)
+            code[part] |= (~kept[part]).view(np.uint8).astype(width) << width(j)
     if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
-        present = np.flatnonzero(np.bincount(code, minlength=1))
+        present = np.flatnonzero(sum(
+            (np.bincount(code[start:start + BLOCK_ROWS], minlength=2 ** len(labels))
+             for start in range(0, rows, BLOCK_ROWS)),
+            np.zeros(2 ** len(labels), dtype=np.int64)))
         if len(present) and present[-1] == len(present) - 1:  # codes 0..k all there: as they are
             values, group = present.astype(np.uint64), code
         else:
@@ -245,6 +251,15 @@ def _finished(paths: RunPaths, target: Path, config: SelectConfig, request: dict
     )
 
 
+def _increasing(ids: np.ndarray, block: int = 1 << 22) -> bool:
+    """True when ``ids`` strictly increase (compared a block at a time: no array-sized
+    temporaries)."""
+    last = len(ids) - 1  # pairs (i, i + 1) for i < last
+    return all(bool((ids[start + 1:min(start + block, last) + 1]
+                     > ids[start:min(start + block, last)]).all())
+               for start in range(0, max(last, 0), block))
+
+
 def _passed_masks(decisions: pa.Table, labels: list[str]) -> list[np.ndarray]:
     """Per filter, True where it kept the sample (a null decision counts as dropped)."""
     return [pc.fill_null(decisions.column(label), False).to_numpy(zero_copy_only=False)
@@ -297,26 +312,28 @@ def select_subset(config: SelectConfig) -> SelectSummary:
                  time.perf_counter() - started)
     labels = [c for c in decisions.column_names if c not in ("uid", "sample_id")]
     passed = _passed_masks(decisions, labels)
-    group, failing = _failure_groups(passed, labels, decisions.num_rows)
-    kept = int((group == 0).sum())
+    total, records = decisions.num_rows, _resolved_records(decisions)
+    ids = decisions.column("sample_id").to_numpy()  # one contiguous copy; the table goes
+    del decisions
+    group, failing = _failure_groups(passed, labels, total)
+    kept = int(np.count_nonzero(group == 0))
     if not kept:
         raise UserError("the selection keeps no sample; nothing written")
-    ids = decisions.column("sample_id").to_numpy()
-    in_order = bool((ids[1:] > ids[:-1]).all())
+    in_order = _increasing(ids)
     dropped_first, failing_counts = _drop_counts(ids, passed, labels, in_order)
     del passed
     scorers = score_names(config.run)
     summary = SelectSummary(
         name=config.name,
         path=target,
-        total=decisions.num_rows,
+        total=total,
         kept=kept,
         dropped_first=dropped_first,
         failing=failing_counts,
-        filters=_resolved_records(decisions),
+        filters=records,
     )
-    groups = pa.table({"sample_id": decisions.column("sample_id"), "_group": group})
-    del decisions, ids
+    groups = pa.table({"sample_id": pa.array(ids), "_group": group})  # zero-copy from NumPy
+    del ids
     _write_subset(paths, config, request, target, summary, scorers,
                   lambda staging: write_outputs(
         con, paths, layout, staging, groups, failing, scorers, in_order,
