@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,7 @@ class SweepResult:
 
 
 SCAN_CHUNKS = 8  # pool parts per unfiltered scan, read two at a time (see curate.tables.chunks)
+SCAN_CHUNK_ROWS = 2_000_000  # ... or more chunks, so that each holds about this many rows at most
 
 
 def _caption_sql(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> str:
@@ -159,8 +161,9 @@ def _candidate_queries(con: duckdb.DuckDBPyConnection, config: SweepConfig,
         layout = samples_layout(con, paths)
         if layout.positional and len(layout.pool_files) > 1:
             scorer = [s for s in layout.scorers if score_column(s) == column]  # its parts only
+            chunks = max(SCAN_CHUNKS, -(-sum(layout.pool_rows) // SCAN_CHUNK_ROWS))
             sources = [f"({samples_sql(paths, layout, chunk, scorer)})"
-                       for chunk in part_chunks(layout, SCAN_CHUNKS)]
+                       for chunk in part_chunks(layout, chunks)]
     captions = _caption_sql(con, paths)
     return [f'SELECT s."{column}" AS score, {captions}, s.sample_id FROM {source} s {join} '
             f's."{column}" IS NOT NULL AND NOT isnan(s."{column}")' for source in sources], tables
@@ -237,22 +240,47 @@ def _load_candidates(con: duckdb.DuckDBPyConnection, paths: RunPaths, queries: l
     NumPy arrays (a few bytes per row, never the captions), then the captions of a seeded
     uniform sample of the candidates (``_drawn_captions``) when ``sample_size``."""
 
-    def scan(query: str) -> pa.Table:
-        return _cursor(con, tables or {}).sql(query).to_arrow_table()
+    def scan(query: str) -> dict[str, np.ndarray]:
+        table = _cursor(con, tables or {}).sql(query).to_arrow_table()
+        scores = table.column("score").to_numpy()
+        return {"score": scores if scores.dtype.kind in "fiu" else scores.astype(np.float64),
+                "chars": table.column("chars").to_numpy(),
+                "has_text": table.column("has_text").to_numpy(zero_copy_only=False),
+                "sample_id": table.column("sample_id").to_numpy()}
 
     with ThreadPoolExecutor(max_workers=1) as pool:  # the draw reads the pool while we scan
         drawn = pool.submit(_drawn_captions, con, paths, sample_size, seed) \
             if sample_size else None
-        table = pa.concat_tables(ordered_map(scan, queries))
-        scores = table.column("score").to_numpy()
-        if scores.dtype.kind not in "fiu":
-            scores = scores.astype(np.float64)
+        limit = con.execute("SELECT count(*) FROM pool").fetchall()[0][0]  # bounds candidates
+        columns = _fill(ordered_map(scan, queries), limit, keep_ids=drawn is not None)
         sample = None
         if drawn is not None:
-            sample = _uniform_sample(table.column("sample_id").to_numpy(), scores,
-                                     drawn.result(), sample_size, seed)
-    return _Candidates(scores, table.column("chars").to_numpy(),
-                       table.column("has_text").to_numpy(zero_copy_only=False), sample)
+            sample = _uniform_sample(columns["sample_id"], columns["score"], drawn.result(),
+                                     sample_size, seed)
+    return _Candidates(columns["score"], columns["chars"], columns["has_text"], sample)
+
+
+def _fill(chunks: Iterator[dict[str, np.ndarray]], limit: int,
+          keep_ids: bool) -> dict[str, np.ndarray]:
+    """The scanned chunks' columns written into arrays allocated once for ``limit`` rows and
+    cut to the rows found (concatenating Arrow chunks, then converting, held every column twice;
+    the sample ids only when ``keep_ids``)."""
+    out: dict[str, np.ndarray] = {}
+    filled = 0
+    for chunk in chunks:
+        if not keep_ids:
+            del chunk["sample_id"]
+        if not out:
+            out = {name: np.empty(limit, dtype=values.dtype) for name, values in chunk.items()}
+        rows = len(chunk["score"])
+        if filled + rows > limit:
+            raise RuntimeError(f"more candidates than the pool's {limit} rows")
+        for name, values in chunk.items():
+            if values.dtype != out[name].dtype:  # a later part stored another type
+                out[name] = out[name].astype(np.result_type(out[name], values))
+            out[name][filled:filled + rows] = values
+        filled += rows
+    return {name: values[:filled] for name, values in out.items()}
 
 
 def fraction_thresholds(scores: np.ndarray, fractions: tuple[float, ...],

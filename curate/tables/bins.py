@@ -42,7 +42,10 @@ class ScoreBins:
             low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
         scale = size / (high - low) if high > low else 0.0
         bins = cls._map(scores, low, scale, size)
-        return cls(scores, bins, np.bincount(bins, minlength=size), low, high, scale)
+        counts = np.zeros(size, dtype=np.int64)
+        for start in range(0, len(bins), BLOCK):  # bincount copies its input to int64: blocks
+            counts += np.bincount(bins[start:start + BLOCK], minlength=size)
+        return cls(scores, bins, counts, low, high, scale)
 
     @staticmethod
     def _map(values: np.ndarray, low: float, scale: float, size: int) -> np.ndarray:
