@@ -24,7 +24,6 @@ Embeddings stream part by part in chunks; only k-means holds its training rows i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -45,7 +44,14 @@ from curate.io.embeddings import EmbeddingPart, open_embeddings
 from curate.io.lock import run_output, writes
 from curate.io.pool_table import read_pool_part
 from curate.io.statuses import MISSING_EMBEDDING
-from curate.io.workspace import SCORER_NAME, RunPaths, atomic_path, check_name, write_json_atomic
+from curate.io.workspace import (
+    SCORER_NAME,
+    RunPaths,
+    atomic_path,
+    check_name,
+    file_sha256,
+    write_json_atomic,
+)
 from curate.tables.derived import finished_table, read_table_record, write_derived_table
 
 logger = logging.getLogger(__name__)
@@ -137,16 +143,8 @@ class ClusterSummary:
                 f"{self.path}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file(path: Path) -> dict[str, str]:
-    return {"path": str(path), "sha256": _sha256(path)}
+    return {"path": str(path), "sha256": file_sha256(path)}
 
 
 def _language(config: ClusterConfig) -> Any:

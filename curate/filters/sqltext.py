@@ -6,6 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.io.sql import ident, literal  # noqa: F401  (the filters' quoting)
+
 # Every character for which str.isspace() holds: what str.split() splits on (DataComp counts
 # words with len(text.split())). tests/test_filters.py checks this list against Python.
 WHITESPACE = (
@@ -29,14 +31,6 @@ RE2_NONSPACE = "[^" + RE2_SPACE[1:]
 PY_SPACE = "[" + "".join(py_char(c) for c in WHITESPACE) + "]"
 
 
-def ident(name: str) -> str:
-    """A SQL identifier, double-quoted."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(value: str) -> str:
-    """A SQL string literal (DuckDB reads backslashes literally)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def double(value: float) -> str:

@@ -17,7 +17,6 @@ embedding L2-normalised (``normalise: l2``), image and text concatenated for ``i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import struct
@@ -31,6 +30,7 @@ from torch import nn
 
 from curate.errors import UserError
 from curate.io.embeddings import normalised
+from curate.io.workspace import file_sha256
 
 ARCHITECTURES = ("linear", "mlp", "laion_aesthetic")
 INPUTS = ("image", "image_text")
@@ -268,14 +268,6 @@ def head_inputs(image: np.ndarray, text: np.ndarray | None, info: HeadInfo
         prepared.append(values)
         usable &= ok
     return (prepared[0] if len(prepared) == 1 else np.concatenate(prepared, axis=1)), usable
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_head(path: Path | str) -> LoadedHead:

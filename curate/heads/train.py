@@ -29,14 +29,13 @@ from curate.heads.model import (
     HeadInfo,
     LoadedHead,
     build_head,
-    file_sha256,
     head_inputs,
     load_head,
     save_head,
 )
 from curate.io.embeddings import open_embeddings
 from curate.io.pool_table import read_pool_part
-from curate.io.workspace import SCORER_NAME, RunPaths, atomic_path
+from curate.io.workspace import SCORER_NAME, RunPaths, atomic_path, file_sha256
 
 logger = logging.getLogger(__name__)
 

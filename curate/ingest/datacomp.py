@@ -108,6 +108,14 @@ SCORERS = (
 SCORE_COLUMNS = tuple(s.column for s in SCORERS)
 
 
+# Pool columns ingest makes itself, whatever the metadata holds (a metadata column of that name
+# is carried under another name), and the metadata columns that are not carried as extra pool
+# columns: those read into their pool column of the same name, the face boxes and the scores.
+DERIVED_COLUMNS = ("uid_high", "uid_low", "key", "shard", "status", "error_message", TEXT_CHARS)
+NOT_CARRIED = frozenset({"uid", FACE_BBOXES, *SCORE_COLUMNS}
+                        | (set(POOL_SCHEMA.names) - set(DERIVED_COLUMNS)))
+
+
 @dataclass(frozen=True)
 class MetadataFile:
     """One metadata parquet, its position in sorted order and its npz (if any); paths, or
@@ -321,9 +329,7 @@ def _pool_batch(batch: pa.Table, file: MetadataFile) -> pa.Table:
                                            file.parquet, FACE_BBOXES)
     else:
         columns[FACE_BBOXES] = pa.nulls(n, FACE_BBOXES_TYPE)
-    consumed = {"uid", FACE_BBOXES, *SCORE_COLUMNS} | (set(POOL_SCHEMA.names) - set(fixed)
-                                                        - {TEXT_CHARS})
-    carried = [name for name in batch.column_names if name not in consumed]  # none lost
+    carried = [name for name in batch.column_names if name not in NOT_CARRIED]  # none lost
     renames = clash_renames(carried, list(columns))
     for name in carried:
         columns[renames.get(name, name)] = batch.column(name)
@@ -341,7 +347,6 @@ class ReferenceLayout:
     checked: tuple[Column, ...]
 
 
-DERIVED_COLUMNS = ("uid_high", "uid_low", "shard", "status", "error_message", TEXT_CHARS)
 CAST_NAMES = {pa.string(): "string", pa.int32(): "int32"}
 
 
@@ -365,9 +370,7 @@ def reference_layout(schemas: list[pa.Schema]) -> ReferenceLayout:
             cast = "face_bboxes" if field.name == FACE_BBOXES else CAST_NAMES[field.type]
             columns.append(Column(field.name, field.name, cast))
             targets[field.name] = field.type
-    fixed = {"uid", "uid_high", "uid_low", "key", "shard", "status", "error_message", TEXT_CHARS}
-    consumed = {"uid", FACE_BBOXES, *SCORE_COLUMNS} | (set(POOL_SCHEMA.names) - fixed)
-    carried = [name for name in types if name not in consumed]  # as a copying run carries them
+    carried = [name for name in types if name not in NOT_CARRIED]  # as a copying run carries them
     renames = clash_renames(carried, [c.name for c in columns])
     columns += [Column(renames.get(name, name), name) for name in carried]
     checked = tuple(c for c in columns if c.source in targets and c.name not in ("uid", "key")

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
+from curate.io.sql import ident, literal
 
 REFERENCE = "reference"  # run.json "pool_table" layouts: the parts reference the metadata
 COPY = "copy"  # ... or copy every column of the pool
@@ -117,11 +118,6 @@ class PoolReference:
                 "columns from it by row position, so ingest the pool again")
         return resolved
 
-    def check_sources(self) -> None:
-        """Refuse (one line) when any referenced file is gone, outside the pool or changed."""
-        for part in self.files:
-            self.source(part)
-
 
 def reference_record(columns: Sequence[Column]) -> dict[str, Any]:
     """``run.json``'s ``pool_table`` entry of a referencing run."""
@@ -202,16 +198,6 @@ def read_pool_part(part: Path | str, columns: Sequence[str] | None = None) -> pa
     return pa.table({name: values[name] for name in wanted})
 
 
-def part_rows(part: Path | str) -> int:
-    """Rows of a pool part (its Parquet footer)."""
-    return pq.ParquetFile(part).metadata.num_rows
-
-
-def quote_identifier(name: str) -> str:
-    """``name`` as a quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def pool_relation_sql(reference: PoolReference, parts: Sequence[Path],
                       file_list_sql: Any) -> str:
     """A SELECT of the pool table's columns, in order, plus ``filename`` and
@@ -224,11 +210,11 @@ def pool_relation_sql(reference: PoolReference, parts: Sequence[Path],
     items = []
     for column in reference.columns:
         if column.source is None:
-            items.append(f"r.{quote_identifier(column.name)}")
+            items.append(f"r.{ident(column.name)}")
         else:
             expression = SQL_CASTS[column.cast].format(f"s.{alias[column.source]}")
-            items.append(f"{expression} AS {quote_identifier(column.name)}")
-    source_columns = ", ".join(f"{quote_identifier(name)} AS {alias[name]}"
+            items.append(f"{expression} AS {ident(column.name)}")
+    source_columns = ", ".join(f"{ident(name)} AS {alias[name]}"
                                for name in referenced)
     return (f"SELECT {', '.join(items)}, r.filename, r.file_row_number "
             f"FROM read_parquet({file_list_sql(list(parts))}, filename = true, "
@@ -237,26 +223,21 @@ def pool_relation_sql(reference: PoolReference, parts: Sequence[Path],
             "union_by_name = true)) AS s")
 
 
-
 def metadata_rows_sql(reference: PoolReference, parts: Sequence[Path], columns: Sequence[str],
                       row_condition: str, file_list_sql: Any) -> str:
     """A SELECT of ``sample_id`` and the referenced ``columns`` (cast as in the pool table) of
     the rows matching ``row_condition`` over ``_row``, read from the metadata files of ``parts``
     alone: file and part share row numbers, so the condition is tested inside the scan."""
     sources = [reference.source(Path(part).stem) for part in parts]
-    numbers = ", ".join(f"({_sql_string(str(source))}, {int(Path(part).stem.split('-')[1])})"
+    numbers = ", ".join(f"({literal(str(source))}, {int(Path(part).stem.split('-')[1])})"
                         for source, part in zip(sources, parts, strict=True))
     items = []
     for name in columns:
         column = reference.column(name)
-        source = quote_identifier(column.source or name)
-        items.append(f"{SQL_CASTS[column.cast].format('m.' + source)} AS {quote_identifier(name)}")
+        source = ident(column.source or name)
+        items.append(f"{SQL_CASTS[column.cast].format('m.' + source)} AS {ident(name)}")
     return (f"SELECT (CAST(n.part AS BIGINT) << 32) + m._row AS sample_id, {', '.join(items)} "
             f"FROM (SELECT *, file_row_number AS _row FROM read_parquet("
             f"{file_list_sql(sources)}, filename = true, file_row_number = true, "
             f"union_by_name = true) WHERE {row_condition}) AS m "
             f"JOIN (VALUES {numbers}) AS n(filename, part) ON m.filename = n.filename")
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

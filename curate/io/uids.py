@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.io.workspace import file_sha256
+
 UID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -165,11 +167,7 @@ def save_uid_file(path: Path, pairs: np.ndarray, runs: bool = False) -> str:
     with open(tmp, "wb") as handle:
         np.save(handle, pairs)
     os.replace(tmp, path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:  # in blocks: the file can be as large as the subset
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def read_uid_file(path: Path) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -192,6 +193,15 @@ def remove_stale_staging(target: Path) -> int:
                 leftover.unlink()
             removed += 1
     return removed
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in blocks (the file may be larger than memory allows)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

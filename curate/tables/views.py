@@ -300,7 +300,7 @@ def connect_with_layout(run: Path | str) -> tuple[duckdb.DuckDBPyConnection, Sam
         con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet("
                     f"{file_list_sql(pool_files)}, union_by_name = true)")
     else:
-        reference.check_sources()  # gone, moved or changed: one line before any query runs
+        # building the relation checks every metadata file: one line before any query runs
         con.execute("CREATE VIEW pool AS SELECT * EXCLUDE (filename, file_row_number) FROM "
                     f"({pool_relation_sql(reference, pool_files, file_list_sql)})")
     layout = samples_layout(con, paths)
