@@ -99,6 +99,52 @@ def test_only_complete_jpegs_reach_the_tensor_decoder(preprocess) -> None:
     assert sent_to_pillow == [len(jpeg) - 2, len(jpeg) * 3 // 4]
 
 
+def test_a_batch_decodes_like_one_image_at_a_time(preprocess) -> None:
+    """decode_batch: same tensors as the one-image path, failures in place, in order."""
+    loader = _tensor_loader(preprocess)
+    jpeg = _encoded((120, 90), seed=3)
+    batch = [
+        _encoded((512, 384), seed=1),
+        _encoded((80, 60), fmt="PNG"),
+        _encoded((512, 384), seed=2),  # same size as the first: resized together
+        jpeg[: len(jpeg) // 2],
+        _encoded((90, 200), mode="L"),
+        _encoded((80, 60), mode="CMYK"),
+        b"not an image",
+    ]
+    results = loader.decode_batch(batch)
+    assert len(results) == len(batch)
+    for data, result in zip(batch, results, strict=True):
+        try:
+            expected = loader(data)
+        except SampleError as failure:
+            assert isinstance(result, SampleError) and result.status == failure.status
+            continue
+        assert isinstance(result, torch.Tensor) and torch.equal(result, expected)
+    assert [isinstance(r, SampleError) for r in results] == [0, 0, 0, 1, 0, 0, 1]
+
+
+def test_a_batch_the_decoder_refuses_falls_back_image_by_image(preprocess, monkeypatch) -> None:
+    """One file the decoder refuses fails its batched call: each image is then decoded alone."""
+    import curate.score.image_loader as image_loader
+
+    good, bad = _encoded((64, 48), seed=4), _encoded((64, 48), seed=5)
+    real_decode = image_loader.decode_jpeg
+
+    def refuses_bad(data, **kwargs):
+        inputs = data if isinstance(data, list) else [data]
+        if any(bytes(raw.numpy()) == bad for raw in inputs):
+            raise RuntimeError("decoder refused the data")
+        return real_decode(data, **kwargs)
+
+    monkeypatch.setattr(image_loader, "decode_jpeg", refuses_bad)
+    loader = _tensor_loader(preprocess)
+    pil = PilImageLoader(preprocess, DEFAULT_MAX_PIXELS)
+    first, second = loader.decode_batch([good, bad])
+    assert torch.equal(first, loader(good))
+    assert torch.equal(second, pil(bad))  # Pillow decoded what the tensor decoder refused
+
+
 def test_loader_choice(preprocess) -> None:
     cpu = torch.device("cpu")
     assert isinstance(make_image_loader(preprocess, cpu, "auto", 10), PilImageLoader)
@@ -124,3 +170,18 @@ def test_cuda_decoder_gives_a_cut_jpeg_its_status(preprocess) -> None:
     with pytest.raises(SampleError) as failure:
         cuda(jpeg[: len(jpeg) * 3 // 4])
     assert failure.value.status == "corrupt_image"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batched_decode_matches_one_image_at_a_time(preprocess) -> None:
+    """nvJPEG's batched decode gives each image what decoding it alone gives, failures too."""
+    cuda = make_image_loader(preprocess, torch.device("cuda"), "cuda", DEFAULT_MAX_PIXELS)
+    jpeg = _encoded((512, 384), seed=7)
+    batch = [jpeg, _encoded((300, 700), seed=8), jpeg[: len(jpeg) * 3 // 4], _encoded((512, 384))]
+    results = cuda.decode_batch(batch)
+    assert isinstance(results[2], SampleError) and results[2].status == "corrupt_image"
+    for index in (0, 1, 3):
+        assert results[index].is_cuda
+        assert (results[index] - cuda(batch[index])).abs().max() < 1e-5
+        cpu = _tensor_loader(preprocess)(batch[index])
+        assert (results[index].cpu() - cpu).abs().max() < 0.02

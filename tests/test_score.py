@@ -266,6 +266,44 @@ def test_threaded_decoding_gives_the_serial_table(run_dir: Path, tiny_checkpoint
     assert {"ok", "corrupt_image", "missing_image", "missing_caption"} <= statuses
 
 
+def test_batched_tensor_decoding_gives_the_image_by_image_table(
+    run_dir: Path, tiny_checkpoint: Path, monkeypatch
+) -> None:
+    """The GPU's path (JPEGs decoded a batch at a time, here on the CPU) keeps tar order,
+    statuses and scores of decoding each image alone with the same decoder."""
+    from curate.score.image_loader import EvalTransform, PilImageLoader, TensorJpegLoader
+
+    scorer = Scorer(load_model(ModelSpec(TINY, pretrained=str(tiny_checkpoint))))
+    preprocess = scorer.loaded.preprocess
+    transform = EvalTransform.from_compose(preprocess)
+    assert transform is not None
+
+    def tensor_loader(max_pixels: int) -> TensorJpegLoader:
+        pil = PilImageLoader(preprocess, max_pixels)
+        return TensorJpegLoader(transform, torch.device("cpu"), pil, max_pixels)
+
+    def one_at_a_time(max_pixels: int):
+        return tensor_loader(max_pixels).__call__  # no decode_batch: one image per call
+
+    out = run_dir.parent / "batched-decode"
+    tables = {}
+    for name, loader in (("batched", tensor_loader), ("single", one_at_a_time)):
+        monkeypatch.setattr(scorer, "image_loader", loader)
+        for shard in range(3):  # every shard: the planted failures are spread over them
+            part = out / f"{name}-{shard}.parquet"
+            score_shard(
+                ShardTask(scorer="x", shard_name=f"{shard:05d}", tar=str(_tar_of(run_dir, shard)),
+                          pool_part=str(RunPaths(run_dir).pool_parts()[shard]),
+                          scores_part=str(part), batch_size=5),
+                scorer,
+            )
+            tables[name, shard] = pq.read_table(part)
+    for shard in range(3):
+        assert tables["batched", shard].equals(tables["single", shard])
+    statuses = {s for table in tables.values() for s in table.column("status").to_pylist()}
+    assert {"ok", "corrupt_image", "missing_image", "too_large"} <= statuses
+
+
 def _tar_of(run: Path, index: int) -> Path:
     import json
 

@@ -4,8 +4,10 @@
 first), then open_clip's eval transform. ``TensorJpegLoader`` decodes JPEGs with
 torchvision's ``decode_jpeg`` on the scorer's device (nvJPEG on CUDA) and applies the same
 transform to the tensor there (bicubic antialiased resize of the shorter side, centre crop,
-scale, normalise). Anything it cannot decode (other formats, CMYK, broken bytes) goes
-through the PIL path, which also gives the failure its status. Tensor resizing is close to
+scale, normalise); ``decode_batch`` hands a whole batch to the decoder in one call (nvJPEG's
+batched decode) and resizes the images of one size together. Anything it cannot decode
+(other formats, CMYK, broken bytes) goes through the PIL path, which also gives the failure
+its status. Tensor resizing is close to
 Pillow's but not bit-identical, so the GPU decoder is a choice (``--decode``), on by default
 only on CUDA.
 """
@@ -44,6 +46,12 @@ class ImageLoader(Protocol):
     """Encoded image bytes in, a preprocessed [3, H, W] float tensor out (or SampleError)."""
 
     def __call__(self, data: bytes) -> torch.Tensor: ...
+
+
+class BatchImageLoader(ImageLoader, Protocol):
+    """A loader that also decodes a whole batch in one call (the GPU's batched decoder)."""
+
+    def decode_batch(self, images: list[bytes]) -> list[torch.Tensor | st.SampleError]: ...
 
 
 class PilImageLoader:
@@ -126,15 +134,58 @@ class TensorJpegLoader:
     def __call__(self, data: bytes) -> torch.Tensor:
         if not self._decodable(data):
             return self.fallback(data)
-        try:
-            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            pixels = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
-        except RuntimeError:
+        pixels = self._decode_one(data)
+        if pixels is None:
             return self.fallback(data)  # e.g. truncated data: PIL gives it its status
         return self.preprocess(pixels)
 
+    def _decode_one(self, data: bytes) -> torch.Tensor | None:
+        """uint8 [3, H, W] on the device, or None when the decoder refuses the bytes."""
+        try:
+            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            return None
+
+    def _fallback_result(self, data: bytes) -> torch.Tensor | st.SampleError:
+        try:
+            return self.fallback(data).to(self.device)
+        except st.SampleError as failure:
+            return failure
+
+    def decode_batch(self, images: list[bytes]) -> list[torch.Tensor | st.SampleError]:
+        """Every image's model input (on the device) or failure, in order.
+
+        The decodable JPEGs go to the decoder in one call; when it refuses the batch (one bad
+        file fails the whole call), each is decoded on its own and what it refuses goes to
+        Pillow. Decoded images of one size are resized, cropped and normalised together.
+        """
+        results: list[torch.Tensor | st.SampleError | None] = [None] * len(images)
+        positions = [i for i, data in enumerate(images) if self._decodable(data)]
+        for i in set(range(len(images))) - set(positions):
+            results[i] = self._fallback_result(images[i])
+        decoded: list[torch.Tensor | None] = []
+        if positions:
+            raws = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in positions]
+            try:
+                decoded = list(decode_jpeg(raws, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError:
+                decoded = [self._decode_one(images[i]) for i in positions]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for position, pixels in zip(positions, decoded, strict=True):
+            if pixels is None:
+                results[position] = self._fallback_result(images[position])
+            else:
+                by_size.setdefault(tuple(pixels.shape), []).append(position)
+        pixels_at = dict(zip(positions, decoded, strict=True))
+        for members in by_size.values():
+            prepared = self.preprocess(torch.stack([pixels_at[i] for i in members]))
+            for position, image in zip(members, prepared, strict=True):
+                results[position] = image
+        return results  # type: ignore[return-value]  (every position is filled above)
+
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 [3, H, W] to the normalised, centre-cropped model input."""
+        """uint8 [..., 3, H, W] to the normalised, centre-cropped model input."""
         size = self.transform.size
         image = TF.resize(pixels, size, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
         image = TF.center_crop(image, [size, size])
@@ -144,7 +195,7 @@ class TensorJpegLoader:
 
 def make_image_loader(
     preprocess: T.Compose, device: torch.device, decoder: str, max_pixels: int
-) -> ImageLoader:
+) -> ImageLoader | BatchImageLoader:
     """The loader for ``decoder`` (auto: the GPU's JPEG decoder on CUDA, Pillow otherwise)."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ import torch
 from curate.io import statuses as st
 from curate.io.shards import TarReadResult
 from curate.runner.stats import ShardStats
+from curate.score.image_loader import ImageLoader
 from curate.score.registry import ProgressFn
 from curate.score.scorer import EncodedBatch as EncodedRows
 from curate.score.scorer import Scorer
@@ -55,9 +56,15 @@ def decode_threads(task: ShardTask, scorer: Scorer) -> int:
 
 
 def _decode_in_order(
-    readable: Iterator[Readable], load_image: Callable[[bytes], torch.Tensor], threads: int
+    readable: Iterator[Readable], load_image: ImageLoader, threads: int, batch_size: int
 ) -> Iterator[tuple[Readable, torch.Tensor | st.SampleError]]:
-    """Each sample with its decoded tensor or its failure, in tar order, on ``threads``."""
+    """Each sample with its decoded tensor or its failure, in tar order: a batch at a time
+    when the loader decodes batches (the GPU), else one by one on ``threads``."""
+    decode_batch = getattr(load_image, "decode_batch", None)
+    if decode_batch is not None:
+        for items in _chunks(readable, batch_size):
+            yield from zip(items, decode_batch([item.image for item in items]), strict=True)
+        return
 
     def decode(item: Readable) -> torch.Tensor | st.SampleError:
         try:
@@ -79,6 +86,17 @@ def _decode_in_order(
         while in_flight:
             first, future = in_flight.popleft()
             yield first, future.result()
+
+
+def _chunks(items: Iterator[Readable], size: int) -> Iterator[list[Readable]]:
+    chunk: list[Readable] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _prepare_batches(
@@ -107,7 +125,7 @@ def _prepare_batches(
 
     readable = shard.readable(rows, tar_result)
     threads = decode_threads(task, scorer)
-    for item, decoded in _decode_in_order(readable, load_image, threads):
+    for item, decoded in _decode_in_order(readable, load_image, threads, task.batch_size):
         if isinstance(decoded, st.SampleError):
             rows.mark(item.row, decoded.status, decoded.reason)
             continue
