@@ -69,6 +69,7 @@ IMAGE_SIZE = 512
 GRAIN_SIGMA = 12.0
 DISTINCT_CHUNK = 250
 TARGETS = {"ViT-B-32": 5000.0, "ViT-L-14": 650.0}
+STEPS = ("costs", "model", "exact", "precision", "e2e", "fp16")
 
 MAX_PIXELS = 2**28
 _templates: list[ShardSample] = []  # distinct samples, inherited by the shard writers (fork)
@@ -285,13 +286,57 @@ def exactness(model: str, checkpoint: Path, pool: Path, count: int, device: torc
     }
 
 
+def precisions(model: str, checkpoint: Path, pool: Path, count: int, device: torch.device) -> dict:
+    """Reduced precision against fp32, in this process on the same GPU-decoded inputs: our
+    encoders in fp16 and bf16, and plain open_clip in fp16 (is a difference ours or the
+    model's?), with the spread of the fp32 scores that a rank correlation is measured against."""
+    loaded = load_model(ModelSpec(model, pretrained=str(checkpoint)), device=str(device))
+    samples = shard_samples(pool, count)
+    loader = tensor_loader(loaded.preprocess, device)
+    images = torch.cat([torch.stack(loader.decode_batch([image for image, _ in samples[i:i + 256]]))
+                        for i in range(0, len(samples), 256)])
+    tokens = loaded.tokenizer([caption for _, caption in samples])
+
+    def ours(precision_name: str):
+        scorer = Scorer(loaded, precision_name)
+        parts = [scorer.encode(images[i : i + 256], tokens[i : i + 256])
+                 for i in range(0, len(samples), 256)]
+        return (np.concatenate([p.scores for p in parts]).astype(np.float64),
+                np.concatenate([p.image_embeddings for p in parts]),
+                np.concatenate([p.text_embeddings for p in parts]))
+
+    def plain(dtype: torch.dtype):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
+            a = torch.cat([loaded.model.encode_image(images[i:i + 256], normalize=True).float()
+                           for i in range(0, len(samples), 256)])
+            b = torch.cat([loaded.model.encode_text(tokens[i:i + 256].to(device), normalize=True)
+                           .float() for i in range(0, len(samples), 256)])
+        return (a * b).sum(-1).cpu().numpy().astype(np.float64), a.cpu().numpy(), b.cpu().numpy()
+
+    reference = ours("fp32")
+    figures: dict = {"samples": len(samples), "fp32_score_std": float(reference[0].std())}
+    variants = {"ours_bf16": lambda: ours("bf16")}
+    if device.type == "cuda":
+        variants |= {"ours_fp16": lambda: ours("fp16"), "plain_fp16": lambda: plain(torch.float16)}
+    for name, compute in variants.items():
+        scores, image, text = compute()
+        figures[name] = {
+            "max_abs_diff": float(np.abs(scores - reference[0]).max()),
+            "spearman": spearman(scores, reference[0]),
+            "image_embedding_max_diff": float(np.abs(image - reference[1]).max()),
+            "text_embedding_max_diff": float(np.abs(text - reference[2]).max()),
+        }
+    return figures
+
+
 def filter_pool_command() -> list[str]:
     script = Path(sys.executable).parent / "filter-pool"
     return [str(script)] if script.is_file() else [sys.executable, "-m", "curate"]
 
 
 def end_to_end(
-    run: Path, model: str, checkpoint: Path, batch_size: int, workers: int, device: torch.device
+    run: Path, model: str, checkpoint: Path, batch_size: int, workers: int, device: torch.device,
+    env: dict[str, str] | None = None,
 ) -> dict:
     """``filter-pool score`` on the GPU, fp16, JPEG decode on the GPU, ``workers`` processes."""
     name = f"e2e_{workers}"
@@ -305,7 +350,8 @@ def end_to_end(
     ]
     log("running: " + " ".join(command))
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"exit {done.returncode}: {done.stderr[-2000:]}")
@@ -321,6 +367,23 @@ def end_to_end(
         "process_wall_seconds": round(wall, 2),
         "name": name,
     }
+
+
+def end_to_end_mps(
+    run: Path, model: str, checkpoint: Path, batch_size: int, workers: int, device: torch.device
+) -> dict:
+    """``end_to_end`` with the worker processes sharing the GPU through CUDA MPS (kernels of
+    several processes run at once instead of time-sliced); the daemon is stopped after."""
+    env = {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/mps-pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/mps-log"}
+    for folder in env.values():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    mps_env = {**os.environ, **env}
+    subprocess.run(["nvidia-cuda-mps-control", "-d"], env=mps_env, check=True, timeout=30)
+    try:
+        return end_to_end(run, model, checkpoint, batch_size, workers, device, env)
+    finally:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=mps_env,
+                       check=False, timeout=30)
 
 
 def scores_by_uid(run: Path, name: str) -> dict[str, float]:
@@ -375,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
                         "the others run with the fastest")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--exact-samples", type=int, default=64)
+    parser.add_argument("--steps", default=",".join(STEPS), help="which of " + ",".join(STEPS)
+                        + " (mps: one more end-to-end run under CUDA MPS, as root)")
+    parser.add_argument("--e2e-models", default=None, help="models run end to end (all)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
@@ -417,19 +483,30 @@ def main(argv: list[str] | None = None) -> None:
     batch, exact = args.batch_size, args.exact_samples
     worker_counts = [int(w) for w in args.workers.split(",")]
     best_workers = worker_counts[0]
+    steps = set(args.steps.split(","))
+    e2e_models = models if args.e2e_models is None else args.e2e_models.split(",")
     for number, model in enumerate(models):
         checkpoint = prepare_weights(args.work, model)
-        if number == 0:
+        if number == 0 and "costs" in steps:
             step(f"{model}: step costs", step_costs, pool, model, checkpoint, batch, device)
-        step(f"{model}: model only", model_only, model, checkpoint, pool, batch, 2048, device)
-        step(f"{model}: exactness fp32", exactness, model, checkpoint, pool, exact, device)
+        if "model" in steps:
+            step(f"{model}: model only", model_only, model, checkpoint, pool, batch, 2048, device)
+        if "exact" in steps:
+            step(f"{model}: exactness fp32", exactness, model, checkpoint, pool, exact, device)
+        if "precision" in steps:
+            step(f"{model}: precisions", precisions, model, checkpoint, pool, 1024, device)
         best_rate = 0.0
+        if "e2e" not in steps or model not in e2e_models:
+            continue
         for workers in worker_counts if number == 0 else [best_workers]:
             result = step(f"{model}: end to end, {workers} workers",
                           end_to_end, run, model, checkpoint, batch, workers, device)
             if result and result["stage_samples_per_second"] > best_rate:
                 best_rate, best_workers = result["stage_samples_per_second"], workers
-        if best_rate:
+        if "mps" in steps and best_rate:
+            step(f"{model}: end to end, {best_workers} workers, CUDA MPS", end_to_end_mps,
+                 run, model, checkpoint, batch, best_workers, device)
+        if best_rate and "fp16" in steps:
             step(f"{model}: fp16 end to end vs fp32", fp16_against_fp32,
                  run, pool, model, checkpoint, f"e2e_{best_workers}", device)
             target = TARGETS.get(model)

@@ -185,3 +185,18 @@ def test_cuda_batched_decode_matches_one_image_at_a_time(preprocess) -> None:
         assert (results[index] - cuda(batch[index])).abs().max() < 1e-5
         cpu = _tensor_loader(preprocess)(batch[index])
         assert (results[index].cpu() - cpu).abs().max() < 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp32_on_cuda_scores_as_the_cpu_does(tmp_path) -> None:
+    """fp32 on the GPU is IEEE fp32 (no TF32 convolutions): within 1e-5 of the CPU."""
+    from curate.score.scorer import Scorer
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelSpec("ViT-B-32", random_init=True))
+    torch.save(loaded.model.state_dict(), tmp_path / "b32.pt")
+    images = torch.rand(8, 3, 224, 224)
+    tokens = loaded.tokenizer([f"a photo of {n} shapes on a plain background" for n in range(8)])
+    cpu = Scorer(loaded, "fp32").encode(images, tokens).scores
+    on_gpu = load_model(ModelSpec("ViT-B-32", pretrained=str(tmp_path / "b32.pt")), device="cuda")
+    assert np.abs(Scorer(on_gpu, "fp32").encode(images, tokens).scores - cpu).max() < 1e-5

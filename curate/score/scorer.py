@@ -40,6 +40,23 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return _AUTOCAST_DTYPES.get(precision)
 
 
+def use_ieee_fp32(device: torch.device) -> None:
+    """fp32 on CUDA means IEEE fp32 (a process-wide setting, as a scoring worker needs it).
+
+    cuDNN runs fp32 convolutions in TF32 by default on Ampere and later GPUs: a ViT's patch
+    embedding alone put ViT-B-32's scores 2.0e-5 and ViT-L-14's 1.6e-5 off the CPU's on an
+    H200 (benchmarks/score_gpu.py); matrix products are IEEE unless someone turned TF32 on.
+    """
+    if device.type != "cuda":
+        return
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: per-backend precision
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def _has_convolutions(module: torch.nn.Module) -> bool:
     return any(
         isinstance(m, torch.nn.Conv2d) and m.kernel_size != m.stride for m in module.modules()
@@ -94,6 +111,8 @@ class Scorer:
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
         self.autocast_dtype = resolve_precision(precision, self.device)
+        if self.autocast_dtype is None:
+            use_ieee_fp32(self.device)
         self.text_encoder = make_text_encoder(loaded.model, exact_shortcuts)
         self.image_encoder = make_image_encoder(loaded.model, exact_shortcuts)
         visual = getattr(loaded.model, "visual", None)
