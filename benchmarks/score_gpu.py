@@ -424,6 +424,7 @@ def fp16_against_fp32(
     return {
         "samples": len(keys),
         "max_abs_diff": float(np.abs(fp16 - fp32).max()),
+        "over_1e-3": int((np.abs(fp16 - fp32) > 1e-3).sum()),
         "spearman": spearman(fp16, fp32),
     }
 

@@ -100,8 +100,11 @@ def test_only_complete_jpegs_reach_the_tensor_decoder(preprocess) -> None:
 
 
 def test_a_batch_decodes_like_one_image_at_a_time(preprocess) -> None:
-    """decode_batch: same tensors as the one-image path, failures in place, in order."""
-    loader = _tensor_loader(preprocess)
+    """decode_batch: each JPEG as decoding it alone gives, the rest as Pillow does (failures
+    with Pillow's status), in order."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    loader, pil = _tensor_loader(preprocess), PilImageLoader(preprocess, DEFAULT_MAX_PIXELS)
     jpeg = _encoded((120, 90), seed=3)
     batch = [
         _encoded((512, 384), seed=1),
@@ -113,15 +116,18 @@ def test_a_batch_decodes_like_one_image_at_a_time(preprocess) -> None:
         b"not an image",
     ]
     results = loader.decode_batch(batch)
-    assert len(results) == len(batch)
-    for data, result in zip(batch, results, strict=True):
-        try:
-            expected = loader(data)
-        except SampleError as failure:
-            assert isinstance(result, SampleError) and result.status == failure.status
-            continue
-        assert isinstance(result, torch.Tensor) and torch.equal(result, expected)
-    assert [isinstance(r, SampleError) for r in results] == [0, 0, 0, 1, 0, 0, 1]
+    failed = [isinstance(result, SampleError) for result in results]
+    assert failed == [False, False, False, True, False, False, True]
+    for index in (0, 2, 4):  # complete RGB or greyscale JPEGs: the tensor decoder
+        raw = torch.frombuffer(bytearray(batch[index]), dtype=torch.uint8)
+        alone = loader.preprocess(decode_jpeg(raw, mode=ImageReadMode.RGB))
+        assert torch.equal(results[index], alone)
+    for index in (1, 5):  # PNG, CMYK: Pillow
+        assert torch.equal(results[index], pil(batch[index]))
+    for index in (3, 6):
+        with pytest.raises(SampleError) as failure:
+            pil(batch[index])
+        assert results[index].status == failure.value.status
 
 
 def test_a_batch_the_decoder_refuses_falls_back_image_by_image(preprocess, monkeypatch) -> None:
@@ -177,9 +183,11 @@ def test_cuda_batched_decode_matches_one_image_at_a_time(preprocess) -> None:
     """nvJPEG's batched decode gives each image what decoding it alone gives, failures too."""
     cuda = make_image_loader(preprocess, torch.device("cuda"), "cuda", DEFAULT_MAX_PIXELS)
     jpeg = _encoded((512, 384), seed=7)
-    batch = [jpeg, _encoded((300, 700), seed=8), jpeg[: len(jpeg) * 3 // 4], _encoded((512, 384))]
+    batch = [jpeg, _encoded((300, 700), seed=8), jpeg[: len(jpeg) * 3 // 4], _encoded((512, 384)),
+             _encoded((80, 60), fmt="PNG")]
     results = cuda.decode_batch(batch)
     assert isinstance(results[2], SampleError) and results[2].status == "corrupt_image"
+    assert results[4].is_cuda  # Pillow's result too, so that the batch stacks on the GPU
     for index in (0, 1, 3):
         assert results[index].is_cuda
         assert (results[index] - cuda(batch[index])).abs().max() < 1e-5
@@ -200,3 +208,22 @@ def test_fp32_on_cuda_scores_as_the_cpu_does(tmp_path) -> None:
     cpu = Scorer(loaded, "fp32").encode(images, tokens).scores
     on_gpu = load_model(ModelSpec("ViT-B-32", pretrained=str(tmp_path / "b32.pt")), device="cuda")
     assert np.abs(Scorer(on_gpu, "fp32").encode(images, tokens).scores - cpu).max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_decode_never_writes_into_memory_queued_work_still_reads(preprocess) -> None:
+    """nvJPEG's hardware decoder does not wait for work queued on its stream; on the model's
+    stream it overwrote blocks that queued kernels still read (pytorch/vision#9606)."""
+    cuda = make_image_loader(preprocess, torch.device("cuda"), "cuda", DEFAULT_MAX_PIXELS)
+    images = [_encoded((512, 384), seed=s) for s in range(16)]
+    source = torch.arange(1 << 22, device="cuda", dtype=torch.float32)
+    expected = source.sum().item()
+    busy = torch.randn(4096, 4096, device="cuda")
+    for _ in range(20):
+        for _ in range(8):  # queue work, so that the reduction below is still waiting
+            busy = torch.tanh(busy @ busy / 64.0)
+        copy = source.clone()
+        total = copy.sum()
+        del copy  # its block is free again while the queued sum has yet to read it
+        cuda.decode_batch(images)
+        assert total.item() == expected

@@ -19,7 +19,7 @@ from curate.executor import ExecutorConfig, auto_workers
 from curate.executor import base as executor_base
 from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.workspace import RunPaths
-from curate.models import ModelSpec, load_model
+from curate.models import ModelSpec, load_model, weight_bytes
 from curate.score.scorer import Scorer
 from curate.score.shard import ShardTask, score_shard
 from curate.score.stage import ScoreConfig, ScoreError, _executor_config, score_run
@@ -351,14 +351,40 @@ def test_default_workers_follow_the_cores(
 ) -> None:
     monkeypatch.setattr(executor_base, "available_cores", lambda: cores)
     assert auto_workers() == expected
-    assert auto_workers(gpus=3) == 3
+
+
+@pytest.mark.parametrize(
+    ("cores", "gpus", "memory_gib", "weights_gib", "expected"),
+    [(16, 1, 141, 0.6, 8), (2, 1, 80, 0.6, 1), (16, 1, 24, 0.6, 3), (64, 8, 80, 1.7, 32),
+     (256, 8, 80, 0.6, 64), (256, 8, 80, 10, 40), (16, 2, None, 0, 8)],
+)
+def test_several_workers_feed_each_gpu(
+    monkeypatch: pytest.MonkeyPatch, cores: int, gpus: int, memory_gib: int | None,
+    weights_gib: float, expected: int,
+) -> None:
+    """Up to 8 per GPU, each with two cores and room for the weights and 6 GiB more."""
+    monkeypatch.setattr(executor_base, "available_cores", lambda: cores)
+    memory = None if memory_gib is None else memory_gib * 2**30
+    assert auto_workers(gpus, memory, int(weights_gib * 2**30)) == expected
+
+
+def test_weight_bytes_come_from_the_architecture() -> None:
+    loaded = load_model(ModelSpec(TINY, random_init=True))
+    expected = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    assert weight_bytes(ModelSpec(TINY, random_init=True)) == expected
+    assert weight_bytes(ModelSpec("ViT-Q-99", random_init=True)) is None
 
 
 def test_score_without_workers_uses_the_default(tmp_path: Path) -> None:
     spec = ModelSpec("fp-tiny-vit", random_init=True)
     chosen = ScoreConfig(run=tmp_path, model=spec, executor=ExecutorConfig(workers=None))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    assert _executor_config(chosen).workers == auto_workers(gpus)
+    if gpus:
+        memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
+        expected = auto_workers(gpus, memory, weight_bytes(spec) or 0)
+    else:
+        expected = auto_workers()
+    assert _executor_config(chosen).workers == expected
     on_cpu = ScoreConfig(
         run=tmp_path, model=spec, executor=ExecutorConfig(workers=None), device="cpu"
     )

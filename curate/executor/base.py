@@ -52,15 +52,31 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_workers(gpus: int = 0) -> int:
-    """Local workers when none are asked for: one per GPU; on CPU, workers of at most 4 torch
-    threads, and at least two where there are two cores, so that one worker's decoding does
-    not stall a whole thread team (2 cores, benchmarks/score_throughput.py: ViT-B-32 13.0-13.4
-    samples/s with 1 worker x 2 threads, 13.5-14.3 with 2 x 1; ViT-S-32 36 against 34-38).
+GPU_WORKERS_MAX = 8  # worker processes feeding one GPU
+GPU_WORKER_OVERHEAD = 6 * 2**30  # GPU bytes a worker needs beside the weights (context,
+# activations of a batch of 256, the decoder's buffers)
+
+
+def auto_workers(gpus: int = 0, gpu_memory: int | None = None, weights: int = 0) -> int:
+    """Local workers when none are asked for.
+
+    On GPUs, several per GPU (worker *i* uses GPU *i* mod ``gpus``): one process's Python
+    (reading tars, tokenising, launching the decoder and the model) feeds a GPU only so fast.
+    On an H200 with 16 cores (benchmarks/score_gpu.py, ViT-B-32, fp16) the stage scored 1,696
+    samples/s with 1 worker, 2,664-3,031 with 4 and 3,703 with 8. Up to 8 per GPU, each with
+    two cores and, where ``gpu_memory`` (the smallest GPU's bytes) is known, room on it for
+    the model's ``weights`` (bytes) and 6 GiB more.
+    On CPU, workers of at most 4 torch threads, and at least two where there are two cores, so
+    that one worker's decoding does not stall a whole thread team (2 cores,
+    benchmarks/score_throughput.py: ViT-B-32 13.0-13.4 samples/s with 1 worker x 2 threads,
+    13.5-14.3 with 2 x 1; ViT-S-32 36 against 34-38).
     """
-    if gpus:
-        return gpus
     cores = available_cores()
+    if gpus:
+        per_gpu = min(GPU_WORKERS_MAX, max(1, cores // (2 * gpus)))
+        if gpu_memory:
+            per_gpu = min(per_gpu, max(1, gpu_memory // (weights + GPU_WORKER_OVERHEAD)))
+        return gpus * per_gpu
     return max(min(cores, 2), math.ceil(cores / 4))
 
 

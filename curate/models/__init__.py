@@ -1,5 +1,6 @@
 """Filter-network models: open_clip specs, packaged tiny configs, loading."""
 
+from curate.models.precision import use_ieee_fp32
 from curate.models.spec import (
     LoadedModel,
     ModelCatalog,
@@ -9,6 +10,7 @@ from curate.models.spec import (
     list_packaged_configs,
     load_model,
     parse_model_spec,
+    weight_bytes,
 )
 
 __all__ = [
@@ -20,4 +22,6 @@ __all__ = [
     "list_packaged_configs",
     "load_model",
     "parse_model_spec",
+    "use_ieee_fp32",
+    "weight_bytes",
 ]

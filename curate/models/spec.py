@@ -331,6 +331,25 @@ def check_weights(spec: ModelSpec) -> None:
             _load_checkpoint_strict(model, resolved.checkpoint, resolved.open_clip_name)
 
 
+def weight_bytes(spec: ModelSpec) -> int | None:
+    """Bytes of the model's parameters, from its architecture built on the meta device (no
+    memory, no weights read); None when it cannot be built here."""
+    try:
+        resolved = resolve_model_spec(spec)
+        with torch.device("meta"), warnings.catch_warnings(), _quiet_missing_weights(True):
+            warnings.simplefilter("ignore")
+            model = open_clip.create_model(
+                resolved.open_clip_name,
+                device="meta",
+                load_weights=False,
+                pretrained_text=False,
+                quick_gelu=resolved.quick_gelu,
+            )
+    except Exception:  # an unknown name, a hub config not at hand: the caller's default
+        return None
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 class _NoWeightsWarningFilter(logging.Filter):
     """Drops open_clip's 'No pretrained weights loaded' warning, which is wrong here when the
     weights come from our own checkpoint loading or random init was asked for."""

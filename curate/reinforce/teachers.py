@@ -17,7 +17,7 @@ import torch.nn.functional as nnf
 import torchvision.transforms.functional as F
 from torchvision.transforms import InterpolationMode
 
-from curate.models import LoadedModel, ModelSpec, load_model
+from curate.models import LoadedModel, ModelSpec, load_model, use_ieee_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Teacher:
     @classmethod
     def load(cls, spec: ModelSpec, device: str | torch.device = "cpu") -> Teacher:
         loaded = load_model(spec, device=device)
+        use_ieee_fp32(loaded.device)  # stored targets: fp32 as on the CPU, no TF32 convolutions
         cfg = open_clip.get_model_preprocess_cfg(loaded.model)
         return cls(
             loaded=loaded,

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from curate.executor import load_once
-from curate.models import LoadedModel, ModelSpec, load_model
+from curate.models import LoadedModel, ModelSpec, load_model, use_ieee_fp32
 from curate.score.image_encoder import make_image_encoder
 from curate.score.image_loader import ImageLoader, make_image_loader
 from curate.score.text_encoder import make_text_encoder
@@ -40,23 +40,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return _AUTOCAST_DTYPES.get(precision)
 
 
-def use_ieee_fp32(device: torch.device) -> None:
-    """fp32 on CUDA means IEEE fp32 (a process-wide setting, as a scoring worker needs it).
-
-    cuDNN runs fp32 convolutions in TF32 by default on Ampere and later GPUs: a ViT's patch
-    embedding alone put ViT-B-32's scores 2.0e-5 and ViT-L-14's 1.6e-5 off the CPU's on an
-    H200 (benchmarks/score_gpu.py); matrix products are IEEE unless someone turned TF32 on.
-    """
-    if device.type != "cuda":
-        return
-    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: per-backend precision
-        torch.backends.cudnn.conv.fp32_precision = "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-    else:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-
 def _has_convolutions(module: torch.nn.Module) -> bool:
     return any(
         isinstance(m, torch.nn.Conv2d) and m.kernel_size != m.stride for m in module.modules()
@@ -64,7 +47,7 @@ def _has_convolutions(module: torch.nn.Module) -> bool:
 
 
 def resolve_device(device: str, slot: int = 0) -> str:
-    """``auto`` picks CUDA when present; a worker's slot picks its GPU (one worker per GPU)."""
+    """``auto`` picks CUDA when present; a worker's slot picks its GPU (slot mod GPUs)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

@@ -41,7 +41,7 @@ from curate.io.workspace import (
     remove_stale_temporaries,
     write_json_atomic,
 )
-from curate.models import ModelSpec
+from curate.models import ModelSpec, weight_bytes
 from curate.runner import Shard, ShardedStage, ShardStats, StageSummary, run_sharded
 from curate.score.image_loader import DECODERS
 from curate.score.registry import READS_TARS, ProgressFn, ScorerKind, get_scorer_kind
@@ -261,10 +261,15 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
 
 
 def _executor_config(config: ScoreConfig) -> ExecutorConfig:
-    """The executor asked for; without ``--workers``, one worker per GPU scoring on CUDA."""
+    """The executor asked for; without ``--workers``, several workers per GPU scoring on CUDA
+    (``auto_workers``)."""
     executor = config.executor
     if executor.workers is not None or executor.scheduler is not None:
         return executor
     on_gpu = config.device != "cpu" and torch.cuda.is_available()
     gpus = torch.cuda.device_count() if on_gpu else 0
-    return replace(executor, workers=auto_workers(gpus))
+    if not gpus:
+        return replace(executor, workers=auto_workers())
+    memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
+    weights = weight_bytes(config.model) or 0
+    return replace(executor, workers=auto_workers(gpus, memory, weights))
