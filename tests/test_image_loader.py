@@ -216,14 +216,14 @@ def test_cuda_decode_never_writes_into_memory_queued_work_still_reads(preprocess
     stream it overwrote blocks that queued kernels still read (pytorch/vision#9606)."""
     cuda = make_image_loader(preprocess, torch.device("cuda"), "cuda", DEFAULT_MAX_PIXELS)
     images = [_encoded((512, 384), seed=s) for s in range(16)]
-    source = torch.arange(1 << 22, device="cuda", dtype=torch.float32)
-    expected = source.sum().item()
+    # blocks of a decoded image's size (3 x 384 x 512 bytes) and of a large tensor's
+    sources = [torch.ones(size, device="cuda", dtype=torch.int64) for size in (73_728, 1 << 22)]
     busy = torch.randn(4096, 4096, device="cuda")
     for _ in range(20):
-        for _ in range(8):  # queue work, so that the reduction below is still waiting
+        for _ in range(8):  # queue work, so that the sums below are still waiting
             busy = torch.tanh(busy @ busy / 64.0)
-        copy = source.clone()
-        total = copy.sum()
-        del copy  # its block is free again while the queued sum has yet to read it
+        copies = [source.clone() for source in sources]
+        totals = [copy.sum() for copy in copies]
+        del copies  # their blocks are free again while the queued sums have yet to read them
         cuda.decode_batch(images)
-        assert total.item() == expected
+        assert [total.item() for total in totals] == [73_728, 1 << 22]
