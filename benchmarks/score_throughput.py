@@ -16,6 +16,13 @@ and checks that all three give the same scores (within 1e-4). With ``--lossy`` i
 the CLI with reduced precision (bf16 on CPU, fp16 on CUDA) and reports its speed, largest
 score difference and Spearman rank correlation against fp32.
 
+With ``--peer`` it also runs clip-retrieval 2.45's ``clip_inference`` (the tool people use
+for this today) on the same shards with the same weights, batch size and cores, as a
+subprocess timed from outside, and compares its scores (the dot product of the image and text
+embeddings it stores, in fp16) with plain open_clip's. clip-retrieval pins numpy<2 and
+pyarrow<16, so it is not installed with filter-pool: ``benchmarks/install_peer.sh`` puts it
+and the modules it imports into ``benchmarks/_work/peer-site`` (``--peer-site`` elsewhere).
+
 With ``--device cuda`` every path runs on the GPU: the model-only paths take the pre-decoded
 tensors batch by batch, the exact CLI run decodes JPEGs on the CPU (``--decode cpu``,
 ``--precision fp32``), and a second fp32 run decodes them on the GPU (``--decode cuda``),
@@ -23,7 +30,7 @@ reported with its speed and its largest difference from the plain model. Usage::
 
     .venv/bin/python benchmarks/score_throughput.py [--models ViT-S-32,ViT-B-32]
         [--samples 2000] [--batch-size 64] [--workers N] [--device cpu|cuda] [--lossy]
-        [--work DIR] [--json]
+        [--peer] [--work DIR] [--json]
 
 Targets: end-to-end >= 1.5x the plain model (issue 8) and >= 0.85x (issue 2).
 Progress goes to stderr; the figures go to stdout.
@@ -60,6 +67,16 @@ from tests.generators.synthetic import write_synthetic_pool
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "benchmarks" / "_work" / "score_throughput"
+DEFAULT_PEER_SITE = REPO / "benchmarks" / "_work" / "peer-site"
+PEER_RUNNER = """
+import sys
+from clip_retrieval.clip_inference.main import main
+if __name__ == "__main__":
+    dataset, output, model, batch_size, workers, per_file = sys.argv[1:7]
+    main(input_dataset=dataset, output_folder=output, input_format="webdataset",
+         batch_size=int(batch_size), num_prepro_workers=int(workers), enable_metadata=True,
+         clip_model=model, use_jit=False, wds_number_file_per_input_file=int(per_file))
+"""
 IMAGE_SIZE = 512
 MAX_SAMPLES_PER_SHARD = 500
 SCORER_NAME = "bench"
@@ -124,6 +141,8 @@ class Figures:
     lossy_stage_samples_per_second: float | None = None
     lossy_max_abs_diff: float | None = None
     lossy_spearman: float | None = None
+    peer_process_samples_per_second: float | None = None
+    peer_max_abs_diff: float | None = None
 
 
 def log(message: str) -> None:
@@ -340,6 +359,55 @@ def check_cli_summary(summary: dict, n: int) -> None:
         raise SystemExit(f"CLI statuses: {summary['by_status']}, expected all ok")
 
 
+def peer_available(site: Path) -> bool:
+    """Whether clip-retrieval imports from ``site`` (with this interpreter's packages)."""
+    check = [sys.executable, "-c", "import clip_retrieval.clip_inference.main"]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run(check, capture_output=True, env=env, check=False).returncode == 0
+
+
+def run_peer(
+    site: Path, pool: Path, work: Path, model: str, checkpoint: Path, batch_size: int
+) -> tuple[float, dict[str, float]]:
+    """clip-retrieval's inference over the pool's tars; its wall time and scores by tar key."""
+    shards = find_shards(pool)
+    output = work / "peer-out"
+    shutil.rmtree(output, ignore_errors=True)
+    dataset = str(pool / f"{{{shards[0].name}..{shards[-1].name}}}.tar")
+    per_file = max(len(list(iter_tar_samples(s.tar, TarReadResult()))) for s in shards)
+    command = [
+        sys.executable, "-c", PEER_RUNNER, dataset, str(output),
+        f"open_clip:{model}/{checkpoint.resolve()}", str(batch_size),
+        str(len(os.sched_getaffinity(0))), str(per_file),
+    ]
+    log(f"running clip-retrieval inference over {len(shards)} shards")
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-3000:])
+        raise SystemExit(f"clip-retrieval exited with {done.returncode}")
+    scores: dict[str, float] = {}
+    for part in sorted((output / "metadata").glob("metadata_*.parquet")):
+        suffix = part.stem.split("_")[-1]
+        image = np.load(output / "img_emb" / f"img_emb_{suffix}.npy").astype(np.float64)
+        text = np.load(output / "text_emb" / f"text_emb_{suffix}.npy").astype(np.float64)
+        keys = pq.read_table(part, columns=["key"]).column("key").to_pylist()
+        scores.update(zip(keys, (image * text).sum(axis=1).tolist(), strict=True))
+    return wall, scores
+
+
+def uid_of_keys(run: Path, pool: Path) -> dict[str, str]:
+    """Tar key -> uid, from the run's pool table."""
+    out: dict[str, str] = {}
+    for shard in find_shards(pool):
+        table = pq.read_table(RunPaths(run).pool_part(shard.index), columns=["uid", "key"])
+        out.update(zip(table.column("key").to_pylist(), table.column("uid").to_pylist(),
+                       strict=True))
+    return out
+
+
 def measure(
     model: str,
     samples: list[Sample],
@@ -349,6 +417,8 @@ def measure(
     work: Path,
     device: str,
     lossy: bool,
+    peer_site: Path | None = None,
+    pool: Path | None = None,
 ) -> Figures:
     """Run the three measurements for ``model`` and check the scores; return the figures."""
     load = os.getloadavg()[0]
@@ -413,6 +483,15 @@ def measure(
         figures.lossy_stage_samples_per_second = float(reduced["samples_per_second"])
         figures.lossy_max_abs_diff = float(np.abs(values - fp32_values).max())
         figures.lossy_spearman = spearman(values, fp32_values)
+    if peer_site is not None and pool is not None:
+        peer_wall, by_key = run_peer(peer_site, pool, work, model, checkpoint, batch_size)
+        uids = uid_of_keys(run, pool)
+        peer = {uids[key]: score for key, score in by_key.items()}
+        if set(peer) != set(plain.scores):
+            raise SystemExit(f"clip-retrieval scored {len(peer)} samples, expected {n}")
+        figures.peer_process_samples_per_second = n / peer_wall
+        figures.peer_max_abs_diff = max_abs_diff(
+            plain.scores, np.array([peer[uid] for uid in plain.scores]))
     return figures
 
 
@@ -456,6 +535,24 @@ def render(figures: list[Figures]) -> str:
         ("lossy end-to-end", [rate(f.lossy_stage_samples_per_second) for f in figures]),
         ("lossy max |diff| vs fp32", [number(f.lossy_max_abs_diff, ".2g") for f in figures]),
         ("lossy Spearman vs fp32", [number(f.lossy_spearman, ".5f") for f in figures]),
+        (
+            "clip-retrieval 2.45, process wall",
+            [rate(f.peer_process_samples_per_second) for f in figures],
+        ),
+        (
+            "ratio stage / clip-retrieval",
+            [number(f.end_to_end_stage_samples_per_second / f.peer_process_samples_per_second,
+                    ".2f") + "x" if f.peer_process_samples_per_second else "-" for f in figures],
+        ),
+        (
+            "ratio process wall / clip-retrieval",
+            [number(f.end_to_end_process_samples_per_second / f.peer_process_samples_per_second,
+                    ".2f") + "x" if f.peer_process_samples_per_second else "-" for f in figures],
+        ),
+        (
+            "clip-retrieval max |diff| vs plain (fp16 embeddings)",
+            [number(f.peer_max_abs_diff, ".2g") for f in figures],
+        ),
         ("load average before (1 min)", [f"{f.load_average_before:.2f}" for f in figures]),
     ]
     width = max(len(label) for label, _ in rows)
@@ -487,6 +584,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lossy", action="store_true", help="also measure bf16 (CPU) or fp16 (CUDA)"
     )
+    parser.add_argument(
+        "--peer", action="store_true", help="also run clip-retrieval's inference (see above)"
+    )
+    parser.add_argument("--peer-site", type=Path, default=DEFAULT_PEER_SITE,
+                        help="folder holding clip-retrieval (benchmarks/install_peer.sh)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser.parse_args(argv)
 
@@ -498,9 +600,16 @@ def main(argv: list[str] | None = None) -> None:
     pool = prepare_pool(args.work, args.samples)
     run = prepare_run(args.work, pool)
     samples = read_samples(run, pool)
+    peer_site = None
+    if args.peer:
+        if not peer_available(args.peer_site):
+            raise SystemExit(f"--peer: clip-retrieval does not import from {args.peer_site}; "
+                             "run benchmarks/install_peer.sh")
+        peer_site = args.peer_site
     figures = [
         measure(
-            model, samples, run, args.batch_size, args.workers, args.work, args.device, args.lossy
+            model, samples, run, args.batch_size, args.workers, args.work, args.device,
+            args.lossy, peer_site, pool,
         )
         for model in args.models.split(",")
     ]
