@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from score_throughput import prepare_weights, spearman
+from score_throughput import prepare_weights, spearman, uid_of_keys
 
 from curate.ingest.stage import IngestConfig, ingest_pool
 from curate.io.img2dataset import ShardSample, write_img2dataset_shard
@@ -402,9 +402,7 @@ def fp16_against_fp32(
     with GPU decode."""
     loaded = load_model(ModelSpec(model, pretrained=str(checkpoint)), device=str(device))
     scorer = Scorer(loaded, "fp32")
-    part = pq.read_table(RunPaths(run).pool_part(0), columns=["uid", "key"])
-    keys_column, uids_column = part.column("key").to_pylist(), part.column("uid").to_pylist()
-    uid_of_key = dict(zip(keys_column, uids_column, strict=True))
+    uid_of_key = uid_of_keys(run, pool)
     keys, images, captions = [], [], []
     for sample in iter_tar_samples(find_shards(pool)[0].tar, TarReadResult()):
         keys.append(sample.key)

@@ -195,13 +195,9 @@ def prepare_weights(work: Path, model: str) -> Path:
 
 def read_samples(run: Path, pool: Path) -> list[Sample]:
     """Every sample of the pool's tars, with its uid from the run's pool table."""
-    paths = RunPaths(run)
+    uid_of_key = uid_of_keys(run, pool)
     samples = []
     for shard in find_shards(pool):
-        table = pq.read_table(paths.pool_part(shard.index), columns=["uid", "key"])
-        uid_of_key = dict(
-            zip(table.column("key").to_pylist(), table.column("uid").to_pylist(), strict=True)
-        )
         result = TarReadResult()
         for tar_sample in iter_tar_samples(shard.tar, result):
             image, caption = tar_sample.image(), tar_sample.caption()

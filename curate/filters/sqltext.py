@@ -31,8 +31,6 @@ RE2_NONSPACE = "[^" + RE2_SPACE[1:]
 PY_SPACE = "[" + "".join(py_char(c) for c in WHITESPACE) + "]"
 
 
-
-
 def double(value: float) -> str:
     """A SQL DOUBLE literal that round-trips ``value`` exactly (also inf and -inf)."""
     return f"CAST('{float(value)!r}' AS DOUBLE)"

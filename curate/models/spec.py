@@ -317,14 +317,7 @@ def check_weights(spec: ModelSpec) -> None:
     with torch.device("meta"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
         try:
-            model = open_clip.create_model(
-                resolved.open_clip_name,
-                device="meta",
-                load_weights=resolved.checkpoint is None,
-                pretrained_text=False,
-                weights_only=True,
-                quick_gelu=resolved.quick_gelu,
-            )
+            model = _meta_model(resolved, load_weights=resolved.checkpoint is None)
         except (RuntimeError, AssertionError, OSError, ValueError) as exc:
             raise ModelError(f"cannot load {spec.id}: {_first_line(exc)}") from exc
         if resolved.checkpoint is not None:
@@ -338,16 +331,22 @@ def weight_bytes(spec: ModelSpec) -> int | None:
         resolved = resolve_model_spec(spec)
         with torch.device("meta"), warnings.catch_warnings(), _quiet_missing_weights(True):
             warnings.simplefilter("ignore")
-            model = open_clip.create_model(
-                resolved.open_clip_name,
-                device="meta",
-                load_weights=False,
-                pretrained_text=False,
-                quick_gelu=resolved.quick_gelu,
-            )
+            model = _meta_model(resolved, load_weights=False)
     except Exception:  # an unknown name, a hub config not at hand: the caller's default
         return None
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _meta_model(resolved: _Resolved, load_weights: bool) -> torch.nn.Module:
+    """open_clip's model for ``resolved`` on the meta device (call under ``torch.device``)."""
+    return open_clip.create_model(
+        resolved.open_clip_name,
+        device="meta",
+        load_weights=load_weights,
+        pretrained_text=False,
+        weights_only=True,
+        quick_gelu=resolved.quick_gelu,
+    )
 
 
 class _NoWeightsWarningFilter(logging.Filter):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -262,29 +262,30 @@ def _chunked_uids(con: Any, paths: RunPaths, layout: SamplesLayout, decisions: p
         except duckdb.InvalidInputException as exc:
             raise OutOfOrder(str(exc)) from exc
 
-    return _gather(ordered_map(read, _chunks(layout)), _kept_count(decisions))
+    kept = _KeptPairs(_kept_count(decisions))
+    for pairs in ordered_map(read, part_chunks(layout, CHUNKS, CHUNK_ROWS)):
+        kept.add(pairs)
+    return kept.result()
 
 
-def _chunks(layout: SamplesLayout) -> list[slice]:
-    """The chunks of pool parts read side by side: about CHUNKS, more on a large pool so that
-    each holds about CHUNK_ROWS rows (two in flight: memory does not grow with the pool)."""
-    rows = sum(layout.pool_rows)
-    return part_chunks(layout, max(CHUNKS, -(-rows // CHUNK_ROWS)))
+class _KeptPairs:
+    """uid pair arrays gathered into one array of ``total`` pairs, allocated once (a list and
+    its concatenation would hold every kept uid twice)."""
 
+    def __init__(self, total: int) -> None:
+        self.pairs = np.empty(total, dtype=UID_DTYPE)
+        self.filled = 0
 
-def _gather(runs: Iterable[np.ndarray], total: int) -> np.ndarray:
-    """Concatenate uid pair arrays into one array of ``total`` pairs, allocated once (a list
-    and its concatenation would hold every kept uid twice)."""
-    out = np.empty(total, dtype=UID_DTYPE)
-    filled = 0
-    for pairs in runs:
-        if filled + len(pairs) > total:
-            raise RuntimeError(f"more kept uids than the {total} decided")
-        out[filled:filled + len(pairs)] = pairs
-        filled += len(pairs)
-    if filled != total:
-        raise RuntimeError(f"{filled} kept uids written, {total} decided")
-    return out
+    def add(self, pairs: np.ndarray) -> None:
+        if self.filled + len(pairs) > len(self.pairs):
+            raise RuntimeError(f"more kept uids than the {len(self.pairs)} decided")
+        self.pairs[self.filled:self.filled + len(pairs)] = pairs
+        self.filled += len(pairs)
+
+    def result(self) -> np.ndarray:
+        if self.filled != len(self.pairs):
+            raise RuntimeError(f"{self.filled} kept uids written, {len(self.pairs)} decided")
+        return self.pairs
 
 
 def _kept_count(decisions: pa.Table) -> int:
@@ -360,8 +361,7 @@ def _chunked_outputs(
         return manifest, dropped, sort_uid_array(kept)
 
     started = time.perf_counter()
-    pairs = np.empty(_kept_count(decisions), dtype=UID_DTYPE)
-    filled = 0
+    kept = _KeptPairs(_kept_count(decisions))
     writers: dict[str, pq.ParquetWriter] = {}
     dictionary = {MANIFEST: ["shard"], DROPPED: ["first_failed_filter", "failed_filters"]}
 
@@ -375,7 +375,7 @@ def _chunked_outputs(
 
     # one thread per output file, one chunk in flight each: the two files are written side by
     # side while the next chunks are read (the writer was the bottleneck on one thread)
-    chunks = _chunks(layout)
+    chunks = part_chunks(layout, CHUNKS, CHUNK_ROWS)
     with ThreadPoolExecutor(1) as manifest_thread, ThreadPoolExecutor(1) as dropped_thread:
         writing: list[Future[None]] = []
         try:
@@ -384,8 +384,7 @@ def _chunked_outputs(
                     future.result()
                 writing = [manifest_thread.submit(write, MANIFEST, manifest),
                            dropped_thread.submit(write, DROPPED, dropped)]
-                pairs[filled:filled + len(kept_pairs)] = kept_pairs
-                filled += len(kept_pairs)
+                kept.add(kept_pairs)
                 del manifest, dropped
             for future in writing:
                 future.result()
@@ -396,9 +395,7 @@ def _chunked_outputs(
                 writer.close()
     logger.debug("%s, %s: %d chunks in %.2f s", MANIFEST, DROPPED, len(chunks),
                  time.perf_counter() - started)
-    if filled != len(pairs):
-        raise RuntimeError(f"{filled} kept uids written, {len(pairs)} decided")
-    return pairs
+    return kept.result()
 
 
 def write_outputs(

@@ -49,6 +49,7 @@ from curate.io.workspace import (
     staged_directory,
 )
 from curate.select.outputs import write_outputs
+from curate.tables.bins import bincount_blocks
 from curate.tables.views import connect_with_layout, score_names, table_names
 
 logger = logging.getLogger(__name__)
@@ -190,10 +191,7 @@ def _failure_groups(passed: list[np.ndarray], labels: list[str],
             part = slice(start, start + BLOCK_ROWS)
             code[part] |= (~kept[part]).view(np.uint8).astype(width) << width(j)
     if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
-        present = np.flatnonzero(sum(
-            (np.bincount(code[start:start + BLOCK_ROWS], minlength=2 ** len(labels))
-             for start in range(0, rows, BLOCK_ROWS)),
-            np.zeros(2 ** len(labels), dtype=np.int64)))
+        present = np.flatnonzero(bincount_blocks(code, 2 ** len(labels), BLOCK_ROWS))
         if len(present) and present[-1] == len(present) - 1:  # codes 0..k all there: as they are
             values, group = present.astype(np.uint64), code
         else:

@@ -161,9 +161,8 @@ def _candidate_queries(con: duckdb.DuckDBPyConnection, config: SweepConfig,
         layout = samples_layout(con, paths)
         if layout.positional and len(layout.pool_files) > 1:
             scorer = [s for s in layout.scorers if score_column(s) == column]  # its parts only
-            chunks = max(SCAN_CHUNKS, -(-sum(layout.pool_rows) // SCAN_CHUNK_ROWS))
             sources = [f"({samples_sql(paths, layout, chunk, scorer)})"
-                       for chunk in part_chunks(layout, chunks)]
+                       for chunk in part_chunks(layout, SCAN_CHUNKS, SCAN_CHUNK_ROWS)]
     captions = _caption_sql(con, paths)
     return [f'SELECT s."{column}" AS score, {captions}, s.sample_id FROM {source} s {join} '
             f's."{column}" IS NOT NULL AND NOT isnan(s."{column}")' for source in sources], tables

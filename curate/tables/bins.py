@@ -20,6 +20,15 @@ BINS = 64_000  # a multiple of the sweep plot's 100 bins: its histogram is whole
 BLOCK = 1 << 20  # rows per block of float64 work (fresh 100 MB arrays cost page faults)
 
 
+def bincount_blocks(values: np.ndarray, size: int, block: int = BLOCK) -> np.ndarray:
+    """``np.bincount(values, minlength=size)`` a block at a time: bincount copies its input to
+    int64, which for a whole array of small integers is several times the array."""
+    counts = np.zeros(size, dtype=np.int64)
+    for start in range(0, len(values), block):
+        counts += np.bincount(values[start:start + block], minlength=size)
+    return counts
+
+
 @dataclass(frozen=True)
 class ScoreBins:
     """Scores (no NaN), each row's bin, and the rows per bin."""
@@ -42,10 +51,7 @@ class ScoreBins:
             low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
         scale = size / (high - low) if high > low else 0.0
         bins = cls._map(scores, low, scale, size)
-        counts = np.zeros(size, dtype=np.int64)
-        for start in range(0, len(bins), BLOCK):  # bincount copies its input to int64: blocks
-            counts += np.bincount(bins[start:start + BLOCK], minlength=size)
-        return cls(scores, bins, counts, low, high, scale)
+        return cls(scores, bins, bincount_blocks(bins, size), low, high, scale)
 
     @staticmethod
     def _map(values: np.ndarray, low: float, scale: float, size: int) -> np.ndarray:

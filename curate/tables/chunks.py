@@ -37,8 +37,12 @@ def ordered_map(
             yield pending.popleft().result()
 
 
-def part_chunks(layout: SamplesLayout, chunks: int) -> list[slice]:
-    """Consecutive pool parts in about ``chunks`` groups (fewer when there are fewer parts)."""
+def part_chunks(layout: SamplesLayout, chunks: int, max_rows: int | None = None) -> list[slice]:
+    """Consecutive pool parts in about ``chunks`` groups (fewer when there are fewer parts), or
+    more on a large pool, so that a group holds about ``max_rows`` rows at most (with results
+    read a few chunks ahead, memory then does not grow with the pool)."""
+    if max_rows is not None:
+        chunks = max(chunks, -(-sum(layout.pool_rows) // max_rows))
     count = len(layout.pool_files)
     size = max(1, math.ceil(count / max(1, chunks)))
     return [slice(start, min(start + size, count)) for start in range(0, count, size)]
