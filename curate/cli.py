@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +67,39 @@ def os_error_line(exc: OSError, options: dict[str, Any]) -> str:
     where = f"{path}: " if path is not None else ""
     return f"{where}{reason} (nothing was left half-written; free space or fix the path and " \
            "run the command again)"
+
+
+def on_run(parameter: str = "run", must_exist: bool = True) -> Callable[[F], F]:
+    """A run given as a URL (``s3://bucket/runs/r1``): the command works on its local mirror,
+    pulled before and pushed after (curate/io/run_store.py); messages name the URL, not the
+    mirror. Options for the store come from the environment (``FILTER_POOL_STORAGE_OPTIONS``)
+    and the command's ``--storage-options``."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = kwargs.get(parameter)
+            from curate.io.storage import looks_like_url
+
+            if given is None or not looks_like_url(str(given)):
+                return command(*args, **kwargs)
+            from curate.io.run_store import run_location
+            from curate.io.storage import parse_storage_options
+
+            url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(given))
+            options = parse_storage_options(kwargs.get("storage_options"))
+            with run_location(url, options, must_exist=must_exist) as mirror:
+                try:
+                    return command(*args, **{**kwargs, parameter: mirror})
+                except UserError as exc:
+                    raise UserError(str(exc).replace(str(mirror), url)) from None
+                except OSError as exc:
+                    line = os_error_line(exc, {**kwargs, parameter: mirror})
+                    raise UserError(line.replace(str(mirror), url)) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @contextlib.contextmanager
@@ -172,12 +206,14 @@ def download(
 
 @app.command()
 @user_errors
+@on_run(must_exist=False)
 def ingest(
     pool: Annotated[
         str, typer.Argument(help="img2dataset webdataset output or a DataComp metadata folder: "
                             "a path, or an fsspec URL such as s3://bucket/pool.")
     ],
-    run: Annotated[Path, typer.Option("--run", help="Run directory to create or complete.")],
+    run: Annotated[Path, typer.Option("--run", help="Run directory to create or complete: a "
+                                      "path, or a URL such as s3://bucket/runs/r1.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a run made from another pool.")] = False,
     storage_options: Annotated[str | None, typer.Option(
         "--storage-options", help="JSON fsspec options for a pool on a URL (endpoint_url, "
@@ -204,8 +240,10 @@ def ingest(
 
 @app.command()
 @user_errors
+@on_run()
 def score(
-    run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest`.")],
+    run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest` (a "
+                                        "path, or a URL such as s3://bucket/runs/r1).")],
     model: Annotated[str | None, typer.Option(
         help="ARCH, hf-hub:org/name, or a model directory (scorer kinds with a model).")] = None,
     kind: Annotated[str, typer.Option(
@@ -286,6 +324,7 @@ def score(
 
 @app.command("train-head")
 @user_errors
+@on_run()
 def train_head_command(
     run: Annotated[Path, typer.Argument(help="Run directory with saved embeddings.")],
     labels: Annotated[Path, typer.Option(
@@ -348,8 +387,9 @@ WhereOption = Annotated[str | None, typer.Option(help="SQL condition over `sampl
 
 @app.command()
 @user_errors
+@on_run()
 def query(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     sql: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
     output_format: Annotated[
         str, typer.Option("--format", help="table, csv, json or parquet.")
@@ -377,8 +417,9 @@ def list_filters_command(as_json: JsonOption = False) -> None:
 
 @app.command("sweep")
 @user_errors
+@on_run()
 def sweep_command(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     by: Annotated[str, typer.Option(help="Score column (dfn or dfn_score).")],
     fractions: Annotated[
         str | None, typer.Option(help="Comma-separated fractions to keep.")
@@ -410,8 +451,9 @@ def sweep_command(
 
 @app.command("select")
 @user_errors
+@on_run()
 def select_command(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     out: Annotated[str, typer.Option(help="Subset name: writes RUN/subsets/NAME/.")],
     by: Annotated[str | None, typer.Option(help="Score column (dfn or dfn_score).")] = None,
     fraction: Annotated[
@@ -438,8 +480,9 @@ def select_command(
 
 @app.command("export")
 @user_errors
+@on_run()
 def export_command(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
     out: Annotated[Path, typer.Option(help="Output folder for webdataset shards.")],
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 10_000,
@@ -458,8 +501,9 @@ def export_command(
 
 @app.command("report")
 @user_errors
+@on_run()
 def report_command(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     out: Annotated[Path, typer.Option(help="The HTML file to write.")],
     subset: Annotated[str | None, typer.Option(help="Subset name (RUN/subsets/NAME).")] = None,
     scorer: Annotated[
@@ -482,6 +526,7 @@ def report_command(
 
 @app.command("train-dfn")
 @user_errors
+@on_run("data")
 def train_dfn(
     data: Annotated[Path, typer.Argument(
         help="webdataset shards (img2dataset layout), a run subset folder RUN/subsets/NAME, "
@@ -542,8 +587,9 @@ def train_dfn(
 
 @app.command("evaluate")
 @user_errors
+@on_run()
 def evaluate_command(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
     eval_set: Annotated[Path, typer.Option(
         "--eval", help="Zero-shot eval set folder (see data/README.md).")],
@@ -604,8 +650,9 @@ def _csv_ints(text: str, option: str) -> tuple[int, ...]:
 
 @app.command("compare")
 @user_errors
+@on_run()
 def compare_command(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[list[str], typer.Option(
         help="Subset name (RUN/subsets/NAME); repeat to compare several.")],
     eval_set: Annotated[Path, typer.Option(
@@ -746,8 +793,9 @@ def validate_reinforced_command(
 
 @app.command("cluster")
 @user_errors
+@on_run()
 def cluster_command(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     name: Annotated[str, typer.Option(help="Table name: RUN/scores/NAME, columns NAME_keep, "
                                            "NAME_cluster, ...")] = "image_based",
     embeddings: Annotated[str, typer.Option(
@@ -785,6 +833,7 @@ def cluster_command(
 
 @app.command("dedup")
 @user_errors
+@on_run()
 def dedup_command(
     run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest`.")],
     level: Annotated[str, typer.Option(help="exact (bytes or pixels), phash (perceptual "

@@ -25,6 +25,7 @@ import pytest
 
 from curate.executor import ExecutorConfig
 from curate.ingest.stage import IngestConfig, ingest_pool
+from curate.io.run_store import run_location
 from curate.io.workspace import RunPaths
 from curate.models import ModelSpec
 from curate.score.stage import ScoreConfig, score_run
@@ -62,13 +63,15 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _started_cluster(folder: Path) -> Iterator[Cluster]:
+def _started_cluster(folder: Path, **worker_env: str) -> Iterator[Cluster]:
     """A scheduler and two single-threaded workers, each its own process (no nanny: a killed
-    worker stays dead) with this process's environment, stopped on leaving."""
+    worker stays dead) with this process's environment (and ``worker_env``), stopped on
+    leaving."""
     from distributed import Client
 
     scheduler_file = folder / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+           **worker_env}
     scheduler = subprocess.Popen(
         [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
          "--scheduler-file", str(scheduler_file)],
@@ -219,3 +222,40 @@ def test_workers_read_a_pool_on_s3_that_no_disk_of_theirs_holds(
         summary = score_run(_config(remote, tiny_checkpoint, started.address))
     assert summary.failed_shards == {} and summary.stats.samples == 4 * 8
     _assert_same_tables(remote, reference)
+
+
+@pytest.mark.usefixtures("s3")
+def test_a_run_on_s3_is_scored_by_workers_that_share_no_disk_with_the_client(
+        tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pool and run live only on the S3 server; the client (the CLI, its own cache) and the
+    workers (another cache) share no folder of the run: each worker fetches its shard's pool
+    part into its own mirror and uploads the score part, then the completion record; the
+    client pulls them. The tables on the store equal an in-process score of a local copy."""
+    local = write_synthetic_pool(tmp_path / "pool", num_shards=4, samples_per_shard=8,
+                                 image_size=32).root
+    pool_url = _upload(local, "cluster-pool-2")
+    reference = tmp_path / "reference"
+    ingest_pool(IngestConfig(pool=local, run=reference))
+    score_run(_config(reference, tiny_checkpoint, None))
+    run_url = pool_url.replace("cluster-pool-2", "runs/cluster")
+    cli = str(Path(sys.executable).parent / "filter-pool")
+    client_env = {**os.environ, "FILTER_POOL_CACHE": str(tmp_path / "client-cache")}
+    ingested = subprocess.run([cli, "ingest", pool_url, "--run", run_url], env=client_env,
+                              capture_output=True, text=True, timeout=300)
+    assert ingested.returncode == 0, ingested.stderr
+    shutil.rmtree(local)
+    worker_cache = tmp_path / "worker-cache"
+    with _started_cluster(tmp_path, FILTER_POOL_CACHE=str(worker_cache)) as started:
+        scored = subprocess.run(
+            [cli, "score", run_url, "--model", "fp-tiny-vit", "--pretrained",
+             str(tiny_checkpoint), "--batch-size", "8", "--scheduler", started.address,
+             "--json"], env=client_env, capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["samples_scored"] == 4 * 8
+    on_workers = sorted(p.name for p in worker_cache.rglob("scores/dfn/part-*.parquet"))
+    assert on_workers == [f"part-{i:05d}.parquet" for i in range(4)]
+    monkeypatch.setenv("FILTER_POOL_CACHE", str(tmp_path / "reader-cache"))
+    with run_location(run_url) as mirror:
+        _assert_same_tables(mirror, reference)
+        assert sorted(p.name for p in (mirror / "scores" / "dfn" / "_done").iterdir()) == \
+            [f"part-{i:05d}.json" for i in range(4)]

@@ -14,6 +14,8 @@ from typing import Any
 
 from curate.executor import ExecutorConfig, TaskFailure, make_executor
 from curate.executor.base import Executor, ProgressFn
+from curate.io.run_store import RemoteRun, relocate
+from curate.io.run_store import active as active_run_store
 from curate.io.workspace import remove_stale_temporaries
 from curate.runner.progress import Progress
 from curate.runner.records import read_record, record_path, write_record
@@ -25,13 +27,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard of a stage: its name, its record's name, the task its function gets, and the
-    outputs that must exist (besides the record) for it to count as finished."""
+    """One shard of a stage: its name, its record's name, the task its function gets, the
+    outputs that must exist (besides the record) for it to count as finished, and the files of
+    the run it reads (a worker of a run on a URL fetches them into its own mirror)."""
 
     name: str
     part: str
     task: Any
     outputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,18 @@ class _Job:
     shard: Shard
     record: str
     attempt: str  # one token per run_sharded call, written into the records it makes
+    store: RemoteRun | None = None  # the run lies on a URL: fetch inputs, upload outputs
+
+
+def _on_this_machine(job: _Job) -> tuple[_Job, RemoteRun | None]:
+    """A job of a run on a URL with its paths moved into this machine's mirror, its inputs
+    fetched there; the job unchanged (and None) for a local run."""
+    if job.store is None:
+        return job, None
+    local = job.store.here()
+    moved = relocate(job, job.store.mirror, local.mirror)
+    local.pull(only=[Path(p).relative_to(local.mirror).as_posix() for p in moved.shard.inputs])
+    return moved, local
 
 
 def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], stats_type: type[Stats],
@@ -71,13 +87,17 @@ def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], stats_type: typ
     A job can run twice in one attempt: Dask recomputes a finished task whose result lived on
     a worker that then died. The second execution finds this attempt's record and returns its
     stats without touching anything (dropping the record first would leave the shard without
-    one if the client, which already has the result, ends the run before it is rewritten)."""
+    one if the client, which already has the result, ends the run before it is rewritten).
+    For a run on a URL the outputs and then the record are uploaded from the worker."""
+    job, store = _on_this_machine(job)
     finished = read_record(job.record, stats_type, attempt=job.attempt)
     if finished is not None:
         return finished
     Path(job.record).unlink(missing_ok=True)
     stats = task_fn(job.shard.task, progress)
     write_record(job.record, stats, attempt=job.attempt)
+    if store is not None:
+        store.upload_shard(job.shard.outputs, job.record)
     return stats
 
 
@@ -94,12 +114,16 @@ def plan(stage: ShardedStage) -> tuple[list[_Job], Stats]:
     done = stage.stats_type()
     jobs = []
     attempt = uuid.uuid4().hex
+    store = active_run_store()
+    if store is not None and store.mirror not in stage.output_dir.parents:
+        store = None  # a stage writing beside the run (ingest's staging): pushed at the end
     for shard in stage.shards:
         finished = _finished(stage, shard)
         if finished is not None:
             done = done + finished
         else:
-            jobs.append(_Job(shard, str(record_path(stage.output_dir, shard.part)), attempt))
+            jobs.append(_Job(shard, str(record_path(stage.output_dir, shard.part)), attempt,
+                             store))
     return jobs, done
 
 
@@ -122,6 +146,8 @@ def run_sharded(stage: ShardedStage, executor: ExecutorConfig, progress: bool = 
             now, failures = _execute(stage, jobs, running, progress)
         finally:
             running.close()
+        if jobs[0].store is not None:
+            jobs[0].store.pull()  # what workers on other machines uploaded
     total = len(stage.shards)
     logger.info("%s: %d shards run, %d already done", stage.name, len(jobs), total - len(jobs))
     for name, error in sorted(failures.items()):

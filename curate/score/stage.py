@@ -214,7 +214,10 @@ def score_stage(config: ScoreConfig, shards: list[dict]) -> ShardedStage:
             max_image_pixels=config.max_image_pixels,
             storage_options=storage_options,
         )
-        planned.append(Shard(name=shard["name"], part=part, task=task))
+        written = [task.scores_part] + ([f"{embeddings}.{kind}.npy" for kind in
+                                          ("image", "text")] if embeddings else [])
+        planned.append(Shard(name=shard["name"], part=part, task=task, outputs=tuple(written),
+                             inputs=(task.pool_part,)))
     return ShardedStage(
         name=f"score {config.name}",
         shards=tuple(planned),

@@ -1,0 +1,356 @@
+"""Runs on object storage: ``--run s3://bucket/runs/r1``.
+
+A run on a URL is worked on through a local mirror, ``$FILTER_POOL_CACHE/runs/<sha>/`` (default
+``~/.cache/filter-pool/runs``): a command pulls the run's files that changed on the store,
+works on the mirror exactly as on a local run (its locks, staging folders and DuckDB views are
+local), and pushes what it changed. Object stores have no rename, so a push keeps the order
+that makes each write atomic for readers:
+
+1. completion records and run records that changed or are gone are deleted first (a reader then
+   trusts none of the parts they covered);
+2. data files (Parquet parts, ``.npy``) are uploaded or deleted;
+3. completion records (``_done/*.json``), then the other records, ``run.json`` last.
+
+Every object is written whole by one PUT, so a reader sees either the old or the new file. A
+sharded stage's workers need no shared disk: each fetches the inputs its shard names into its
+own mirror and uploads its outputs, then its completion record (:func:`shard_finished`).
+
+What the mirror has synced is kept beside it (``<sha>.sync.json``: each file's size, mtime and
+the store's ETag), so a pull downloads only what changed and a push uploads only what the
+command wrote; a file of equal bytes (same MD5 as the store's ETag) is not sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.errors import UserError
+from curate.io.storage import _filesystem, check_storage_options, is_url, storage_error
+
+CACHE_ENV = "FILTER_POOL_CACHE"
+OPTIONS_ENV = "FILTER_POOL_STORAGE_OPTIONS"  # JSON fsspec options for runs on a URL
+RECORD_FILE = "run.json"
+_active: contextvars.ContextVar[RemoteRun | None] = contextvars.ContextVar("remote_run",
+                                                                        default=None)
+
+
+class RunStoreError(UserError):
+    """A run on a URL that cannot be listed, read or written; names it and the reason."""
+
+
+def cache_root() -> Path:
+    """Where run mirrors live: ``$FILTER_POOL_CACHE/runs`` or ``~/.cache/filter-pool/runs``."""
+    base = os.environ.get(CACHE_ENV)
+    return (Path(base) if base else Path.home() / ".cache" / "filter-pool") / "runs"
+
+
+def env_storage_options() -> dict[str, Any]:
+    """``$FILTER_POOL_STORAGE_OPTIONS`` as checked fsspec options (no credentials)."""
+    text = os.environ.get(OPTIONS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        return check_storage_options(json.loads(text))
+    except ValueError as exc:
+        raise UserError(f"{OPTIONS_ENV} is not valid JSON ({exc})") from None
+
+
+def _is_hidden(relative: str) -> bool:
+    """Locks, staging folders and temporaries: local to one machine, never synced."""
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+def _push_rank(relative: str) -> int:
+    """Upload order: data, completion records, other records, run.json."""
+    if relative == RECORD_FILE:
+        return 3
+    if relative.endswith(".json"):
+        return 1 if "/_done/" in f"/{relative}" else 2
+    return 0
+
+
+def _is_record(relative: str) -> bool:
+    return relative.endswith(".json")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stat_key(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """A run on a URL and its local mirror. Picklable: it travels with a shard's job to the
+    worker, whose own mirror (its own ``$FILTER_POOL_CACHE``) may differ from the client's."""
+
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    mirror: Path = field(default=Path())
+
+    @classmethod
+    def of(cls, url: str, options: Mapping[str, Any] | None = None) -> RemoteRun:
+        url = url.rstrip("/")
+        name = hashlib.sha256(url.encode()).hexdigest()[:20]
+        return cls(url, dict(options or {}), cache_root() / name)
+
+    def here(self) -> RemoteRun:
+        """The same run with this machine's mirror (on a worker: its own cache)."""
+        return RemoteRun.of(self.url, self.options)
+
+    @property
+    def sync_file(self) -> Path:
+        return self.mirror.with_name(f"{self.mirror.name}.sync.json")
+
+    # -- the store -------------------------------------------------------------------------
+
+    def _fs(self) -> tuple[Any, str]:
+        try:
+            return _filesystem(self.url, self.options)
+        except Exception as exc:
+            raise RunStoreError(str(storage_error(exc, self.url, "run"))) from exc
+
+    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise RunStoreError(str(storage_error(exc, what, "run"))) from exc
+
+    def listing(self) -> dict[str, dict[str, Any]]:
+        """The run's files on the store: relative name -> {size, etag}; hidden names skipped."""
+        filesystem, root = self._fs()
+        try:
+            found = self._call(self.url, filesystem.find, root, detail=True, withdirs=False)
+        except FileNotFoundError as exc:
+            if "bucket" in str(exc).lower():
+                raise RunStoreError(str(storage_error(exc, self.url, "run"))) from exc
+            return {}
+        files = {}
+        for name, info in found.items():
+            relative = name[len(root):].lstrip("/")
+            if relative and not _is_hidden(relative) and info.get("type", "file") == "file":
+                etag = info.get("ETag") or info.get("etag")
+                files[relative] = {"size": info.get("size"),
+                                   "etag": str(etag).strip('"') if etag else None}
+        return files
+
+    def _remote(self, relative: str) -> str:
+        return f"{self._fs()[1]}/{relative}"
+
+    def _download(self, relative: str) -> None:
+        target = self.mirror / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        filesystem, _ = self._fs()
+        self._call(f"{self.url}/{relative}", filesystem.get_file, self._remote(relative),
+                   str(partial))
+        os.replace(partial, target)
+
+    def _upload(self, relative: str) -> str | None:
+        filesystem, _ = self._fs()
+        remote = self._remote(relative)
+        self._call(f"{self.url}/{relative}", filesystem.put_file, str(self.mirror / relative),
+                   remote)
+        info = self._call(f"{self.url}/{relative}", filesystem.info, remote)
+        etag = info.get("ETag") or info.get("etag")
+        return str(etag).strip('"') if etag else None
+
+    def _delete(self, relative: str) -> None:
+        filesystem, _ = self._fs()
+        with contextlib.suppress(FileNotFoundError):
+            self._call(f"{self.url}/{relative}", filesystem.rm_file, self._remote(relative))
+
+    # -- the mirror's sync record ---------------------------------------------------------
+
+    def _synced(self) -> dict[str, dict[str, Any]]:
+        if not self.sync_file.is_file():
+            return {}
+        try:
+            return json.loads(self.sync_file.read_text())
+        except ValueError:
+            return {}  # a torn record: everything is compared again by content
+
+    def _save(self, synced: Mapping[str, Any]) -> None:
+        self.sync_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.sync_file.with_name(f".{self.sync_file.name}.{uuid.uuid4().hex[:8]}.tmp")
+        partial.write_text(json.dumps(synced, sort_keys=True))
+        os.replace(partial, self.sync_file)
+
+    def _local_files(self) -> dict[str, Path]:
+        files = {}
+        if self.mirror.is_dir():
+            for path in self.mirror.rglob("*"):
+                relative = path.relative_to(self.mirror).as_posix()
+                if path.is_file() and not path.is_symlink() and not _is_hidden(relative):
+                    files[relative] = path
+        return files
+
+    def _same_bytes(self, path: Path, remote: Mapping[str, Any]) -> bool:
+        """True when a local file holds the store's bytes (size, and MD5 against a plain
+        ETag; a multipart or encrypted object's ETag is no MD5, so it counts as different)."""
+        etag = remote.get("etag") or ""
+        return (path.stat().st_size == remote.get("size") and len(etag) == 32
+                and _md5(path) == etag)
+
+    # -- pull and push ----------------------------------------------------------------------
+
+    def pull(self, only: Iterable[str] | None = None) -> int:
+        """Bring the mirror up to the store: download files that are new or changed there,
+        delete mirrored files the store no longer has (unless changed here since). ``only``:
+        just these relative names (a worker's inputs). Returns how many files were fetched."""
+        synced = self._synced()
+        if only is not None:
+            fetched = sum(self._fetch_one(relative, synced) for relative in only)
+            self._save(synced)
+            return fetched
+        remote = self.listing()
+        local = self._local_files()
+        fetched = 0
+        for relative, info in sorted(remote.items()):
+            path = local.get(relative)
+            known = synced.get(relative, {})
+            if path is not None and known.get("etag") == info["etag"] and \
+                    known.get("stat") == _stat_key(path):
+                continue
+            if path is None or not self._same_bytes(path, info):
+                self._download(relative)
+                fetched += 1
+            synced[relative] = {"etag": info["etag"], "stat": _stat_key(self.mirror / relative)}
+        for relative in set(synced) - set(remote):
+            path = local.get(relative)
+            if path is not None and synced[relative].get("stat") == _stat_key(path):
+                path.unlink()  # gone from the store and unchanged here: replaced elsewhere
+            del synced[relative]
+        self._save(synced)
+        return fetched
+
+    def _fetch_one(self, relative: str, synced: dict[str, Any]) -> bool:
+        """Download one file unless the mirror's copy is the store's (by ETag); True if sent."""
+        filesystem, _ = self._fs()
+        try:
+            info = self._call(f"{self.url}/{relative}", filesystem.info, self._remote(relative))
+        except FileNotFoundError:
+            raise RunStoreError(f"run {self.url}: {relative} is not on the store") from None
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"') or None
+        path = self.mirror / relative
+        known = synced.get(relative, {})
+        if path.is_file() and etag is not None and known.get("etag") == etag and \
+                known.get("stat") == _stat_key(path):
+            return False
+        self._download(relative)
+        synced[relative] = {"etag": etag, "stat": _stat_key(path)}
+        return True
+
+    def push(self) -> int:
+        """Send what changed in the mirror since the last sync, in the order that keeps the
+        run consistent for readers (see the module docstring). Returns files uploaded."""
+        synced = self._synced()
+        remote = self.listing()
+        local = self._local_files()
+        changed = [r for r, path in local.items()
+                   if synced.get(r, {}).get("stat") != _stat_key(path)
+                   or synced[r].get("etag") != (remote.get(r) or {}).get("etag")]
+        changed = [r for r in changed if r not in remote or not self._same_bytes(local[r],
+                                                                                remote[r])]
+        gone = [r for r in remote if r not in local and r in synced]
+        for relative in remote:  # records here unchanged but synced before this command
+            if relative in local and relative not in changed:
+                synced[relative] = {"etag": remote[relative]["etag"],
+                                    "stat": _stat_key(local[relative])}
+        stale_records = [r for r in sorted(set(changed) | set(gone), key=_push_rank, reverse=True)
+                         if _is_record(r) and r in remote]
+        for relative in stale_records:
+            self._delete(relative)
+            synced.pop(relative, None)
+        for relative in gone:
+            if not _is_record(relative):
+                self._delete(relative)
+            synced.pop(relative, None)
+        for relative in sorted(changed, key=lambda r: (_push_rank(r), r)):
+            etag = self._upload(relative)
+            synced[relative] = {"etag": etag, "stat": _stat_key(local[relative])}
+        self._save(synced)
+        return len(changed)
+
+    def upload_shard(self, outputs: Iterable[str], record: str) -> None:
+        """A worker's finished shard: its outputs, then its completion record (a stale one is
+        deleted first). Paths are this mirror's."""
+        record_relative = Path(record).relative_to(self.mirror).as_posix()
+        self._delete(record_relative)
+        for output in outputs:
+            path = Path(output)
+            if path.is_file():
+                self._upload(path.relative_to(self.mirror).as_posix())
+        self._upload(record_relative)
+
+
+def active() -> RemoteRun | None:
+    """The run on a URL that the current command works on, if any."""
+    return _active.get()
+
+
+@contextlib.contextmanager
+def run_location(run: str | Path, options: Mapping[str, Any] | None = None,
+                 must_exist: bool = True) -> Iterator[Path]:
+    """The local folder a command works on: ``run`` itself for a path; for a URL its mirror,
+    pulled first and pushed after (also when the command fails, so finished shards count).
+    ``must_exist``: a URL that holds no run is an error (every command but ingest)."""
+    if not is_url(str(run)):
+        yield Path(run)
+        return
+    store = RemoteRun.of(str(run), {**env_storage_options(), **(options or {})})
+    store.mirror.parent.mkdir(parents=True, exist_ok=True)
+    store.pull()
+    if must_exist and not (store.mirror / RECORD_FILE).is_file():
+        raise RunStoreError(f"{store.url} is not a run (no {RECORD_FILE} there); create it "
+                            f"with `filter-pool ingest POOL --run {store.url}`")
+    token = _active.set(store)
+    try:
+        yield store.mirror
+    finally:
+        _active.reset(token)
+        store.push()
+
+
+def relocate(task: Any, old: Path, new: Path) -> Any:
+    """``task`` with every path (str or Path field, also nested dataclasses and tuples) under
+    ``old`` moved under ``new``: a worker's mirror is its own."""
+    if old == new:
+        return task
+    prefix = str(old)
+
+    def move(value: Any) -> Any:
+        if isinstance(value, Path) and (value == old or old in value.parents):
+            return new / value.relative_to(old)
+        if isinstance(value, str) and (value == prefix or value.startswith(prefix + os.sep)):
+            return str(new) + value[len(prefix):]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.replace(value, **{f.name: move(getattr(value, f.name))
+                                                 for f in dataclasses.fields(value) if f.init})
+        if isinstance(value, tuple):
+            return type(value)(move(v) for v in value) if not hasattr(value, "_fields") \
+                else type(value)(*(move(v) for v in value))
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return move(task)

@@ -1,0 +1,183 @@
+"""Runs that live on S3 (`--run s3://bucket/runs/r1`), against a real S3 server (moto's server
+mode, credentials enforced): every command works on a local mirror, pulled before and pushed
+after; the tables on the store equal a local run of the same pool; a second machine (another
+cache) sees what the first wrote; the push order keeps every write atomic for readers; a URL
+that holds no run, or a store that is down, is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from curate.io.run_store import RemoteRun, relocate
+from tests.generators.synthetic import write_synthetic_pool
+from tests.test_object_storage import (  # noqa: F401  (fixtures)
+    BUCKET,
+    TIMING_COLUMNS,
+    _filesystem,
+    _ok,
+    _refused,
+    _table,
+    _upload,
+    s3,
+    s3_server,
+)
+
+
+def _download(url: str, into: Path) -> Path:
+    """Every object under ``url`` into ``into`` (what a reader with only the store sees)."""
+    fs = _filesystem()
+    prefix = url[len("s3://"):]
+    for name in fs.find(prefix):
+        target = into / name[len(prefix) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(name, str(target))
+    return into
+
+
+def _machine(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    monkeypatch.setenv("FILTER_POOL_CACHE", str(cache))
+
+
+def _commands(pool: str, run: str, out: Path) -> list[list[str]]:
+    return [["ingest", pool, "--run", run],
+            ["score", run, "--model", "fp-tiny-vit", "--random-init", "--workers", "0",
+             "--batch-size", "8", "--no-progress"],
+            ["select", run, "--out", "top", "--by", "dfn_score", "--fraction", "0.5"],
+            ["sweep", run, "--by", "dfn_score", "--fractions", "0.25,0.5", "--name", "s"],
+            ["export", run, "--subset", "top", "--out", str(out), "--no-progress"]]
+
+
+@pytest.mark.usefixtures("s3")
+def test_a_run_on_s3_holds_the_tables_of_a_local_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=3, samples_per_shard=8,
+                                image_size=32)
+    pool_url = _upload(pool.root, "web/pool")
+    local = tmp_path / "local"
+    for command in _commands(pool_url, str(local), tmp_path / "local-export"):
+        _ok(command)
+    run_url = f"s3://{BUCKET}/runs/r1"
+    _machine(monkeypatch, tmp_path / "machine-a")
+    for command in _commands(pool_url, run_url, tmp_path / "remote-export"):
+        _ok(command)
+
+    stored = _download(run_url, tmp_path / "stored")
+    assert not list(stored.rglob(".*")), "locks and temporaries stay on the machine"
+    assert _table(stored / "pool").equals(_table(local / "pool"))
+    ours = _table(stored / "scores" / "dfn", TIMING_COLUMNS)
+    theirs = _table(local / "scores" / "dfn", TIMING_COLUMNS)
+    assert ours.drop_columns(["dfn_score"]).equals(theirs.drop_columns(["dfn_score"]))
+    np.testing.assert_allclose(ours.column("dfn_score").to_numpy(zero_copy_only=False),
+                               theirs.column("dfn_score").to_numpy(zero_copy_only=False),
+                               rtol=1e-5, atol=1e-6)
+    done = sorted(p.name for p in (stored / "scores" / "dfn" / "_done").iterdir())
+    assert done == [f"part-{i:05d}.json" for i in range(3)]
+    for name in ("uids.npy",):
+        assert np.array_equal(np.load(stored / "subsets" / "top" / name),
+                              np.load(local / "subsets" / "top" / name))
+    assert pq.read_table(stored / "subsets" / "top" / "manifest.parquet").equals(
+        pq.read_table(local / "subsets" / "top" / "manifest.parquet"))
+    assert (stored / "sweeps" / "s").is_dir()
+    assert (tmp_path / "remote-export").is_dir()
+    assert sorted(p.name for p in (tmp_path / "remote-export").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "local-export").iterdir())
+
+    # another machine (its own cache) reads what the first wrote, and writes what it sees
+    _machine(monkeypatch, tmp_path / "machine-b")
+    sql = "SELECT status, count(*) AS n FROM dfn GROUP BY status ORDER BY status"
+    on_b = json.loads(_ok(["query", run_url, sql, "--format", "json"]).stdout)
+    assert on_b == json.loads(_ok(["query", str(local), sql, "--format", "json"]).stdout)
+    _ok(["select", run_url, "--out", "top10", "--by", "dfn_score", "--fraction", "0.1"])
+    _machine(monkeypatch, tmp_path / "machine-a")
+    listed = _ok(["query", run_url, "SELECT count(*) AS n FROM dfn", "--format", "json"])
+    assert json.loads(listed.stdout)[0]["n"] == 24
+    assert (tmp_path / "machine-a" / "runs").is_dir()
+    mirror = RemoteRun.of(run_url).mirror
+    assert (mirror / "subsets" / "top10" / "uids.npy").is_file()
+
+    # --overwrite replaces the score table on the store too: nothing of the old one stays
+    _ok(["score", run_url, "--model", "fp-tiny-vit", "--random-init", "--workers", "0",
+         "--batch-size", "4", "--no-progress", "--overwrite"])
+    again = _download(run_url, tmp_path / "stored-again")
+    assert sorted(p.name for p in (again / "scores" / "dfn").iterdir()) == \
+        sorted(p.name for p in (stored / "scores" / "dfn").iterdir())
+
+
+@pytest.mark.usefixtures("s3")
+def test_push_deletes_stale_records_first_and_writes_records_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object store has no rename: the order of a push is what makes it atomic."""
+    _machine(monkeypatch, tmp_path / "cache")
+    fs = _filesystem()
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    store = RemoteRun.of(f"s3://{BUCKET}/runs/order")
+    files = {"run.json": "{}", "pool/part-00000.parquet": "p0", "scores/d/_scorer.json": "{}",
+             "scores/d/part-00000.parquet": "s0", "scores/d/_done/part-00000.json": "{}"}
+    for relative, text in files.items():
+        (store.mirror / relative).parent.mkdir(parents=True, exist_ok=True)
+        (store.mirror / relative).write_text(text)
+    (store.mirror / ".locks").mkdir()
+    (store.mirror / ".locks" / "score-d.lock").write_text("")
+    calls: list[tuple[str, str]] = []
+    upload, delete = RemoteRun._upload, RemoteRun._delete
+    monkeypatch.setattr(RemoteRun, "_upload",
+                        lambda self, r: calls.append(("put", r)) or upload(self, r))
+    monkeypatch.setattr(RemoteRun, "_delete",
+                        lambda self, r: calls.append(("rm", r)) or delete(self, r))
+    assert store.push() == 5
+    order = [r for _, r in calls]
+    assert order[-1] == "run.json"
+    assert order.index("scores/d/_done/part-00000.json") > order.index(
+        "scores/d/part-00000.parquet")
+    assert order.index("scores/d/_scorer.json") > order.index("scores/d/_done/part-00000.json")
+    calls.clear()
+    assert store.push() == 0 and calls == []  # nothing changed, nothing sent
+
+    (store.mirror / "scores/d/part-00000.parquet").write_text("s0, scored again")
+    (store.mirror / "scores/d/_done/part-00000.json").write_text('{"again": 1}')
+    (store.mirror / "pool/part-00000.parquet").unlink()
+    assert store.push() == 2
+    assert calls[0] == ("rm", "scores/d/_done/part-00000.json")  # before its part changes
+    assert calls.index(("put", "scores/d/part-00000.parquet")) < calls.index(
+        ("put", "scores/d/_done/part-00000.json"))
+    assert ("rm", "pool/part-00000.parquet") in calls
+    assert sorted(store.listing()) == sorted(set(files) - {"pool/part-00000.parquet"})
+
+    other = RemoteRun(store.url, {}, tmp_path / "other-machine")
+    assert other.pull() == 4
+    assert (other.mirror / "scores/d/part-00000.parquet").read_text() == "s0, scored again"
+
+
+def test_a_worker_moves_a_task_into_its_own_mirror() -> None:
+    from curate.score.task import ShardTask
+
+    task = ShardTask(scorer="d", shard_name="0", tar="s3://b/pool/0.tar",
+                     pool_part="/client/runs/x/pool/part-00000.parquet",
+                     scores_part="/client/runs/x/scores/d/part-00000.parquet")
+    moved = relocate(task, Path("/client/runs/x"), Path("/worker/runs/x"))
+    assert moved.pool_part == "/worker/runs/x/pool/part-00000.parquet"
+    assert moved.scores_part == "/worker/runs/x/scores/d/part-00000.parquet"
+    assert moved.tar == task.tar and moved.embeddings_prefix is None
+
+
+@pytest.mark.usefixtures("s3")
+def test_a_url_without_a_run_or_a_store_that_is_down_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, tmp_path / "cache")
+    fs = _filesystem()
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    _refused(["query", f"s3://{BUCKET}/runs/none", "SELECT 1"], f"s3://{BUCKET}/runs/none",
+             "is not a run")
+    _refused(["select", "s3://no-such-bucket/runs/r", "--out", "t", "--by", "dfn_score",
+              "--fraction", "0.5"], "s3://no-such-bucket/runs/r", "bucket")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    line = _refused(["query", f"s3://{BUCKET}/runs/none", "SELECT 1"], "cannot reach")
+    assert "s3://" in line
+    assert not any((tmp_path / "cache").rglob("run.json"))
