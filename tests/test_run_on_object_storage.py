@@ -149,8 +149,11 @@ def test_push_deletes_stale_records_first_and_writes_records_last(
     assert ("rm", "pool/part-00000.parquet") in calls
     assert sorted(store.listing()) == sorted(set(files) - {"pool/part-00000.parquet"})
 
+    # a writer stopped between a part and its record: readers do not take the part
+    fs.pipe_file(f"{BUCKET}/runs/order/scores/d/part-00001.parquet", b"s1, no record yet")
     other = RemoteRun(store.url, {}, tmp_path / "other-machine")
     assert other.pull() == 4
+    assert not (other.mirror / "scores/d/part-00001.parquet").exists()
     assert (other.mirror / "scores/d/part-00000.parquet").read_text() == "s0, scored again"
 
 

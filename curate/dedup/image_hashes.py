@@ -150,7 +150,8 @@ def hash_stage(run: Path) -> ShardedStage:
         output = output_dir / f"{part}.parquet"
         task = HashTask(shard_name=shard["name"], tar=str(shard["tar"]),
                         pool_part=str(paths.pool_part(shard["index"])), output=str(output))
-        shards.append(Shard(name=shard["name"], part=part, task=task, outputs=(str(output),)))
+        shards.append(Shard(name=shard["name"], part=part, task=task, outputs=(str(output),),
+                            inputs=(task.pool_part,)))
     return ShardedStage(name="image hashes", shards=tuple(shards), task_fn=hash_task,
                         stats_type=ShardStats, output_dir=output_dir,
                         progress_total=_pool_rows, unit="image")

@@ -28,8 +28,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,29 @@ def _push_rank(relative: str) -> int:
 
 def _is_record(relative: str) -> bool:
     return relative.endswith(".json")
+
+
+_PART = re.compile(r"^(?P<folder>.+)/(?P<part>part-\d+)\.[^/]+$")
+
+
+def _unrecorded(files: Collection[str]) -> set[str]:
+    """Parts the store holds without their completion record (a writer stopped between the
+    two uploads): not trusted, so not pulled. A part's record is ``FOLDER/_done/PART.json``
+    (embeddings: the scorer's ``scores/NAME/_done``); folders with no records at all (tables
+    a stage writes whole) are trusted as they are."""
+    recorded = {r for r in files if "/_done/" in r}
+    folders = {r.rsplit("/_done/", 1)[0] for r in recorded}
+    untrusted = set()
+    for relative in files:
+        match = _PART.match(relative)
+        if match is None or "/_done/" in relative:
+            continue
+        folder = match["folder"]
+        if folder.startswith("embeddings/"):
+            folder = "scores/" + folder[len("embeddings/"):]
+        if folder in folders and f"{folder}/_done/{match['part']}.json" not in recorded:
+            untrusted.add(relative)
+    return untrusted
 
 
 def _md5(path: Path) -> str:
@@ -214,8 +238,9 @@ class RemoteRun:
     # -- pull and push ----------------------------------------------------------------------
 
     def pull(self, only: Iterable[str] | None = None) -> int:
-        """Bring the mirror up to the store: download files that are new or changed there,
-        delete mirrored files the store no longer has (unless changed here since). ``only``:
+        """Bring the mirror up to the store: download files that are new or changed there
+        (parts only with their completion record), delete mirrored files the store no longer
+        has (unless changed here since). ``only``:
         just these relative names (a worker's inputs). Returns how many files were fetched."""
         synced = self._synced()
         if only is not None:
@@ -225,7 +250,10 @@ class RemoteRun:
         remote = self.listing()
         local = self._local_files()
         fetched = 0
+        untrusted = _unrecorded(remote)
         for relative, info in sorted(remote.items()):
+            if relative in untrusted:
+                continue
             path = local.get(relative)
             known = synced.get(relative, {})
             if path is not None and known.get("etag") == info["etag"] and \
@@ -266,16 +294,15 @@ class RemoteRun:
         synced = self._synced()
         remote = self.listing()
         local = self._local_files()
-        changed = [r for r, path in local.items()
-                   if synced.get(r, {}).get("stat") != _stat_key(path)
-                   or synced[r].get("etag") != (remote.get(r) or {}).get("etag")]
-        changed = [r for r in changed if r not in remote or not self._same_bytes(local[r],
-                                                                                remote[r])]
+        changed = []  # changed here since the last sync (what changed only there is not ours)
+        for relative, path in local.items():
+            if synced.get(relative, {}).get("stat") == _stat_key(path):
+                continue
+            if relative in remote and self._same_bytes(path, remote[relative]):
+                synced[relative] = {"etag": remote[relative]["etag"], "stat": _stat_key(path)}
+            else:
+                changed.append(relative)
         gone = [r for r in remote if r not in local and r in synced]
-        for relative in remote:  # records here unchanged but synced before this command
-            if relative in local and relative not in changed:
-                synced[relative] = {"etag": remote[relative]["etag"],
-                                    "stat": _stat_key(local[relative])}
         stale_records = [r for r in sorted(set(changed) | set(gone), key=_push_rank, reverse=True)
                          if _is_record(r) and r in remote]
         for relative in stale_records:
