@@ -30,6 +30,7 @@ app = typer.Typer(
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 F = TypeVar("F", bound=Callable[..., Any])
+_shown_as: dict[str, str] = {}  # a run's local mirror -> its URL, while a command works on it
 
 
 class Result(Protocol):
@@ -89,6 +90,7 @@ def on_run(parameter: str = "run", must_exist: bool = True) -> Callable[[F], F]:
             url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(given))
             options = parse_storage_options(kwargs.get("storage_options"))
             with run_location(url, options, must_exist=must_exist) as mirror:
+                _shown_as[str(mirror)] = url
                 try:
                     return command(*args, **{**kwargs, parameter: mirror})
                 except UserError as exc:
@@ -96,6 +98,8 @@ def on_run(parameter: str = "run", must_exist: bool = True) -> Callable[[F], F]:
                 except OSError as exc:
                     line = os_error_line(exc, {**kwargs, parameter: mirror})
                     raise UserError(line.replace(str(mirror), url)) from None
+                finally:
+                    del _shown_as[str(mirror)]
 
         return wrapper  # type: ignore[return-value]
 
@@ -114,9 +118,12 @@ def resume_hint(out: Path) -> Iterator[None]:
 
 
 def show(result: Result, as_json: bool, *, failed: bool = False) -> None:
-    """Print ``result`` (``text()``, or ``to_dict()`` as JSON); exit code 1 when ``failed``."""
-    typer.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True) if as_json
-               else result.text())
+    """Print ``result`` (``text()``, or ``to_dict()`` as JSON); exit code 1 when ``failed``.
+    A run on a URL is named by its URL, not by its local mirror."""
+    text = json.dumps(result.to_dict(), indent=2, sort_keys=True) if as_json else result.text()
+    for mirror, url in _shown_as.items():
+        text = text.replace(mirror, url)
+    typer.echo(text)
     if failed:
         raise typer.Exit(code=1)
 
@@ -221,10 +228,10 @@ def ingest(
         "from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE).")
     ] = None,
     copy_pool: Annotated[bool, typer.Option(
-        "--copy-pool", help="DataComp metadata on disk: copy its columns (url, text, sha256, "
-        "...) into the run instead of reading them from the metadata files, so the run stays "
-        "valid when the pool moves or changes (about 1.2x the metadata's bytes instead of "
-        "0.2x). Pools on a URL are always copied.")] = False,
+        "--copy-pool", help="DataComp metadata: copy its columns (url, text, sha256, ...) "
+        "into the run instead of reading them from the metadata files (on a URL: fetched into "
+        "this machine's cache when first read), so the run stays valid when the pool moves or "
+        "changes (about 1.2x the metadata's bytes instead of 0.2x).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Read a pool into the run's tables (one row per sample); DataComp metadata also brings

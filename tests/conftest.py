@@ -20,6 +20,12 @@ from tests.generators.synthetic import SyntheticPool, write_synthetic_pool  # no
 TINY_ARCH = "fp-tiny-vit"
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mirrors of runs and pools on a URL go to a folder of the test, never to ~/.cache."""
+    monkeypatch.setenv("FILTER_POOL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> SyntheticPool:
     """Three shards of real JPEGs with one planted bad sample of each kind."""

@@ -259,17 +259,34 @@ def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
     write_datacomp_metadata(folder, num_files=2, rows_per_file=30, embed_dim_b32=16,
                             embed_dim_l14=24)
     url = _upload(folder, "datacomp/medium")
-    local, remote = tmp_path / "local", tmp_path / "remote"
+    local, remote = tmp_path / "local", tmp_path / "remote-copy"
     _ok(["ingest", str(folder), "--run", str(local), "--copy-pool"])
-    _ok(["ingest", url, "--run", str(remote)])
+    _ok(["ingest", url, "--run", str(remote), "--copy-pool"])
     record = RunPaths(remote).read_run()
     assert record["source"]["kind"] == "datacomp"
-    assert record["pool_table"] == {"layout": "copy"}  # a pool on a URL is always copied
+    assert record["pool_table"] == {"layout": "copy"}
     assert _table(remote / "pool").equals(_table(local / "pool"))
     referenced = tmp_path / "referenced"  # the default for a local pool: the same tables
     _ok(["ingest", str(folder), "--run", str(referenced)])
-    for query in ("SELECT * FROM samples", "SELECT * FROM clip_l14"):
+    by_reference = tmp_path / "remote"  # ... and for a pool on a URL
+    _ok(["ingest", url, "--run", str(by_reference)])
+    assert RunPaths(by_reference).read_run()["pool_table"]["layout"] == "reference"
+    for query in ("SELECT * FROM samples", "SELECT * FROM clip_l14", "SELECT * FROM pool"):
         assert run_query(referenced, query).equals(run_query(remote, query))
+        assert run_query(by_reference, query).equals(run_query(remote, query))
+    _ok(["select", str(by_reference), "--out", "top", "--by", "clip_l14_score",
+         "--fraction", "0.5"])
+    _ok(["select", str(remote), "--out", "top", "--by", "clip_l14_score", "--fraction", "0.5"])
+    for name in ("manifest.parquet", "dropped.parquet"):
+        assert pq.read_table(by_reference / "subsets" / "top" / name).equals(
+            pq.read_table(remote / "subsets" / "top" / name))
+    fs = _filesystem()  # the metadata changes on the store: one line, as for a pool on disk
+    first = f"{BUCKET}/datacomp/medium/" + sorted(p.name for p in folder.glob("*.parquet"))[0]
+    fs.pipe_file(first, fs.cat_file(first) + b"\0")
+    from curate.io import pool_table
+    pool_table._listings.clear()  # the listing is reused for a minute within one process
+    _refused(["query", str(by_reference), "SELECT url FROM pool"], "changed since ingest",
+             "s3://")
     for scorer in ("clip_b32", "clip_l14"):
         assert _table(remote / "scores" / scorer).equals(_table(local / "scores" / scorer))
         for kind in ("image", "text"):
@@ -329,7 +346,6 @@ def test_bad_object_storage_input_is_one_line_exit_2_nothing_written(
     refused(url, "'client_kwargs.aws_secret_access_key'", options=[
         "--storage-options", '{"client_kwargs": {"aws_secret_access_key": "x"}}'])
     refused(url, "not valid JSON", options=["--storage-options", "{endpoint"])
-    _refused(["ingest", url, "--run", f"s3://{BUCKET}/runs/r1"], "a run is a local folder")
     assert not Path("s3:").exists()
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")

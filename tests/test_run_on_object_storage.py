@@ -64,7 +64,9 @@ def test_a_run_on_s3_holds_the_tables_of_a_local_run(
     run_url = f"s3://{BUCKET}/runs/r1"
     _machine(monkeypatch, tmp_path / "machine-a")
     for command in _commands(pool_url, run_url, tmp_path / "remote-export"):
-        _ok(command)
+        shown = _ok(command).stdout
+        assert "machine-a" not in shown, shown  # the run is named by its URL, not its mirror
+    assert run_url in _ok(_commands(pool_url, run_url, tmp_path)[0]).stdout  # finished: kept
 
     stored = _download(run_url, tmp_path / "stored")
     assert not list(stored.rglob(".*")), "locks and temporaries stay on the machine"

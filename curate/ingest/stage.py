@@ -89,7 +89,9 @@ class IngestConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "pool", as_location(self.pool))
         if looks_like_url(self.run):
-            raise UserError(f"--run {self.run}: a run is a local folder (pools may be URLs)")
+            raise UserError(f"run {self.run}: ingest_pool writes a local folder; a run on a URL "
+                            "is worked on through its mirror (curate.io.run_store.run_location, "
+                            "as `filter-pool ingest POOL --run URL` does)")
         object.__setattr__(self, "run", Path(self.run))
         options = check_storage_options(self.storage_options)
         if options and not is_url(self.pool):
@@ -459,13 +461,19 @@ def _ingest_datacomp(config: IngestConfig, paths: RunPaths) -> IngestSummary:
 def _layout(config: IngestConfig, is_datacomp: bool,
             files: list[datacomp.MetadataFile] | None = None) -> str:
     """How the run holds the pool's columns: REFERENCE (read from the metadata files by row
-    position) for DataComp metadata on disk whose files lie inside the pool folder, unless
-    --copy-pool; COPY for everything else (webdataset pools, pools on a URL)."""
-    if config.copy_pool or not is_datacomp or is_url(config.pool):
+    position) for DataComp metadata, on disk or a URL, whose files lie inside the pool folder
+    (a URL's need an ETag), unless --copy-pool; COPY for everything else (webdataset pools)."""
+    if config.copy_pool or not is_datacomp:
         return COPY
-    root = Path(absolute(config.pool))
-    files = datacomp.find_metadata_files(config.pool) if files is None else files
-    outside = [f.parquet for f in files if root not in Path(absolute(f.parquet)).parents]
+    files = datacomp.find_metadata_files(config.pool, config.storage_options) if files is None \
+        else files
+    if is_url(config.pool):
+        prefix = absolute(config.pool) + "/"
+        outside = [f.parquet for f in files if not str(f.parquet).startswith(prefix)
+                   or not (f.fingerprints.get("parquet") or {}).get("etag")]
+    else:
+        root = Path(absolute(config.pool))
+        outside = [f.parquet for f in files if root not in Path(absolute(f.parquet)).parents]
     if outside:
         logger.info("%s lies outside the pool folder (a link?): the run copies the pool's "
                     "columns", outside[0])

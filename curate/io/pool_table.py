@@ -12,12 +12,22 @@ with pyarrow, :func:`pool_relation_sql` in DuckDB (a ``POSITIONAL JOIN``).
 A referenced file must lie inside the pool folder that ``run.json`` records and still have the
 size and modification time that ingest saw; otherwise reading refuses with one line naming it
 (ingest the pool again, or ingest with ``--copy-pool`` when the pool will move).
+
+Metadata on object storage is referenced too: a file is fetched once into this machine's pool
+cache (``$FILTER_POOL_CACHE/pools/<hash of the pool URL>/``), under a name holding the ETag
+ingest recorded, and only when the store still serves that ETag (and, for a plain MD5 ETag,
+the fetched bytes hash to it). Each use checks the store's listing of the pool (one LIST,
+reused for a minute): every reader sees the bytes ingest saw, or one line saying the file
+changed or is gone, as for a pool on disk.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +39,8 @@ import pyarrow.parquet as pq
 
 from curate.errors import UserError
 from curate.io.sql import ident, literal
+from curate.io.storage import PoolEntry, fetch_file, is_url, list_pool
+from curate.io.workspace import file_md5
 
 REFERENCE = "reference"  # run.json "pool_table" layouts: the parts reference the metadata
 COPY = "copy"  # ... or copy every column of the pool
@@ -65,21 +77,24 @@ class Column:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """The metadata file behind one part, as ingest saw it."""
+    """The metadata file behind one part, as ingest saw it (``path``: a local path or a URL)."""
 
-    path: Path
+    path: Path | str
     rows: int
     size: int | None
     mtime: float | None
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
 class PoolReference:
     """What ``run.json`` says about a referencing pool table."""
 
-    root: Path  # the pool folder; every referenced file lies inside it
+    root: Path  # the pool folder (for a pool on a URL: its local cache); files lie inside it
     columns: tuple[Column, ...]
     files: dict[str, SourceFile]  # part stem -> its metadata file
+    url: str | None = None  # the pool on object storage
+    storage_options: dict[str, Any] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -99,9 +114,11 @@ class PoolReference:
         """Part ``part``'s metadata file, checked: inside the pool, unchanged since ingest."""
         file = self.files.get(part)
         if file is None:
-            raise SourceChanged(f"{self.root}: run.json names no metadata file for pool part "
-                                f"{part}; ingest the pool again")
-        resolved = file.path.resolve()
+            raise SourceChanged(f"{self.url or self.root}: run.json names no metadata file for "
+                                f"pool part {part}; ingest the pool again")
+        if self.url is not None:
+            return self._fetched(file)
+        resolved = Path(file.path).resolve()
         if self.root not in resolved.parents:
             raise SourceChanged(f"{file.path}: run.json names a pool file outside the pool "
                                 f"{self.root}; refused")
@@ -119,6 +136,63 @@ class PoolReference:
         return resolved
 
 
+    def _fetched(self, file: SourceFile) -> Path:
+        """The local copy of a metadata file on a URL, fetched when missing (see the module
+        docstring); SourceChanged when the store no longer serves what ingest read."""
+        url = str(file.path)
+        if self.url is None or not url.startswith(self.url + "/") or not file.etag:
+            raise SourceChanged(f"{url}: run.json names a pool file outside the pool "
+                                f"{self.url} (or without its ETag); refused")
+        now = _listed(self.url, self.storage_options).get(url[len(self.url) + 1:])
+        if now is None:
+            raise SourceChanged(f"{url}: the metadata file this run reads url, text and the "
+                                "other pool columns from is gone; put it back or ingest the "
+                                "pool again")
+        if (now.size, now.etag) != (file.size, file.etag):
+            raise SourceChanged(
+                f"{url} changed since ingest (size {file.size}, ETag {file.etag}; now size "
+                f"{now.size}, ETag {now.etag}): the run reads its pool columns from it by "
+                "row position, so ingest the pool again")
+        name = url[len(self.url) + 1:].replace("/", "%2F")
+        local = self.root / f"{file.etag}-{name}"
+        if local.is_file() and local.stat().st_size == file.size:
+            return local
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+        try:
+            fetch_file(url, self.storage_options, partial)
+            if partial.stat().st_size != file.size or (len(file.etag) == 32 and
+                                                       file_md5(partial) != file.etag):
+                raise SourceChanged(f"{url} changed while it was fetched; run the command "
+                                    "again, or ingest the pool again if it keeps changing")
+            os.replace(partial, local)
+        finally:
+            partial.unlink(missing_ok=True)
+        return local
+
+
+LISTING_SECONDS = 60.0  # how long one listing of a pool on a URL answers "unchanged?"
+_listings: dict[str, tuple[float, dict[str, PoolEntry]]] = {}
+
+
+def _listed(url: str, options: dict[str, Any] | None) -> dict[str, PoolEntry]:
+    """The pool folder's files on the store (one LIST, reused for LISTING_SECONDS)."""
+    seen = _listings.get(url)
+    if seen is None or time.monotonic() - seen[0] > LISTING_SECONDS:
+        try:
+            seen = (time.monotonic(), list_pool(url, options))
+        except UserError as exc:
+            raise SourceChanged(f"{exc}: the run reads url, text and the other pool columns "
+                                "from its metadata files") from None
+        _listings[url] = seen
+    return seen[1]
+
+
+def _cache_name(url: str) -> str:
+    """The folder of this machine's pool cache that holds the pool at ``url``'s files."""
+    return hashlib.sha256(url.encode()).hexdigest()[:20]
+
+
 def reference_record(columns: Sequence[Column]) -> dict[str, Any]:
     """``run.json``'s ``pool_table`` entry of a referencing run."""
     return {"layout": REFERENCE, "columns": [c.to_dict() for c in columns]}
@@ -132,11 +206,15 @@ def pool_reference(run: Path | str) -> PoolReference | None:
         stat = run_file.stat()
     except OSError:
         return None
-    return _load_reference(str(run_file.resolve()), stat.st_mtime_ns, stat.st_size)
+    from curate.io.run_store import cache_root
+
+    return _load_reference(str(run_file.resolve()), stat.st_mtime_ns, stat.st_size,
+                           str(cache_root().parent / "pools"))
 
 
 @functools.lru_cache(maxsize=16)
-def _load_reference(run_file: str, mtime_ns: int, size: int) -> PoolReference | None:
+def _load_reference(run_file: str, mtime_ns: int, size: int, pools: str
+                    ) -> PoolReference | None:
     record = json.loads(Path(run_file).read_text())
     table = record.get("pool_table") or {}
     if table.get("layout") != REFERENCE:
@@ -144,20 +222,22 @@ def _load_reference(run_file: str, mtime_ns: int, size: int) -> PoolReference | 
     try:
         columns = tuple(Column(c["name"], c.get("source"), c.get("cast", "as_is"))
                         for c in table["columns"])
-        root = Path(record["source"]["path"]).resolve()
+        pool = record["source"]["path"]
+        url = pool.rstrip("/") if is_url(pool) else None
+        root = Path(pools) / _cache_name(url) if url else Path(pool).resolve()
         files = {}
         for shard in record["shards"]:
             seen = (shard.get("fingerprint") or {}).get("parquet") or {}
             files[f"part-{int(shard['index']):05d}"] = SourceFile(
-                Path(shard["parquet"]), int(shard["samples"]), seen.get("size"),
-                seen.get("mtime"))
+                shard["parquet"] if url else Path(shard["parquet"]), int(shard["samples"]),
+                seen.get("size"), seen.get("mtime"), seen.get("etag"))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{run_file}: a pool_table reference without {exc}; ingest the pool "
                         "again") from None
     unknown = [c.cast for c in columns if c.cast not in ARROW_CASTS]
     if unknown:
         raise UserError(f"{run_file}: unknown pool column cast {unknown[0]!r}")
-    return PoolReference(root, columns, files)
+    return PoolReference(root, columns, files, url, record["source"].get("storage_options"))
 
 
 def _cast(values: pa.ChunkedArray, cast: str) -> pa.ChunkedArray:

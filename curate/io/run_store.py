@@ -37,6 +37,7 @@ from typing import Any
 
 from curate.errors import UserError
 from curate.io.storage import _filesystem, check_storage_options, is_url, storage_error
+from curate.io.workspace import file_md5
 
 CACHE_ENV = "FILTER_POOL_CACHE"
 OPTIONS_ENV = "FILTER_POOL_STORAGE_OPTIONS"  # JSON fsspec options for runs on a URL
@@ -105,14 +106,6 @@ def _unrecorded(files: Collection[str]) -> set[str]:
         if folder in folders and f"{folder}/_done/{match['part']}.json" not in recorded:
             untrusted.add(relative)
     return untrusted
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stat_key(path: Path) -> list[int]:
@@ -233,7 +226,7 @@ class RemoteRun:
         ETag; a multipart or encrypted object's ETag is no MD5, so it counts as different)."""
         etag = remote.get("etag") or ""
         return (path.stat().st_size == remote.get("size") and len(etag) == 32
-                and _md5(path) == etag)
+                and file_md5(path) == etag)
 
     # -- pull and push ----------------------------------------------------------------------
 

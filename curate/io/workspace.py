@@ -204,6 +204,15 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def file_md5(path: Path | str) -> str:
+    """MD5 of a file's bytes, read in blocks: what an object store's plain ETag holds."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to ``path`` atomically (temporary name, then rename)."""
     with atomic_path(path) as tmp:

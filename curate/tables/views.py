@@ -258,11 +258,16 @@ def pool_has_columns(con: duckdb.DuckDBPyConnection, paths: RunPaths,
 
 
 def _readable_roots(paths: RunPaths, record: dict) -> list[str]:
-    """The folders SQL may read: the run, and the local pool it was ingested from."""
+    """The folders SQL may read: the run, and the local pool it was ingested from (or this
+    machine's cache of a referenced pool on a URL)."""
     roots = [paths.root.resolve()]
     source = (record.get("source") or {}).get("path")
     if isinstance(source, str) and "://" not in source and Path(source).is_dir():
         roots.append(Path(source).resolve())
+    reference = pool_reference(paths.root)
+    if reference is not None and reference.url is not None:  # fetched metadata of a URL pool
+        reference.root.mkdir(parents=True, exist_ok=True)
+        roots.append(reference.root.resolve())
     # DuckDB checks a file pattern before expanding it: a root with glob characters is allowed
     # in the escaped form that names it too (duckdb_file), which expands to the root alone
     return sorted({form.rstrip("/") + "/" for root in roots
