@@ -70,11 +70,12 @@ def os_error_line(exc: OSError, options: dict[str, Any]) -> str:
            "run the command again)"
 
 
-def on_run(parameter: str = "run", must_exist: bool = True) -> Callable[[F], F]:
-    """A run given as a URL (``s3://bucket/runs/r1``): the command works on its local mirror,
-    pulled before and pushed after (curate/io/run_store.py); messages name the URL, not the
-    mirror. Options for the store come from the environment (``FILTER_POOL_STORAGE_OPTIONS``)
-    and the command's ``--storage-options``."""
+def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run"
+           ) -> Callable[[F], F]:
+    """A run (or another folder: ``what``) given as a URL (``s3://bucket/runs/r1``): the
+    command works on its local mirror, pulled before and pushed after (curate/io/run_store.py);
+    messages name the URL, not the mirror. Options for the store come from the environment
+    (``FILTER_POOL_STORAGE_OPTIONS``) and the command's ``--storage-options``."""
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
@@ -89,7 +90,7 @@ def on_run(parameter: str = "run", must_exist: bool = True) -> Callable[[F], F]:
 
             url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(given))
             options = parse_storage_options(kwargs.get("storage_options"))
-            with run_location(url, options, must_exist=must_exist) as mirror:
+            with run_location(url, options, must_exist=must_exist, what=what) as mirror:
                 _shown_as[str(mirror)] = url
                 try:
                     return command(*args, **{**kwargs, parameter: mirror})
@@ -488,6 +489,7 @@ def select_command(
 @app.command("export")
 @user_errors
 @on_run()
+@on_run("out", must_exist=False, what="output")
 def export_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
@@ -533,7 +535,8 @@ def report_command(
 
 @app.command("train-dfn")
 @user_errors
-@on_run("data")
+@on_run("data", what="training data")
+@on_run("out", must_exist=False, what="output")
 def train_dfn(
     data: Annotated[Path, typer.Argument(
         help="webdataset shards (img2dataset layout), a run subset folder RUN/subsets/NAME, "
@@ -737,6 +740,8 @@ def _specs(text: str, option: str, random_init: bool) -> tuple:
 
 @app.command("reinforce")
 @user_errors
+@on_run("shards", what="shards")
+@on_run("out", must_exist=False, what="output")
 def reinforce_command(
     shards: Annotated[Path, typer.Argument(help="Hand-off shards from `filter-pool export`.")],
     out: Annotated[Path, typer.Option(help="Output folder for the reinforced shards.")],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ from tests.test_object_storage import (  # noqa: F401  (fixtures)
     BUCKET,
     TIMING_COLUMNS,
     _filesystem,
+    _members,
     _ok,
     _refused,
     _table,
@@ -37,6 +39,13 @@ def _download(url: str, into: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(name, str(target))
     return into
+
+
+def _bucket() -> Any:
+    fs = _filesystem()
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    return fs
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
@@ -115,9 +124,7 @@ def test_push_deletes_stale_records_first_and_writes_records_last(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The object store has no rename: the order of a push is what makes it atomic."""
     _machine(monkeypatch, tmp_path / "cache")
-    fs = _filesystem()
-    if not fs.exists(BUCKET):
-        fs.mkdir(BUCKET)
+    fs = _bucket()
     store = RemoteRun.of(f"s3://{BUCKET}/runs/order")
     files = {"run.json": "{}", "pool/part-00000.parquet": "p0", "scores/d/_scorer.json": "{}",
              "scores/d/part-00000.parquet": "s0", "scores/d/_done/part-00000.json": "{}"}
@@ -175,9 +182,7 @@ def test_a_worker_moves_a_task_into_its_own_mirror() -> None:
 def test_a_url_without_a_run_or_a_store_that_is_down_is_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _machine(monkeypatch, tmp_path / "cache")
-    fs = _filesystem()
-    if not fs.exists(BUCKET):
-        fs.mkdir(BUCKET)
+    _bucket()
     _refused(["query", f"s3://{BUCKET}/runs/none", "SELECT 1"], f"s3://{BUCKET}/runs/none",
              "is not a run")
     _refused(["select", "s3://no-such-bucket/runs/r", "--out", "t", "--by", "dfn_score",
@@ -186,3 +191,35 @@ def test_a_url_without_a_run_or_a_store_that_is_down_is_one_line(
     line = _refused(["query", f"s3://{BUCKET}/runs/none", "SELECT 1"], "cannot reach")
     assert "s3://" in line
     assert not any((tmp_path / "cache").rglob("run.json"))
+
+
+@pytest.mark.usefixtures("s3")
+def test_export_and_reinforce_read_and_write_object_storage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path) -> None:
+    """The hand-off shards and the reinforced shards may be folders on the store as well:
+    the same bytes as the local chain."""
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=2, samples_per_shard=6,
+                                image_size=32, plant_bad=False)
+    _machine(monkeypatch, tmp_path / "cache")
+    _bucket()
+    teachers = f"fp-tiny-vit:{tiny_checkpoint}"
+    outputs = {}
+    for where, base in (("local", str(tmp_path / "local")), ("store", f"s3://{BUCKET}/chain")):
+        run, handoff, reinforced = f"{base}/run", f"{base}/handoff", f"{base}/reinforced"
+        for command in _commands(str(pool.root), run, Path())[:3]:
+            _ok(command)
+        _ok(["export", run, "--subset", "top", "--out", handoff, "--shard-size", "4",
+             "--no-progress"])
+        _ok(["reinforce", handoff, "--out", reinforced, "--teachers", teachers,
+             "--augmentations", "2", "--workers", "0", "--no-progress"])
+        outputs[where] = (Path(handoff), Path(reinforced)) if where == "local" else (
+            _download(handoff, tmp_path / "got" / "handoff"),
+            _download(reinforced, tmp_path / "got" / "reinforced"))
+    for local, stored in zip(outputs["local"], outputs["store"], strict=True):
+        assert sorted(p.name for p in stored.iterdir()) == sorted(p.name for p in local.iterdir())
+        for tar in local.glob("*.tar"):
+            assert _members(stored / tar.name) == _members(tar), tar.name
+    assert json.loads(_ok(["validate-reinforced", str(outputs["store"][1]), "--json"]).stdout)[
+        "ok"] is True
+    _refused(["reinforce", f"s3://{BUCKET}/chain/none", "--out", str(tmp_path / "x"),
+              "--teachers", teachers, "--augmentations", "2"], "holds nothing")

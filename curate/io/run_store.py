@@ -42,8 +42,8 @@ from curate.io.workspace import file_md5
 CACHE_ENV = "FILTER_POOL_CACHE"
 OPTIONS_ENV = "FILTER_POOL_STORAGE_OPTIONS"  # JSON fsspec options for runs on a URL
 RECORD_FILE = "run.json"
-_active: contextvars.ContextVar[RemoteRun | None] = contextvars.ContextVar("remote_run",
-                                                                        default=None)
+_active: contextvars.ContextVar[tuple[RemoteRun, ...]] = contextvars.ContextVar(
+    "remote_folders", default=())
 
 
 class RunStoreError(UserError):
@@ -323,27 +323,39 @@ class RemoteRun:
         self._upload(record_relative)
 
 
-def active() -> RemoteRun | None:
-    """The run on a URL that the current command works on, if any."""
+def active() -> tuple[RemoteRun, ...]:
+    """The folders on a URL (runs, inputs, outputs) the current command works on."""
     return _active.get()
+
+
+def holding(path: Path) -> RemoteRun | None:
+    """The folder on a URL (a run, an output) whose mirror holds ``path``, if the current
+    command works on one."""
+    for store in _active.get():
+        if store.mirror in Path(path).parents:
+            return store
+    return None
 
 
 @contextlib.contextmanager
 def run_location(run: str | Path, options: Mapping[str, Any] | None = None,
-                 must_exist: bool = True) -> Iterator[Path]:
+                 must_exist: bool = True, what: str = "run") -> Iterator[Path]:
     """The local folder a command works on: ``run`` itself for a path; for a URL its mirror,
     pulled first and pushed after (also when the command fails, so finished shards count).
-    ``must_exist``: a URL that holds no run is an error (every command but ingest)."""
+    ``must_exist``: a URL that holds no run is an error (every command but ingest). Any
+    other folder on a URL (``what``: shards, an output) is mirrored the same way."""
     if not is_url(str(run)):
         yield Path(run)
         return
     store = RemoteRun.of(str(run), {**env_storage_options(), **(options or {})})
     store.mirror.parent.mkdir(parents=True, exist_ok=True)
     store.pull()
-    if must_exist and not (store.mirror / RECORD_FILE).is_file():
+    if must_exist and what == "run" and not (store.mirror / RECORD_FILE).is_file():
         raise RunStoreError(f"{store.url} is not a run (no {RECORD_FILE} there); create it "
                             f"with `filter-pool ingest POOL --run {store.url}`")
-    token = _active.set(store)
+    if must_exist and not (store.mirror.is_dir() and any(store.mirror.iterdir())):
+        raise RunStoreError(f"{what} {store.url} holds nothing")
+    token = _active.set((*_active.get(), store))
     try:
         yield store.mirror
     finally:

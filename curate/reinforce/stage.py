@@ -249,7 +249,7 @@ def reinforce_stage(config: ReinforceConfig, augment: AugmentConfig) -> ShardedS
             seed=config.seed,
         )
         shards.append(Shard(name=shard.name, part=shard.tar.stem, task=task,
-                            outputs=(str(out_tar),)))
+                            outputs=(str(out_tar),), inputs=(str(shard.tar),)))
     engine = EngineConfig(
         teachers=config.teachers,
         captioner=config.captioner,

@@ -15,7 +15,8 @@ from typing import Any
 from curate.executor import ExecutorConfig, TaskFailure, make_executor
 from curate.executor.base import Executor, ProgressFn
 from curate.io.run_store import RemoteRun, relocate
-from curate.io.run_store import active as active_run_store
+from curate.io.run_store import active as remote_folders
+from curate.io.run_store import holding as remote_folder_holding
 from curate.io.workspace import remove_stale_temporaries
 from curate.runner.progress import Progress
 from curate.runner.records import read_record, record_path, write_record
@@ -65,18 +66,20 @@ class _Job:
     shard: Shard
     record: str
     attempt: str  # one token per run_sharded call, written into the records it makes
-    store: RemoteRun | None = None  # the run lies on a URL: fetch inputs, upload outputs
+    store: RemoteRun | None = None  # the output folder lies on a URL: upload the outputs
+    sources: tuple[RemoteRun, ...] = ()  # folders on a URL its inputs may come from
 
 
 def _on_this_machine(job: _Job) -> tuple[_Job, RemoteRun | None]:
-    """A job of a run on a URL with its paths moved into this machine's mirror, its inputs
-    fetched there; the job unchanged (and None) for a local run."""
-    if job.store is None:
-        return job, None
-    local = job.store.here()
-    moved = relocate(job, job.store.mirror, local.mirror)
-    local.pull(only=[Path(p).relative_to(local.mirror).as_posix() for p in moved.shard.inputs])
-    return moved, local
+    """A job whose folders lie on URLs, with its paths moved into this machine's mirrors and
+    its inputs fetched there; the job unchanged (and None) when its output folder is local."""
+    for source in job.sources:
+        here = source.here()
+        job = relocate(job, source.mirror, here.mirror)
+        wanted = [Path(p) for p in job.shard.inputs]
+        here.pull(only=[p.relative_to(here.mirror).as_posix() for p in wanted
+                        if here.mirror in p.parents])
+    return job, job.store.here() if job.store is not None else None
 
 
 def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], stats_type: type[Stats],
@@ -114,16 +117,15 @@ def plan(stage: ShardedStage) -> tuple[list[_Job], Stats]:
     done = stage.stats_type()
     jobs = []
     attempt = uuid.uuid4().hex
-    store = active_run_store()
-    if store is not None and store.mirror not in stage.output_dir.parents:
-        store = None  # a stage writing beside the run (ingest's staging): pushed at the end
+    store = remote_folder_holding(stage.output_dir)  # None also for ingest's staging beside
+    sources = remote_folders()
     for shard in stage.shards:
         finished = _finished(stage, shard)
         if finished is not None:
             done = done + finished
         else:
             jobs.append(_Job(shard, str(record_path(stage.output_dir, shard.part)), attempt,
-                             store))
+                             store, sources))
     return jobs, done
 
 
