@@ -890,12 +890,14 @@ def dedup_command(
 
 @app.command("run")
 @user_errors
+@on_run(must_exist=False)
 def run_command(
     recipe: Annotated[Path, typer.Argument(help="A recipe: pipelines/NAME.toml.")],
     assignments: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE: set a recipe variable (repeatable).")] = None,
     run: Annotated[Path | None, typer.Option(
-        "--run", help="The run (where the recipe is recorded): the same as --set run=RUN.")
+        "--run", help="The run (where the recipe is recorded): the same as --set run=RUN, "
+        "and it may be a URL (s3://bucket/runs/r1), worked on through a local mirror.")
     ] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the stages with their resolved settings and which are done; "

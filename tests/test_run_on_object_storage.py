@@ -187,6 +187,10 @@ def test_a_url_without_a_run_or_a_store_that_is_down_is_one_line(
              "is not a run")
     _refused(["select", "s3://no-such-bucket/runs/r", "--out", "t", "--by", "dfn_score",
               "--fraction", "0.5"], "s3://no-such-bucket/runs/r", "bucket")
+    with monkeypatch.context() as wrong:
+        wrong.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        _refused(["score", f"s3://{BUCKET}/runs/none", "--model", "fp-tiny-vit",
+                  "--random-init"], f"s3://{BUCKET}/runs/none", "access refused")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     line = _refused(["query", f"s3://{BUCKET}/runs/none", "SELECT 1"], "cannot reach")
     assert "s3://" in line
@@ -223,3 +227,31 @@ def test_export_and_reinforce_read_and_write_object_storage(
         "ok"] is True
     _refused(["reinforce", f"s3://{BUCKET}/chain/none", "--out", str(tmp_path / "x"),
               "--teachers", teachers, "--augmentations", "2"], "holds nothing")
+
+
+@pytest.mark.usefixtures("s3")
+def test_a_recipe_runs_on_a_run_and_a_pool_on_s3(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DataComp's baselines over metadata on the store, into a run on the store: the subsets
+    there are those of a local run; the run references the metadata (nothing copied)."""
+    from tests.generators.datacomp import write_datacomp_metadata
+
+    folder = tmp_path / "metadata"
+    write_datacomp_metadata(folder, num_files=2, rows_per_file=100, embed_dim_b32=8,
+                            embed_dim_l14=8)
+    pool_url = _upload(folder, "datacomp/recipe")
+    _machine(monkeypatch, tmp_path / "cache")
+    recipe = str(Path(__file__).resolve().parents[1] / "pipelines" / "datacomp_baselines.toml")
+    local = tmp_path / "local"
+    run_url = f"s3://{BUCKET}/runs/recipe"
+    for pool, run in ((str(folder), str(local)), (pool_url, run_url)):
+        _ok(["run", recipe, "--set", f"pool={pool}", "--set", f"out={tmp_path / 'o'}",
+             "--run", run, "--no-progress"])
+    stored = _download(run_url, tmp_path / "stored")
+    assert json.loads((stored / "run.json").read_text())["pool_table"]["layout"] == "reference"
+    subsets = sorted(p.name for p in (local / "subsets").iterdir())
+    assert subsets and sorted(p.name for p in (stored / "subsets").iterdir()) == subsets
+    for name in subsets:
+        assert np.array_equal(np.load(stored / "subsets" / name / "uids.npy"),
+                              np.load(local / "subsets" / name / "uids.npy")), name
+    assert list((stored / "recipes").glob("datacomp_baselines-*.json"))

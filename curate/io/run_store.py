@@ -155,6 +155,7 @@ class RemoteRun:
     def listing(self) -> dict[str, dict[str, Any]]:
         """The run's files on the store: relative name -> {size, etag}; hidden names skipped."""
         filesystem, root = self._fs()
+        filesystem.invalidate_cache()  # other processes (workers, machines) write here too
         try:
             found = self._call(self.url, filesystem.find, root, detail=True, withdirs=False)
         except FileNotFoundError as exc:
@@ -267,6 +268,7 @@ class RemoteRun:
     def _fetch_one(self, relative: str, synced: dict[str, Any]) -> bool:
         """Download one file unless the mirror's copy is the store's (by ETag); True if sent."""
         filesystem, _ = self._fs()
+        filesystem.invalidate_cache(self._remote(relative))
         try:
             info = self._call(f"{self.url}/{relative}", filesystem.info, self._remote(relative))
         except FileNotFoundError:
