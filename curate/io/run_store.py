@@ -1,4 +1,5 @@
-"""Runs on object storage: ``--run s3://bucket/runs/r1``.
+"""Runs on object storage (``--run s3://bucket/runs/r1``), and other folders a command reads or
+writes whole (``export --out``, ``reinforce SHARDS --out``).
 
 A run on a URL is worked on through a local mirror, ``$FILTER_POOL_CACHE/runs/<sha>/`` (default
 ``~/.cache/filter-pool/runs``): a command pulls the run's files that changed on the store,
@@ -13,7 +14,7 @@ that makes each write atomic for readers:
 
 Every object is written whole by one PUT, so a reader sees either the old or the new file. A
 sharded stage's workers need no shared disk: each fetches the inputs its shard names into its
-own mirror and uploads its outputs, then its completion record (:func:`shard_finished`).
+own mirror and uploads its outputs, then its completion record (:meth:`RemoteRun.upload_shard`).
 
 What the mirror has synced is kept beside it (``<sha>.sync.json``: each file's size, mtime and
 the store's ETag), so a pull downloads only what changed and a push uploads only what the
