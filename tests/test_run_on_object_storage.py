@@ -133,19 +133,29 @@ def test_push_deletes_stale_records_first_and_writes_records_last(
         (store.mirror / relative).write_text(text)
     (store.mirror / ".locks").mkdir()
     (store.mirror / ".locks" / "score-d.lock").write_text("")
-    calls: list[tuple[str, str]] = []
+    calls: list[tuple[str, str]] = []  # (operation, file), in the order the store got them
+    step: dict[tuple[str, str], int] = {}  # ... and which batched call carried each
     upload, delete = RemoteRun._upload, RemoteRun._delete
-    monkeypatch.setattr(RemoteRun, "_upload",
-                        lambda self, r: calls.append(("put", r)) or upload(self, r))
-    monkeypatch.setattr(RemoteRun, "_delete",
-                        lambda self, r: calls.append(("rm", r)) or delete(self, r))
+
+    def recorded(operation: str, real: Any) -> Any:
+        def call(self: RemoteRun, relatives: list[str]) -> None:
+            batch = len(set(step.values()))
+            for relative in relatives:
+                step[(operation, relative)] = batch
+                calls.append((operation, relative))
+            return real(self, relatives)
+        return call
+
+    monkeypatch.setattr(RemoteRun, "_upload", recorded("put", upload))
+    monkeypatch.setattr(RemoteRun, "_delete", recorded("rm", delete))
     assert store.push() == 5
-    order = [r for _, r in calls]
-    assert order[-1] == "run.json"
-    assert order.index("scores/d/_done/part-00000.json") > order.index(
-        "scores/d/part-00000.parquet")
-    assert order.index("scores/d/_scorer.json") > order.index("scores/d/_done/part-00000.json")
+    assert calls[-1] == ("put", "run.json")
+    assert step["put", "scores/d/_done/part-00000.json"] > step[
+        "put", "scores/d/part-00000.parquet"] == step["put", "pool/part-00000.parquet"]
+    assert step["put", "scores/d/_scorer.json"] > step["put", "scores/d/_done/part-00000.json"]
+    assert step["put", "run.json"] > step["put", "scores/d/_scorer.json"]
     calls.clear()
+    step.clear()
     assert store.push() == 0 and calls == []  # nothing changed, nothing sent
 
     (store.mirror / "scores/d/part-00000.parquet").write_text("s0, scored again")
@@ -153,8 +163,8 @@ def test_push_deletes_stale_records_first_and_writes_records_last(
     (store.mirror / "pool/part-00000.parquet").unlink()
     assert store.push() == 2
     assert calls[0] == ("rm", "scores/d/_done/part-00000.json")  # before its part changes
-    assert calls.index(("put", "scores/d/part-00000.parquet")) < calls.index(
-        ("put", "scores/d/_done/part-00000.json"))
+    assert step["put", "scores/d/part-00000.parquet"] < step["put",
+                                                              "scores/d/_done/part-00000.json"]
     assert ("rm", "pool/part-00000.parquet") in calls
     assert sorted(store.listing()) == sorted(set(files) - {"pool/part-00000.parquet"})
 

@@ -31,7 +31,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,28 +175,39 @@ class RemoteRun:
     def _remote(self, relative: str) -> str:
         return f"{self._fs()[1]}/{relative}"
 
-    def _download(self, relative: str) -> None:
-        target = self.mirror / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    def _download(self, relatives: Sequence[str]) -> None:
+        """Fetch files into the mirror (one batched call: s3fs runs them concurrently), each
+        renamed into place once whole."""
+        if not relatives:
+            return
+        partials = []
+        for relative in relatives:
+            target = self.mirror / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partials.append(target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"))
         filesystem, _ = self._fs()
-        self._call(f"{self.url}/{relative}", filesystem.get_file, self._remote(relative),
-                   str(partial))
-        os.replace(partial, target)
+        try:
+            self._call(self.url, filesystem.get, [self._remote(r) for r in relatives],
+                       [str(p) for p in partials])
+            for relative, partial in zip(relatives, partials, strict=True):
+                os.replace(partial, self.mirror / relative)
+        finally:
+            for partial in partials:
+                partial.unlink(missing_ok=True)
 
-    def _upload(self, relative: str) -> str | None:
-        filesystem, _ = self._fs()
-        remote = self._remote(relative)
-        self._call(f"{self.url}/{relative}", filesystem.put_file, str(self.mirror / relative),
-                   remote)
-        info = self._call(f"{self.url}/{relative}", filesystem.info, remote)
-        etag = info.get("ETag") or info.get("etag")
-        return str(etag).strip('"') if etag else None
+    def _upload(self, relatives: Sequence[str]) -> None:
+        """Send mirror files to the store (one batched call; each object is one whole PUT)."""
+        if relatives:
+            filesystem, _ = self._fs()
+            self._call(self.url, filesystem.put, [str(self.mirror / r) for r in relatives],
+                       [self._remote(r) for r in relatives])
 
-    def _delete(self, relative: str) -> None:
-        filesystem, _ = self._fs()
-        with contextlib.suppress(FileNotFoundError):
-            self._call(f"{self.url}/{relative}", filesystem.rm_file, self._remote(relative))
+    def _delete(self, relatives: Sequence[str]) -> None:
+        """Delete objects (batched; one that is already gone is no error)."""
+        if relatives:
+            filesystem, _ = self._fs()
+            with contextlib.suppress(FileNotFoundError):
+                self._call(self.url, filesystem.rm, [self._remote(r) for r in relatives])
 
     # -- the mirror's sync record ---------------------------------------------------------
 
@@ -235,54 +246,49 @@ class RemoteRun:
     def pull(self, only: Iterable[str] | None = None) -> int:
         """Bring the mirror up to the store: download files that are new or changed there
         (parts only with their completion record), delete mirrored files the store no longer
-        has (unless changed here since). ``only``:
-        just these relative names (a worker's inputs). Returns how many files were fetched."""
+        has (unless changed here since). ``only``: just these relative names (a worker's
+        inputs). Returns how many files were fetched."""
         synced = self._synced()
-        if only is not None:
-            fetched = sum(self._fetch_one(relative, synced) for relative in only)
-            self._save(synced)
-            return fetched
-        remote = self.listing()
+        remote = self.listing() if only is None else self._infos(only)
         local = self._local_files()
-        fetched = 0
-        untrusted = _unrecorded(remote)
+        untrusted = _unrecorded(remote) if only is None else set()
+        wanted = []
         for relative, info in sorted(remote.items()):
-            if relative in untrusted:
-                continue
             path = local.get(relative)
             known = synced.get(relative, {})
-            if path is not None and known.get("etag") == info["etag"] and \
-                    known.get("stat") == _stat_key(path):
+            if relative in untrusted or (path is not None and info["etag"] is not None and
+                                         known.get("etag") == info["etag"] and
+                                         known.get("stat") == _stat_key(path)):
                 continue
             if path is None or not self._same_bytes(path, info):
-                self._download(relative)
-                fetched += 1
-            synced[relative] = {"etag": info["etag"], "stat": _stat_key(self.mirror / relative)}
-        for relative in set(synced) - set(remote):
+                wanted.append(relative)
+        self._download(wanted)
+        for relative in wanted:
+            synced[relative] = {"etag": remote[relative]["etag"],
+                                "stat": _stat_key(self.mirror / relative)}
+        for relative in set(synced) - set(remote) if only is None else ():
             path = local.get(relative)
             if path is not None and synced[relative].get("stat") == _stat_key(path):
                 path.unlink()  # gone from the store and unchanged here: replaced elsewhere
             del synced[relative]
         self._save(synced)
-        return fetched
+        return len(wanted)
 
-    def _fetch_one(self, relative: str, synced: dict[str, Any]) -> bool:
-        """Download one file unless the mirror's copy is the store's (by ETag); True if sent."""
+    def _infos(self, relatives: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Size and ETag of named files on the store; a RunStoreError for one that is not."""
         filesystem, _ = self._fs()
-        filesystem.invalidate_cache(self._remote(relative))
-        try:
-            info = self._call(f"{self.url}/{relative}", filesystem.info, self._remote(relative))
-        except FileNotFoundError:
-            raise RunStoreError(f"run {self.url}: {relative} is not on the store") from None
-        etag = str(info.get("ETag") or info.get("etag") or "").strip('"') or None
-        path = self.mirror / relative
-        known = synced.get(relative, {})
-        if path.is_file() and etag is not None and known.get("etag") == etag and \
-                known.get("stat") == _stat_key(path):
-            return False
-        self._download(relative)
-        synced[relative] = {"etag": etag, "stat": _stat_key(path)}
-        return True
+        infos = {}
+        for relative in relatives:
+            remote = self._remote(relative)
+            filesystem.invalidate_cache(remote)
+            try:
+                info = self._call(f"{self.url}/{relative}", filesystem.info, remote)
+            except FileNotFoundError:
+                raise RunStoreError(f"{self.url}: {relative} is not on the store") from None
+            etag = info.get("ETag") or info.get("etag")
+            infos[relative] = {"size": info.get("size"),
+                               "etag": str(etag).strip('"') if etag else None}
+        return infos
 
     def push(self) -> int:
         """Send what changed in the mirror since the last sync, in the order that keeps the
@@ -299,18 +305,18 @@ class RemoteRun:
             else:
                 changed.append(relative)
         gone = [r for r in remote if r not in local and r in synced]
-        stale_records = [r for r in sorted(set(changed) | set(gone), key=_push_rank, reverse=True)
-                         if _is_record(r) and r in remote]
-        for relative in stale_records:
-            self._delete(relative)
-            synced.pop(relative, None)
+        self._delete(sorted((r for r in {*changed, *gone} if _is_record(r) and r in remote),
+                            key=_push_rank, reverse=True))  # stale records first
+        self._delete([r for r in gone if not _is_record(r)])
         for relative in gone:
-            if not _is_record(relative):
-                self._delete(relative)
             synced.pop(relative, None)
-        for relative in sorted(changed, key=lambda r: (_push_rank(r), r)):
-            etag = self._upload(relative)
-            synced[relative] = {"etag": etag, "stat": _stat_key(local[relative])}
+        for rank in sorted({_push_rank(r) for r in changed}):
+            self._upload(sorted(r for r in changed if _push_rank(r) == rank))
+        if changed:
+            now = self.listing()  # the ETags the store gave (one listing, not one ask a file)
+            for relative in changed:
+                synced[relative] = {"etag": (now.get(relative) or {}).get("etag"),
+                                    "stat": _stat_key(local[relative])}
         self._save(synced)
         return len(changed)
 
@@ -318,12 +324,10 @@ class RemoteRun:
         """A worker's finished shard: its outputs, then its completion record (a stale one is
         deleted first). Paths are this mirror's."""
         record_relative = Path(record).relative_to(self.mirror).as_posix()
-        self._delete(record_relative)
-        for output in outputs:
-            path = Path(output)
-            if path.is_file():
-                self._upload(path.relative_to(self.mirror).as_posix())
-        self._upload(record_relative)
+        self._delete([record_relative])
+        self._upload([Path(o).relative_to(self.mirror).as_posix() for o in outputs
+                      if Path(o).is_file()])
+        self._upload([record_relative])
 
 
 def active() -> tuple[RemoteRun, ...]:
