@@ -175,7 +175,8 @@ def step_select(work: Path, fraction: float, uids_only: bool = False) -> dict[st
                      if f["name"] == "fraction")
     written = sum(f.stat().st_size for f in summary.path.iterdir() if f.is_file())
     return {"kept": summary.kept, "total": summary.total, "threshold": threshold,
-            "uids": str(summary.path / "uids.npy"), "bytes": written}
+            "uids": str(summary.path / "uids.npy"), "bytes": written,
+            "phases": summary.seconds}
 
 
 def dd_seconds(work: Path, size: int) -> float:
@@ -577,6 +578,11 @@ def print_report(figures: dict[str, Any]) -> None:
         print(f"{step['label']:<42} {step['seconds']:>9.2f} "
               f"{step['seconds_per_million_rows']:>9.3f} {step['process_seconds']:>10.2f} "
               f"{step['peak_rss_mib']:>13.0f}")
+    for step in figures["steps"]:
+        phases = step["details"].get("phases") if isinstance(step["details"], dict) else None
+        if phases:
+            print(f"  {step['label']}: " + ", ".join(f"{name} {seconds:.2f} s"
+                                                     for name, seconds in phases.items()))
     print("seconds: the library call inside the step; s/M rows: seconds per million rows; "
           "process s: the whole subprocess (interpreter, imports); peak RSS: ru_maxrss of the "
           "step's process (os.wait4)")

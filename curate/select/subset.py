@@ -114,6 +114,7 @@ class SelectSummary:
     filters: list[dict[str, Any]] = field(default_factory=list)
     uids_sha256: str = ""
     reused: bool = False  # an existing subset of the same request: nothing written
+    seconds: dict[str, float] = field(default_factory=dict)  # by phase; not in the record
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -295,7 +296,7 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     Only the filters' decisions are held in memory (per sample: sample_id and one boolean per
     filter, then sample_id and a failure group); the counts come from them, and DuckDB streams
     the manifest, the dropped table and the kept uids from ``samples``."""
-    started = time.perf_counter()
+    clock = _PhaseClock()
     paths = RunPaths(config.run)
     target = paths.subset_dir(config.name)
     con, layout = connect_with_layout(config.run)
@@ -305,9 +306,9 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     if finished is not None:
         return finished
     specs = config.all_filters(score_column)
+    clock.mark("connect")
     decisions = evaluate_filters(con, specs, where=config.where, with_uid=False)
-    logger.debug("select %s: filters evaluated at %.2f s", config.name,
-                 time.perf_counter() - started)
+    clock.mark("filters")
     labels = [c for c in decisions.column_names if c not in ("uid", "sample_id")]
     passed = _passed_masks(decisions, labels)
     total, records = decisions.num_rows, _resolved_records(decisions)
@@ -329,29 +330,47 @@ def select_subset(config: SelectConfig) -> SelectSummary:
         dropped_first=dropped_first,
         failing=failing_counts,
         filters=records,
+        seconds=clock.seconds,
     )
     groups = pa.table({"sample_id": pa.array(ids), "_group": group})  # zero-copy from NumPy
     del ids
+    clock.mark("decisions")
     _write_subset(paths, config, request, target, summary, scorers,
                   lambda staging: write_outputs(
         con, paths, layout, staging, groups, failing, scorers, in_order,
-        tables=not config.uids_only))
-    logger.debug("select %s: written at %.2f s", config.name, time.perf_counter() - started)
+        tables=not config.uids_only), clock)
+    logger.info("select %s: %s", config.name,
+                ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in clock.seconds.items()))
     return summary
+
+
+class _PhaseClock:
+    """Seconds spent in each phase of a command, in order (for the log and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 def _write_subset(
     paths: RunPaths, config: SelectConfig, request: dict[str, Any], target: Path,
     summary: SelectSummary,
-    scorers: list[str], write_tables: Callable[[Path], np.ndarray],
+    scorers: list[str], write_tables: Callable[[Path], np.ndarray], clock: _PhaseClock,
 ) -> None:
     """``write_tables`` writes the Parquet outputs into the staging folder and returns the kept
     uids (sorted runs); then ``uids.npy`` and ``selection.json``; then the folder is renamed
     into place."""
     with staged_directory(target) as staging:
         uids = write_tables(staging)
+        clock.mark("tables and kept uids" if not config.uids_only else "kept uids")
         summary.uids_sha256 = save_uid_file(staging / SUBSET_UIDS, uids, runs=True)
         del uids
+        clock.mark("uids.npy (sort, write, hash)")
         record = {
             "command": config.command,
             "by": config.by,
@@ -369,4 +388,5 @@ def _write_subset(
         }
         record["files"] = sorted([*(p.name for p in staging.iterdir()), SUBSET_RECORD])
         (staging / SUBSET_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    clock.mark("record and rename")
     logger.info("subset %s: kept %d of %d", config.name, summary.kept, summary.total)
