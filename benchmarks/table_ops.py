@@ -264,7 +264,8 @@ def run_step(args: argparse.Namespace) -> None:
 
 
 def spawn(args: argparse.Namespace, step: str, label: str, *extra: str) -> StepResult:
-    """Run ``--step STEP`` in a fresh subprocess; peak RSS from ``os.wait4`` on it."""
+    """Run ``--step STEP`` in a fresh subprocess (after a sync: no step pays for the writeback
+    of the one before); peak RSS from ``os.wait4`` on it."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         result_path = Path(handle.name)
     command = [sys.executable, str(Path(__file__).resolve()), "--step", step,
@@ -272,6 +273,7 @@ def spawn(args: argparse.Namespace, step: str, label: str, *extra: str) -> StepR
                "--fraction", repr(args.fraction), "--pandas-workers", str(args.pandas_workers),
                "--result", str(result_path), *(["--copy-pool"] if args.copy_pool else []),
                *extra]
+    os.sync()  # the last step's written pages reach the disk first, not during this step
     log(f"{label} ...")
     started = time.perf_counter()
     process = subprocess.Popen(command)

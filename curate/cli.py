@@ -30,6 +30,7 @@ app = typer.Typer(
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 F = TypeVar("F", bound=Callable[..., Any])
+TABLES_ONLY = ("embeddings/",)  # what a table command never reads from a run on a URL
 _shown_as: dict[str, str] = {}  # a run's local mirror -> its URL, while a command works on it
 
 
@@ -70,12 +71,13 @@ def os_error_line(exc: OSError, options: dict[str, Any]) -> str:
            "run the command again)"
 
 
-def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run"
-           ) -> Callable[[F], F]:
+def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run",
+           skip: tuple[str, ...] = ()) -> Callable[[F], F]:
     """A run (or another folder: ``what``) given as a URL (``s3://bucket/runs/r1``): the
     command works on its local mirror, pulled before and pushed after (curate/io/run_store.py);
     messages name the URL, not the mirror. Options for the store come from the environment
-    (``FILTER_POOL_STORAGE_OPTIONS``) and the command's ``--storage-options``."""
+    (``FILTER_POOL_STORAGE_OPTIONS``) and the command's ``--storage-options``. ``skip``:
+    prefixes the command never reads (a table command and ``embeddings/``)."""
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
@@ -90,7 +92,8 @@ def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run"
 
             url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(given))
             options = parse_storage_options(kwargs.get("storage_options"))
-            with run_location(url, options, must_exist=must_exist, what=what) as mirror:
+            with run_location(url, options, must_exist=must_exist, what=what,
+                              skip=skip) as mirror:
                 _shown_as[str(mirror)] = url
                 try:
                     return command(*args, **{**kwargs, parameter: mirror})
@@ -395,7 +398,7 @@ WhereOption = Annotated[str | None, typer.Option(help="SQL condition over `sampl
 
 @app.command()
 @user_errors
-@on_run()
+@on_run(skip=TABLES_ONLY)
 def query(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     sql: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
@@ -425,7 +428,7 @@ def list_filters_command(as_json: JsonOption = False) -> None:
 
 @app.command("sweep")
 @user_errors
-@on_run()
+@on_run(skip=TABLES_ONLY)
 def sweep_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     by: Annotated[str, typer.Option(help="Score column (dfn or dfn_score).")],
@@ -459,7 +462,7 @@ def sweep_command(
 
 @app.command("select")
 @user_errors
-@on_run()
+@on_run(skip=TABLES_ONLY)
 def select_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     out: Annotated[str, typer.Option(help="Subset name: writes RUN/subsets/NAME/.")],
@@ -488,7 +491,7 @@ def select_command(
 
 @app.command("export")
 @user_errors
-@on_run()
+@on_run(skip=TABLES_ONLY)
 @on_run("out", must_exist=False, what="output")
 def export_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
@@ -510,7 +513,7 @@ def export_command(
 
 @app.command("report")
 @user_errors
-@on_run()
+@on_run(skip=TABLES_ONLY)
 def report_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     out: Annotated[Path, typer.Option(help="The HTML file to write.")],
@@ -597,7 +600,7 @@ def train_dfn(
 
 @app.command("evaluate")
 @user_errors
-@on_run()
+@on_run(skip=TABLES_ONLY)
 def evaluate_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
@@ -660,7 +663,7 @@ def _csv_ints(text: str, option: str) -> tuple[int, ...]:
 
 @app.command("compare")
 @user_errors
-@on_run()
+@on_run(skip=TABLES_ONLY)
 def compare_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[list[str], typer.Option(

@@ -175,6 +175,16 @@ def test_push_deletes_stale_records_first_and_writes_records_last(
     assert not (other.mirror / "scores/d/part-00001.parquet").exists()
     assert (other.mirror / "scores/d/part-00000.parquet").read_text() == "s0, scored again"
 
+    # a table command pulls no embeddings, and its push deletes none
+    (store.mirror / "embeddings/d").mkdir(parents=True)
+    (store.mirror / "embeddings/d/part-00000.image.npy").write_bytes(b"e0")
+    store.push()
+    table_command = RemoteRun(store.url, {}, tmp_path / "third-machine")
+    table_command.pull(skip=("embeddings/",))
+    assert not (table_command.mirror / "embeddings").exists()
+    table_command.push(set(table_command.local_files()))
+    assert "embeddings/d/part-00000.image.npy" in table_command.listing()
+
 
 def test_a_worker_moves_a_task_into_its_own_mirror() -> None:
     from curate.score.task import ShardTask

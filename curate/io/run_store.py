@@ -225,7 +225,8 @@ class RemoteRun:
         partial.write_text(json.dumps(synced, sort_keys=True))
         os.replace(partial, self.sync_file)
 
-    def _local_files(self) -> dict[str, Path]:
+    def local_files(self) -> dict[str, Path]:
+        """The mirror's files that sync: relative name -> path."""
         files = {}
         if self.mirror.is_dir():
             for path in self.mirror.rglob("*"):
@@ -243,22 +244,23 @@ class RemoteRun:
 
     # -- pull and push ----------------------------------------------------------------------
 
-    def pull(self, only: Iterable[str] | None = None) -> int:
+    def pull(self, only: Iterable[str] | None = None, skip: tuple[str, ...] = ()) -> int:
         """Bring the mirror up to the store: download files that are new or changed there
         (parts only with their completion record), delete mirrored files the store no longer
         has (unless changed here since). ``only``: just these relative names (a worker's
-        inputs). Returns how many files were fetched."""
+        inputs); ``skip``: prefixes the command does not read (``embeddings/``), left as they
+        are. Returns how many files were fetched."""
         synced = self._synced()
         remote = self.listing() if only is None else self._infos(only)
-        local = self._local_files()
+        local = self.local_files()
         untrusted = _unrecorded(remote) if only is None else set()
         wanted = []
         for relative, info in sorted(remote.items()):
             path = local.get(relative)
             known = synced.get(relative, {})
-            if relative in untrusted or (path is not None and info["etag"] is not None and
-                                         known.get("etag") == info["etag"] and
-                                         known.get("stat") == _stat_key(path)):
+            if relative.startswith(skip) or relative in untrusted or (
+                    path is not None and info["etag"] is not None and
+                    known.get("etag") == info["etag"] and known.get("stat") == _stat_key(path)):
                 continue
             if path is None or not self._same_bytes(path, info):
                 wanted.append(relative)
@@ -290,12 +292,15 @@ class RemoteRun:
                                "etag": str(etag).strip('"') if etag else None}
         return infos
 
-    def push(self) -> int:
+    def push(self, present: Collection[str] | None = None) -> int:
         """Send what changed in the mirror since the last sync, in the order that keeps the
-        run consistent for readers (see the module docstring). Returns files uploaded."""
+        run consistent for readers (see the module docstring). A file the store has is deleted
+        there only when it was in the mirror at ``present`` (the files after the command's
+        pull: what the command itself deleted; default: every synced file). Returns files
+        uploaded."""
         synced = self._synced()
         remote = self.listing()
-        local = self._local_files()
+        local = self.local_files()
         changed = []  # changed here since the last sync (what changed only there is not ours)
         for relative, path in local.items():
             if synced.get(relative, {}).get("stat") == _stat_key(path):
@@ -304,7 +309,8 @@ class RemoteRun:
                 synced[relative] = {"etag": remote[relative]["etag"], "stat": _stat_key(path)}
             else:
                 changed.append(relative)
-        gone = [r for r in remote if r not in local and r in synced]
+        gone = [r for r in remote if r not in local and r in (synced if present is None
+                                                                 else present)]
         self._delete(sorted((r for r in {*changed, *gone} if _is_record(r) and r in remote),
                             key=_push_rank, reverse=True))  # stale records first
         self._delete([r for r in gone if not _is_record(r)])
@@ -346,17 +352,20 @@ def holding(path: Path) -> RemoteRun | None:
 
 @contextlib.contextmanager
 def run_location(run: str | Path, options: Mapping[str, Any] | None = None,
-                 must_exist: bool = True, what: str = "run") -> Iterator[Path]:
+                 must_exist: bool = True, what: str = "run", skip: tuple[str, ...] = ()
+                 ) -> Iterator[Path]:
     """The local folder a command works on: ``run`` itself for a path; for a URL its mirror,
     pulled first and pushed after (also when the command fails, so finished shards count).
     ``must_exist``: a URL that holds no run is an error (every command but ingest). Any
-    other folder on a URL (``what``: shards, an output) is mirrored the same way."""
+    other folder on a URL (``what``: shards, an output) is mirrored the same way. ``skip``:
+    prefixes the command never reads, not pulled (and never deleted on the store by it)."""
     if not is_url(str(run)):
         yield Path(run)
         return
     store = RemoteRun.of(str(run), {**env_storage_options(), **(options or {})})
     store.mirror.parent.mkdir(parents=True, exist_ok=True)
-    store.pull()
+    store.pull(skip=skip)
+    present = set(store.local_files())
     if must_exist and what == "run" and not (store.mirror / RECORD_FILE).is_file():
         raise RunStoreError(f"{store.url} is not a run (no {RECORD_FILE} there); create it "
                             f"with `filter-pool ingest POOL --run {store.url}`")
@@ -367,7 +376,7 @@ def run_location(run: str | Path, options: Mapping[str, Any] | None = None,
         yield store.mirror
     finally:
         _active.reset(token)
-        store.push()
+        store.push(present)
 
 
 def relocate(task: Any, old: Path, new: Path) -> Any:
