@@ -72,12 +72,13 @@ def os_error_line(exc: OSError, options: dict[str, Any]) -> str:
 
 
 def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run",
-           skip: tuple[str, ...] = ()) -> Callable[[F], F]:
+           skip: tuple[str, ...] = (), writes: bool = True) -> Callable[[F], F]:
     """A run (or another folder: ``what``) given as a URL (``s3://bucket/runs/r1``): the
     command works on its local mirror, pulled before and pushed after (curate/io/run_store.py);
     messages name the URL, not the mirror. Options for the store come from the environment
     (``FILTER_POOL_STORAGE_OPTIONS``) and the command's ``--storage-options``. ``skip``:
-    prefixes the command never reads (a table command and ``embeddings/``)."""
+    prefixes the command never reads (a table command and ``embeddings/``). ``writes``: the
+    command holds the folder's lock on the store and pushes (False: it only reads)."""
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
@@ -92,8 +93,8 @@ def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run",
 
             url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(given))
             options = parse_storage_options(kwargs.get("storage_options"))
-            with run_location(url, options, must_exist=must_exist, what=what,
-                              skip=skip) as mirror:
+            with run_location(url, options, must_exist=must_exist, what=what, skip=skip,
+                              writes=writes) as mirror:
                 _shown_as[str(mirror)] = url
                 try:
                     return command(*args, **{**kwargs, parameter: mirror})
@@ -398,7 +399,7 @@ WhereOption = Annotated[str | None, typer.Option(help="SQL condition over `sampl
 
 @app.command()
 @user_errors
-@on_run(skip=TABLES_ONLY)
+@on_run(skip=TABLES_ONLY, writes=False)
 def query(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     sql: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
@@ -538,7 +539,7 @@ def report_command(
 
 @app.command("train-dfn")
 @user_errors
-@on_run("data", what="training data")
+@on_run("data", what="training data", writes=False)
 @on_run("out", must_exist=False, what="output")
 def train_dfn(
     data: Annotated[Path, typer.Argument(
@@ -743,7 +744,7 @@ def _specs(text: str, option: str, random_init: bool) -> tuple:
 
 @app.command("reinforce")
 @user_errors
-@on_run("shards", what="shards")
+@on_run("shards", what="shards", writes=False)
 @on_run("out", must_exist=False, what="output")
 def reinforce_command(
     shards: Annotated[Path, typer.Argument(help="Hand-off shards from `filter-pool export`.")],

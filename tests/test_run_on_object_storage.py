@@ -275,3 +275,33 @@ def test_a_recipe_runs_on_a_run_and_a_pool_on_s3(
         assert np.array_equal(np.load(stored / "subsets" / name / "uids.npy"),
                               np.load(local / "subsets" / name / "uids.npy")), name
     assert list((stored / "recipes").glob("datacomp_baselines-*.json"))
+
+
+@pytest.mark.usefixtures("s3")
+def test_one_writer_at_a_time_across_machines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer holds RUN/.lock on the store (conditional PUT) while it works: another
+    machine's writer is refused in one line naming the holder, a reader is not, a lease that
+    ran out is taken over, and no lock is left behind."""
+    from curate.io import run_lock
+
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=1, samples_per_shard=6,
+                                image_size=16, plant_bad=False)
+    fs = _bucket()
+    _machine(monkeypatch, tmp_path / "machine-a")
+    run_url = f"s3://{BUCKET}/runs/locked"
+    for command in _commands(str(pool.root), run_url, tmp_path / "out")[:3]:
+        _ok(command)
+    lock = f"{BUCKET}/runs/locked/.lock"
+    assert not fs.exists(lock)  # released after each command
+    other = {"host": "machine-b", "pid": 4242, "command": "filter-pool score", "since": 0}
+    fs.pipe_file(lock, json.dumps(other).encode())
+    _machine(monkeypatch, tmp_path / "machine-c")
+    _refused(["select", run_url, "--out", "t2", "--by", "dfn_score", "--fraction", "0.5"],
+             run_url, "`filter-pool score`", "pid 4242 on machine-b")
+    assert json.loads(_ok(["query", run_url, "SELECT count(*) AS n FROM dfn", "--format",
+                           "json"]).stdout)[0]["n"] == 6  # readers take no lock
+    monkeypatch.setattr(run_lock, "LEASE_SECONDS", 0.0)  # machine-b stopped renewing it
+    _ok(["select", run_url, "--out", "t2", "--by", "dfn_score", "--fraction", "0.5"])
+    assert not fs.exists(lock)
+    assert "subsets/t2/uids.npy" in RemoteRun.of(run_url).listing()

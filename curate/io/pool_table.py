@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,6 @@ class PoolReference:
                 "columns from it by row position, so ingest the pool again")
         return resolved
 
-
     def _fetched(self, file: SourceFile) -> Path:
         """The local copy of a metadata file on a URL, fetched when missing (see the module
         docstring); SourceChanged when the store no longer serves what ingest read."""
@@ -158,7 +158,7 @@ class PoolReference:
         if local.is_file() and local.stat().st_size == file.size:
             return local
         self.root.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+        partial = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             fetch_file(url, self.storage_options, partial)
             if partial.stat().st_size != file.size or (len(file.etag) == 32 and

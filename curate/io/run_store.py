@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import UserError
+from curate.io.run_lock import RemoteLock, RemoteLockedError
 from curate.io.storage import _filesystem, check_storage_options, is_url, storage_error
 from curate.io.workspace import file_md5
 
@@ -209,6 +210,20 @@ class RemoteRun:
             with contextlib.suppress(FileNotFoundError):
                 self._call(self.url, filesystem.rm, [self._remote(r) for r in relatives])
 
+    def lock(self) -> RemoteLock | None:
+        """This folder's writer lock, acquired (S3 only: other stores are not locked)."""
+        if not self.url.startswith(("s3://", "s3a://")):
+            return None
+        filesystem, root = self._fs()
+        lock = RemoteLock(filesystem, root, self.url)
+        try:
+            lock.acquire()
+        except RemoteLockedError:
+            raise
+        except Exception as exc:  # the store refused or cannot be reached: one line
+            raise RunStoreError(str(storage_error(exc, self.url, "run"))) from exc
+        return lock
+
     # -- the mirror's sync record ---------------------------------------------------------
 
     def _synced(self) -> dict[str, dict[str, Any]]:
@@ -352,31 +367,44 @@ def holding(path: Path) -> RemoteRun | None:
 
 @contextlib.contextmanager
 def run_location(run: str | Path, options: Mapping[str, Any] | None = None,
-                 must_exist: bool = True, what: str = "run", skip: tuple[str, ...] = ()
-                 ) -> Iterator[Path]:
+                 must_exist: bool = True, what: str = "run", skip: tuple[str, ...] = (),
+                 writes: bool = True) -> Iterator[Path]:
     """The local folder a command works on: ``run`` itself for a path; for a URL its mirror,
     pulled first and pushed after (also when the command fails, so finished shards count).
     ``must_exist``: a URL that holds no run is an error (every command but ingest). Any
     other folder on a URL (``what``: shards, an output) is mirrored the same way. ``skip``:
-    prefixes the command never reads, not pulled (and never deleted on the store by it)."""
+    prefixes the command never reads, not pulled (and never deleted on the store by it).
+    ``writes``: the command holds the folder's lock on S3 (curate/io/run_lock.py) from before
+    the pull to after the push; a read-only command takes none and pushes nothing."""
     if not is_url(str(run)):
         yield Path(run)
         return
     store = RemoteRun.of(str(run), {**env_storage_options(), **(options or {})})
     store.mirror.parent.mkdir(parents=True, exist_ok=True)
-    store.pull(skip=skip)
-    present = set(store.local_files())
-    if must_exist and what == "run" and not (store.mirror / RECORD_FILE).is_file():
-        raise RunStoreError(f"{store.url} is not a run (no {RECORD_FILE} there); create it "
-                            f"with `filter-pool ingest POOL --run {store.url}`")
-    if must_exist and not (store.mirror.is_dir() and any(store.mirror.iterdir())):
-        raise RunStoreError(f"{what} {store.url} holds nothing")
-    token = _active.set((*_active.get(), store))
+    lock = store.lock() if writes else None
     try:
-        yield store.mirror
+        store.pull(skip=skip)
+        present = set(store.local_files())
+        if must_exist and what == "run" and not (store.mirror / RECORD_FILE).is_file():
+            raise RunStoreError(f"{store.url} is not a run (no {RECORD_FILE} there); create "
+                                f"it with `filter-pool ingest POOL --run {store.url}`")
+        if must_exist and not (store.mirror.is_dir() and any(store.mirror.iterdir())):
+            raise RunStoreError(f"{what} {store.url} holds nothing")
+        token = _active.set((*_active.get(), store))
+        try:
+            yield store.mirror
+        finally:
+            _active.reset(token)
+            if writes:
+                if lock is not None and lock.lost:
+                    raise RunStoreError(
+                        f"{store.url}: another command took this one's lock while it ran, so "
+                        "nothing was pushed; its work stays in the local mirror and the same "
+                        "command run again pushes it")
+                store.push(present)
     finally:
-        _active.reset(token)
-        store.push(present)
+        if lock is not None:
+            lock.release()
 
 
 def relocate(task: Any, old: Path, new: Path) -> Any:
