@@ -265,9 +265,14 @@ class RemoteRun:
         has (unless changed here since). ``only``: just these relative names (a worker's
         inputs); ``skip``: prefixes the command does not read (``embeddings/``), left as they
         are. Returns how many files were fetched."""
+        if only is not None:
+            only = list(only)
+            if not only:
+                return 0
         synced = self._synced()
         remote = self.listing() if only is None else self._infos(only)
-        local = self.local_files()
+        local = self.local_files() if only is None else {
+            r: self.mirror / r for r in only if (self.mirror / r).is_file()}
         untrusted = _unrecorded(remote) if only is None else set()
         wanted = []
         for relative, info in sorted(remote.items()):
