@@ -1,8 +1,10 @@
 """Runs that live on S3 (`--run s3://bucket/runs/r1`), against a real S3 server (moto's server
 mode, credentials enforced): every command works on a local mirror, pulled before and pushed
 after; the tables on the store equal a local run of the same pool; a second machine (another
-cache) sees what the first wrote; the push order keeps every write atomic for readers; a URL
-that holds no run, or a store that is down, is one line and exit 2."""
+cache) sees what the first wrote; the push order keeps every write atomic for readers; other
+folders (hand-off and reinforced shards) and recipes work there too; one writer at a time (a
+lock object on the store); a URL that holds no run, a missing bucket, a refused key or a store
+that is down is one line and exit 2."""
 
 from __future__ import annotations
 
