@@ -346,6 +346,18 @@ class RemoteRun:
         self._save(synced)
         return len(changed)
 
+    def fetch_if_there(self, path: str | Path) -> bool:
+        """Download one file of this mirror (``path``) from the store; False when the store
+        does not have it."""
+        relative = Path(path).relative_to(self.mirror).as_posix()
+        filesystem, _ = self._fs()
+        remote = self._remote(relative)
+        filesystem.invalidate_cache(remote)
+        if not self._call(f"{self.url}/{relative}", filesystem.exists, remote):
+            return False
+        self.pull(only=[relative])
+        return True
+
     def upload_shard(self, outputs: Iterable[str], record: str) -> None:
         """A worker's finished shard: its outputs, then its completion record (a stale one is
         deleted first). Paths are this mirror's."""

@@ -91,11 +91,14 @@ def _run_and_record(task_fn: Callable[[Any, ProgressFn], Stats], stats_type: typ
     a worker that then died. The second execution finds this attempt's record and returns its
     stats without touching anything (dropping the record first would leave the shard without
     one if the client, which already has the result, ends the run before it is rewritten).
-    For a run on a URL the outputs and then the record are uploaded from the worker."""
+    For a run on a URL the outputs and then the record are uploaded from the worker, and the
+    attempt's record counts only once it is on the store: the first execution may have run on
+    a worker with another disk, or died between writing its record here and uploading it."""
     job, store = _on_this_machine(job)
-    finished = read_record(job.record, stats_type, attempt=job.attempt)
-    if finished is not None:
-        return finished
+    if store is None or store.fetch_if_there(job.record):
+        finished = read_record(job.record, stats_type, attempt=job.attempt)
+        if finished is not None:
+            return finished
     Path(job.record).unlink(missing_ok=True)
     stats = task_fn(job.shard.task, progress)
     write_record(job.record, stats, attempt=job.attempt)
