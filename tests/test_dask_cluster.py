@@ -33,6 +33,7 @@ from tests.generators.synthetic import write_synthetic_pool
 from tests.test_object_storage import _upload, s3, s3_server  # noqa: F401  (fixtures)
 
 DASK = str(Path(sys.executable).parent / "dask")
+CLI = str(Path(sys.executable).parent / "filter-pool")
 START_SECONDS = 90  # a worker imports torch before it joins: seconds on a busy 2-core machine
 SHARDS = 16  # enough that a worker killed after the first shard finishes dies mid-run on a fast CPU
 
@@ -170,7 +171,7 @@ def test_a_killed_client_resumes_on_the_cluster(
         cluster: Cluster, runs: tuple[Path, Path], tiny_checkpoint: Path) -> None:
     fresh, reference = runs
     done_dir = RunPaths(fresh).scores_dir("dfn") / "_done"
-    command = [str(Path(sys.executable).parent / "filter-pool"), "score", str(fresh),
+    command = [CLI, "score", str(fresh),
                "--model", "fp-tiny-vit", "--pretrained", str(tiny_checkpoint),
                "--batch-size", "8", "--scheduler", cluster.address, "--json"]
     client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -193,7 +194,7 @@ def test_a_scheduler_that_is_not_there_is_one_line_and_writes_nothing(run_dir: P
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "filter-pool"), "score", str(run_dir), "--model",
+        [CLI, "score", str(run_dir), "--model",
          "fp-tiny-vit", "--random-init", "--scheduler", f"tcp://127.0.0.1:{port}"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -224,6 +225,31 @@ def test_workers_read_a_pool_on_s3_that_no_disk_of_theirs_holds(
     _assert_same_tables(remote, reference)
 
 
+def _client_env(tmp_path: Path) -> dict[str, str]:
+    """The client's environment: the user's, with its own cache (not the workers')."""
+    return {**os.environ, "FILTER_POOL_CACHE": str(tmp_path / "client-cache")}
+
+
+def _run_on_s3(tmp_path: Path, checkpoint: Path, name: str, shards: int,
+               samples_per_shard: int) -> tuple[str, Path]:
+    """A pool generated here, uploaded, and ingested by the client's CLI into a run that only
+    the S3 server holds (the local pool is deleted); the run's URL, and an in-process score of
+    the same pool as the reference."""
+    local = write_synthetic_pool(tmp_path / "pool", num_shards=shards,
+                                 samples_per_shard=samples_per_shard, image_size=32).root
+    pool_url = _upload(local, f"cluster-pool-{name}")
+    reference = tmp_path / "reference"
+    ingest_pool(IngestConfig(pool=local, run=reference))
+    score_run(_config(reference, checkpoint, None))
+    run_url = pool_url.replace(f"cluster-pool-{name}", f"runs/{name}")
+    ingested = subprocess.run([CLI, "ingest", pool_url, "--run", run_url],
+                              env=_client_env(tmp_path), capture_output=True, text=True,
+                              timeout=300)
+    assert ingested.returncode == 0, ingested.stderr
+    shutil.rmtree(local)
+    return run_url, reference
+
+
 @pytest.mark.usefixtures("s3")
 def test_a_run_on_s3_is_scored_by_workers_that_share_no_disk_with_the_client(
         tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,25 +257,14 @@ def test_a_run_on_s3_is_scored_by_workers_that_share_no_disk_with_the_client(
     workers (another cache) share no folder of the run: each worker fetches its shard's pool
     part into its own mirror and uploads the score part, then the completion record; the
     client pulls them. The tables on the store equal an in-process score of a local copy."""
-    local = write_synthetic_pool(tmp_path / "pool", num_shards=4, samples_per_shard=8,
-                                 image_size=32).root
-    pool_url = _upload(local, "cluster-pool-2")
-    reference = tmp_path / "reference"
-    ingest_pool(IngestConfig(pool=local, run=reference))
-    score_run(_config(reference, tiny_checkpoint, None))
-    run_url = pool_url.replace("cluster-pool-2", "runs/cluster")
-    cli = str(Path(sys.executable).parent / "filter-pool")
-    client_env = {**os.environ, "FILTER_POOL_CACHE": str(tmp_path / "client-cache")}
-    ingested = subprocess.run([cli, "ingest", pool_url, "--run", run_url], env=client_env,
-                              capture_output=True, text=True, timeout=300)
-    assert ingested.returncode == 0, ingested.stderr
-    shutil.rmtree(local)
+    run_url, reference = _run_on_s3(tmp_path, tiny_checkpoint, "cluster", shards=4,
+                                    samples_per_shard=8)
     worker_cache = tmp_path / "worker-cache"
     with _started_cluster(tmp_path, FILTER_POOL_CACHE=str(worker_cache)) as started:
         scored = subprocess.run(
-            [cli, "score", run_url, "--model", "fp-tiny-vit", "--pretrained",
+            [CLI, "score", run_url, "--model", "fp-tiny-vit", "--pretrained",
              str(tiny_checkpoint), "--batch-size", "8", "--scheduler", started.address,
-             "--json"], env=client_env, capture_output=True, text=True, timeout=300)
+             "--json"], env=_client_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["samples_scored"] == 4 * 8
     on_workers = sorted(p.name for p in worker_cache.rglob("scores/dfn/part-*.parquet"))
@@ -272,18 +287,8 @@ def test_a_worker_killed_mid_run_of_a_run_on_s3_loses_nothing(
     store, about one run in five.)"""
     from tests.test_object_storage import _filesystem
 
-    local = write_synthetic_pool(tmp_path / "pool", num_shards=SHARDS, samples_per_shard=24,
-                                 image_size=32).root
-    pool_url = _upload(local, "cluster-pool-killed")
-    reference = tmp_path / "reference"
-    ingest_pool(IngestConfig(pool=local, run=reference))
-    score_run(_config(reference, tiny_checkpoint, None))
-    run_url = pool_url.replace("cluster-pool-killed", "runs/killed")
-    cli = str(Path(sys.executable).parent / "filter-pool")
-    client_env = {**os.environ, "FILTER_POOL_CACHE": str(tmp_path / "client-cache")}
-    ingested = subprocess.run([cli, "ingest", pool_url, "--run", run_url], env=client_env,
-                              capture_output=True, text=True, timeout=300)
-    assert ingested.returncode == 0, ingested.stderr
+    run_url, reference = _run_on_s3(tmp_path, tiny_checkpoint, "killed", shards=SHARDS,
+                                    samples_per_shard=24)
     store = _filesystem()
     done = run_url[len("s3://"):] + "/scores/dfn/_done"
 
@@ -293,9 +298,9 @@ def test_a_worker_killed_mid_run_of_a_run_on_s3_loses_nothing(
 
     with _started_cluster(tmp_path, FILTER_POOL_CACHE=str(tmp_path / "worker-cache")) as started:
         client = subprocess.Popen(
-            [cli, "score", run_url, "--model", "fp-tiny-vit", "--pretrained",
+            [CLI, "score", run_url, "--model", "fp-tiny-vit", "--pretrained",
              str(tiny_checkpoint), "--batch-size", "8", "--scheduler", started.address,
-             "--json"], env=client_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+             "--json"], env=_client_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         _wait_for(lambda: bool(records()), START_SECONDS, "no shard finished")
         finished_before_kill = len(records())

@@ -45,11 +45,11 @@ def test_sorting_matches_numpy_structured_sort() -> None:
     assert (sort_uid_array(uids_to_array(uids)) == np.sort(datacomp_pairs(uids))).all()
 
 
-@pytest.mark.parametrize("highs", ["random", "sequential", "equal", "top_bits_only", "max"])
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 1000])
-def test_sorting_handles_shared_high_bits(highs: str, n: int) -> None:
-    """Rows whose high halves share the top bits the sort keys keep (or all of them) still
-    come out ordered by the full pair, duplicates included."""
+HIGHS = ["random", "sequential", "equal", "top_bits_only", "max"]
+
+
+def _pairs_with_highs(highs: str, n: int) -> np.ndarray:
+    """``n`` pairs whose high halves are ``highs`` (one of HIGHS), low halves from 4 values."""
     rng = np.random.default_rng(n)
     pairs = np.empty(n, UID_DTYPE)
     pairs["f1"] = rng.integers(0, 4, n, dtype=np.uint64) * np.uint64(2**62)
@@ -60,10 +60,19 @@ def test_sorting_handles_shared_high_bits(highs: str, n: int) -> None:
         "top_bits_only": rng.integers(0, 4, n, dtype=np.uint64) << np.uint64(62),
         "max": np.full(n, 2**64 - 1, dtype=np.uint64),
     }[highs]
+    return pairs
+
+
+@pytest.mark.parametrize("highs", HIGHS)
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 1000])
+def test_sorting_handles_shared_high_bits(highs: str, n: int) -> None:
+    """Rows whose high halves share the top bits the sort keys keep (or all of them) still
+    come out ordered by the full pair, duplicates included."""
+    pairs = _pairs_with_highs(highs, n)
     assert np.array_equal(sort_uid_array(pairs), np.sort(pairs))
 
 
-@pytest.mark.parametrize("highs", ["random", "sequential", "equal", "top_bits_only", "max"])
+@pytest.mark.parametrize("highs", HIGHS)
 @pytest.mark.parametrize("n", [2, 3, 1000, 5000])
 @pytest.mark.parametrize("layout", ["sorted runs", "unsorted"])
 def test_runs_merged_by_bucket_come_out_sorted(highs: str, n: int, layout: str,
@@ -73,16 +82,7 @@ def test_runs_merged_by_bucket_come_out_sorted(highs: str, n: int, layout: str,
     from curate.io import uids as module
 
     monkeypatch.setattr(module, "BUCKETED_MIN_ROWS", 0)
-    rng = np.random.default_rng(n)
-    pairs = np.empty(n, UID_DTYPE)
-    pairs["f1"] = rng.integers(0, 4, n, dtype=np.uint64) * np.uint64(2**62)
-    pairs["f0"] = {
-        "random": rng.integers(0, 2**64, n, dtype=np.uint64),
-        "sequential": np.arange(n, dtype=np.uint64)[::-1] // np.uint64(3),
-        "equal": np.full(n, 7, dtype=np.uint64),
-        "top_bits_only": rng.integers(0, 4, n, dtype=np.uint64) << np.uint64(62),
-        "max": np.full(n, 2**64 - 1, dtype=np.uint64),
-    }[highs]
+    pairs = _pairs_with_highs(highs, n)
     if layout == "sorted runs":
         pairs = np.concatenate([np.sort(chunk) for chunk in np.array_split(pairs, 7)])
     assert np.array_equal(sort_uid_array(pairs, runs=True), np.sort(pairs))
