@@ -195,6 +195,43 @@ def test_pool_on_s3_gives_the_tables_of_its_local_copy(
     assert exported and exported == _members(tmp_path / "local" / "export")
 
 
+def _trained_pairs(run: Path, out: Path) -> dict[str, Any]:
+    _ok(["train-dfn", str(run), "--subset", "top", "--out", str(out), "--model", "fp-tiny-vit",
+         "--steps", "1", "--batch-size", "4", "--holdout", "0", "--no-progress"])
+    data = json.loads((out / "train.json").read_text())["data"]
+    return {k: data[k] for k in ("pairs", "skipped")}
+
+
+def test_dedup_report_and_training_read_a_pool_on_s3_like_its_local_copy(
+        s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image hashes and report thumbnails stream the tars from the store; training, which
+    reads image members by offset, reads this machine's copy of each tar (fetched once into
+    the pool cache under its ETag): all three give what they give on the local copy."""
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=2, samples_per_shard=8,
+                                image_size=32)
+    url = _upload(pool.root, "web/pool")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FILTER_POOL_CACHE", str(cache))
+    runs = {"local": _pipeline(str(pool.root), tmp_path / "local"),
+            "remote": _pipeline(url, tmp_path / "remote")}
+    thumbnails, pairs = {}, {}
+    for name, run in runs.items():
+        _ok(["dedup", str(run), "--level", "exact", "--workers", "0", "--no-progress"])
+        report = tmp_path / f"{name}.html"
+        _ok(["report", str(run), "--subset", "top", "--out", str(report)])
+        thumbnails[name] = report.read_text().count("data:image/jpeg;base64,")
+        pairs[name] = _trained_pairs(run, tmp_path / f"{name}-model")
+    hashes = [_table(run / "features" / "image_hashes") for run in runs.values()]
+    assert hashes[0].equals(hashes[1])
+    assert set(hashes[1].column("status").to_pylist()) > {"ok"}  # planted bad samples too
+    assert thumbnails["remote"] == thumbnails["local"] > 0
+    assert pairs["remote"] == pairs["local"] and pairs["local"]["pairs"] > 0
+    copies = sorted(p.name for p in cache.glob("pools/*/*.tar"))
+    etags = {s["name"]: s["fingerprint"]["tar"]["etag"]
+             for s in RunPaths(runs["remote"]).read_run()["shards"]}
+    assert copies == sorted(f"{etags[n]}-{n}.tar" for n in pool.shards), copies
+
+
 def test_export_fetches_each_remote_tar_once_and_names_a_store_that_is_down(
         s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Export reads a tar twice (duplicate keys, then samples): a remote tar is fetched once
@@ -235,7 +272,8 @@ def test_export_fetches_each_remote_tar_once_and_names_a_store_that_is_down(
 def test_a_remote_tar_changed_since_ingest_is_one_line_and_nothing_is_written(
         s3: dict[str, str], tmp_path: Path) -> None:
     """run.json holds each remote tar's size and ETag from ingest: a tar replaced on the store
-    afterwards stops score and export with one line naming it (exit 2), before they write."""
+    afterwards stops score, export, dedup and training with one line naming it (exit 2),
+    before they write."""
     pool = write_synthetic_pool(tmp_path / "pool", num_shards=2, samples_per_shard=6,
                                 image_size=32, plant_bad=False)
     url = _upload(pool.root, "moved/pool")
@@ -251,6 +289,13 @@ def test_a_remote_tar_changed_since_ingest_is_one_line_and_nothing_is_written(
     _refused(["export", str(run), "--subset", "top", "--out", str(tmp_path / "out2"),
               "--no-progress"], f"{url}/00000.tar", "changed since ingest")
     assert not (tmp_path / "out2").exists()
+    _refused(["dedup", str(run), "--level", "exact", "--workers", "0"],
+             f"{url}/00000.tar", "changed since ingest")
+    assert not (run / "features").exists()
+    _refused(["train-dfn", str(run), "--subset", "top", "--out", str(tmp_path / "model"),
+              "--model", "fp-tiny-vit", "--steps", "1", "--batch-size", "4", "--no-progress"],
+             f"{url}/00000.tar", "changed since ingest")
+    assert not (tmp_path / "model").exists()
 
 
 def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
@@ -283,8 +328,8 @@ def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
     fs = _filesystem()  # the metadata changes on the store: one line, as for a pool on disk
     first = f"{BUCKET}/datacomp/medium/" + sorted(p.name for p in folder.glob("*.parquet"))[0]
     fs.pipe_file(first, fs.cat_file(first) + b"\0")
-    from curate.io import pool_table
-    pool_table._listings.clear()  # the listing is reused for a minute within one process
+    from curate.io import pool_cache
+    pool_cache._listings.clear()  # the listing is reused for a minute within one process
     _refused(["query", str(by_reference), "SELECT url FROM pool"], "changed since ingest",
              "s3://")
     for scorer in ("clip_b32", "clip_l14"):

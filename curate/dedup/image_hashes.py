@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.errors import UserError
 from curate.executor import ExecutorConfig
 from curate.executor.base import ProgressFn
 from curate.io import statuses as st
@@ -25,6 +27,7 @@ from curate.io.image import DEFAULT_MAX_PIXELS
 from curate.io.pool_table import read_pool_part
 from curate.io.shards import TarReadResult, iter_tar_samples
 from curate.io.statuses import SampleError
+from curate.io.storage import as_location, changed_since_ingest
 from curate.io.workspace import RunPaths, atomic_path, part_name
 from curate.runner import Shard, ShardedStage, ShardStats, StageSummary, run_sharded
 
@@ -49,13 +52,15 @@ def hashes_dir(run: Path) -> Path:
 
 @dataclass(frozen=True)
 class HashTask:
-    """One shard to hash; plain strings so it pickles to any worker."""
+    """One shard to hash; plain strings so it pickles to any worker. ``tar`` may be a URL,
+    read with ``storage_options`` (the run record's; never secrets)."""
 
     shard_name: str
     tar: str
     pool_part: str
     output: str
     max_pixels: int = DEFAULT_MAX_PIXELS
+    storage_options: dict[str, Any] | None = field(default=None, hash=False)
 
 
 class _Rows:
@@ -95,7 +100,8 @@ def hash_task(task: HashTask, progress: ProgressFn | None = None) -> ShardStats:
     rows = _Rows(pool)
     result = TarReadResult()
     unlisted = 0
-    for sample in iter_tar_samples(Path(task.tar), result):
+    for sample in iter_tar_samples(as_location(task.tar), result,
+                                   options=task.storage_options):
         row = rows.row_of_key.get(sample.key)
         if row is None:
             unlisted += 1
@@ -144,12 +150,17 @@ def hash_stage(run: Path) -> ShardedStage:
     """The image-hash stage over every shard of ``run`` that has a tar."""
     paths = RunPaths(Path(run))
     output_dir = hashes_dir(run)
+    options = paths.pool_storage_options()
+    record = paths.read_run()
+    if changed := changed_since_ingest(record["shards"], options):
+        raise UserError(changed)
     shards = []
-    for shard in paths.read_run()["shards"]:
+    for shard in record["shards"]:
         part = part_name(shard["index"])
         output = output_dir / f"{part}.parquet"
         task = HashTask(shard_name=shard["name"], tar=str(shard["tar"]),
-                        pool_part=str(paths.pool_part(shard["index"])), output=str(output))
+                        pool_part=str(paths.pool_part(shard["index"])), output=str(output),
+                        storage_options=options)
         shards.append(Shard(name=shard["name"], part=part, task=task, outputs=(str(output),),
                             inputs=(task.pool_part,)))
     return ShardedStage(name="image hashes", shards=tuple(shards), task_fn=hash_task,

@@ -13,22 +13,14 @@ A referenced file must lie inside the pool folder that ``run.json`` records and 
 size and modification time that ingest saw; otherwise reading refuses with one line naming it
 (ingest the pool again, or ingest with ``--copy-pool`` when the pool will move).
 
-Metadata on object storage is referenced too: a file is fetched once into this machine's pool
-cache (``$FILTER_POOL_CACHE/pools/<hash of the pool URL>/``), under a name holding the ETag
-ingest recorded, and only when the store still serves that ETag (and, for a plain MD5 ETag,
-the fetched bytes hash to it). Each use checks the store's listing of the pool (one LIST,
-reused for a minute): every reader sees the bytes ingest saw, or one line saying the file
-changed or is gone, as for a pool on disk.
+Metadata on object storage is referenced too: a file is read from this machine's copy of it
+(:mod:`curate.io.pool_cache`), fetched once and checked against the ETag ingest recorded.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import os
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
+from curate.io.pool_cache import RemoteFile, SourceChanged, cache_folder, cached_copy, pools_root
 from curate.io.sql import ident, literal
-from curate.io.storage import PoolEntry, fetch_file, is_url, list_pool
-from curate.io.workspace import file_md5
+from curate.io.storage import is_url
 
 REFERENCE = "reference"  # run.json "pool_table" layouts: the parts reference the metadata
 COPY = "copy"  # ... or copy every column of the pool
@@ -57,10 +49,6 @@ ARROW_CASTS: dict[str, pa.DataType | None] = {
 SQL_CASTS = {"uid": "lower(CAST({} AS VARCHAR))", "string": "CAST({} AS VARCHAR)",
              "int32": "CAST({} AS INTEGER)", "face_bboxes": "CAST({} AS DOUBLE[][])",
              "as_is": "{}"}
-
-
-class SourceChanged(UserError):
-    """A referenced metadata file that is gone, moved out of the pool or changed since ingest."""
 
 
 @dataclass(frozen=True)
@@ -137,60 +125,12 @@ class PoolReference:
         return resolved
 
     def _fetched(self, file: SourceFile) -> Path:
-        """The local copy of a metadata file on a URL, fetched when missing (see the module
-        docstring); SourceChanged when the store no longer serves what ingest read."""
-        url = str(file.path)
-        if self.url is None or not url.startswith(self.url + "/") or not file.etag:
-            raise SourceChanged(f"{url}: run.json names a pool file outside the pool "
-                                f"{self.url} (or without its ETag); refused")
-        now = _listed(self.url, self.storage_options).get(url[len(self.url) + 1:])
-        if now is None:
-            raise SourceChanged(f"{url}: the metadata file this run reads url, text and the "
-                                "other pool columns from is gone; put it back or ingest the "
-                                "pool again")
-        if (now.size, now.etag) != (file.size, file.etag):
-            raise SourceChanged(
-                f"{url} changed since ingest (size {file.size}, ETag {file.etag}; now size "
-                f"{now.size}, ETag {now.etag}): the run reads its pool columns from it by "
-                "row position, so ingest the pool again")
-        name = url[len(self.url) + 1:].replace("/", "%2F")
-        local = self.root / f"{file.etag}-{name}"
-        if local.is_file() and local.stat().st_size == file.size:
-            return local
-        self.root.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            fetch_file(url, self.storage_options, partial)
-            if partial.stat().st_size != file.size or (len(file.etag) == 32 and
-                                                       file_md5(partial) != file.etag):
-                raise SourceChanged(f"{url} changed while it was fetched; run the command "
-                                    "again, or ingest the pool again if it keeps changing")
-            os.replace(partial, local)
-        finally:
-            partial.unlink(missing_ok=True)
-        return local
-
-
-LISTING_SECONDS = 60.0  # how long one listing of a pool on a URL answers "unchanged?"
-_listings: dict[str, tuple[float, dict[str, PoolEntry]]] = {}
-
-
-def _listed(url: str, options: dict[str, Any] | None) -> dict[str, PoolEntry]:
-    """The pool folder's files on the store (one LIST, reused for LISTING_SECONDS)."""
-    seen = _listings.get(url)
-    if seen is None or time.monotonic() - seen[0] > LISTING_SECONDS:
-        try:
-            seen = (time.monotonic(), list_pool(url, options))
-        except UserError as exc:
-            raise SourceChanged(f"{exc}: the run reads url, text and the other pool columns "
-                                "from its metadata files") from None
-        _listings[url] = seen
-    return seen[1]
-
-
-def _cache_name(url: str) -> str:
-    """The folder of this machine's pool cache that holds the pool at ``url``'s files."""
-    return hashlib.sha256(url.encode()).hexdigest()[:20]
+        """The local copy of a metadata file on a URL, fetched when missing (see
+        :mod:`curate.io.pool_cache`)."""
+        assert self.url is not None
+        remote = RemoteFile(self.url, str(file.path), file.size, file.etag,
+                            "url, text and the other pool columns")
+        return cached_copy(remote, self.storage_options, self.root)
 
 
 def reference_record(columns: Sequence[Column]) -> dict[str, Any]:
@@ -206,10 +146,8 @@ def pool_reference(run: Path | str) -> PoolReference | None:
         stat = run_file.stat()
     except OSError:
         return None
-    from curate.io.run_store import cache_root
-
     return _load_reference(str(run_file.resolve()), stat.st_mtime_ns, stat.st_size,
-                           str(cache_root().parent / "pools"))
+                           str(pools_root()))
 
 
 @functools.lru_cache(maxsize=16)
@@ -224,7 +162,7 @@ def _load_reference(run_file: str, mtime_ns: int, size: int, pools: str
                         for c in table["columns"])
         pool = record["source"]["path"]
         url = pool.rstrip("/") if is_url(pool) else None
-        root = Path(pools) / _cache_name(url) if url else Path(pool).resolve()
+        root = cache_folder(url, Path(pools)) if url else Path(pool).resolve()
         files = {}
         for shard in record["shards"]:
             seen = (shard.get("fingerprint") or {}).get("parquet") or {}

@@ -326,7 +326,7 @@ def build_report(config: ReportConfig) -> ReportSummary:
     tar_of_shard = {s["name"]: s.get("tar") for s in run.get("shards", [])}
     every_grid = grids + [g for section in derived for g in section.grids]
     wanted = {(item.shard, item.key) for g in every_grid for item in g.items}
-    thumbnails = read_thumbnails(tar_of_shard, wanted)
+    thumbnails = read_thumbnails(tar_of_shard, wanted, paths.pool_storage_options())
     for g in every_grid:
         for item in g.items:
             item.thumbnail = thumbnails.get((item.shard, item.key))

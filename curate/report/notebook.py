@@ -31,7 +31,8 @@ def sample_grid(
     ``rows`` can be ``polars.DataFrame.iter_rows(named=True)`` or a list of dicts; ``score``
     and ``reason`` name optional columns shown under each image.
     """
-    shards = RunPaths(Path(run)).read_run().get("shards", [])
+    paths = RunPaths(Path(run))
+    shards = paths.read_run().get("shards", [])
     tar_of_shard = {s["name"]: s.get("tar") for s in shards}
     items = [
         GridItem(
@@ -43,7 +44,8 @@ def sample_grid(
         )
         for r in rows
     ]
-    thumbnails = read_thumbnails(tar_of_shard, {(i.shard, i.key) for i in items})
+    thumbnails = read_thumbnails(tar_of_shard, {(i.shard, i.key) for i in items},
+                                 paths.pool_storage_options())
     for item in items:
         item.thumbnail = thumbnails.get((item.shard, item.key))
     return HtmlBlock(f"<style>{H.GRID_STYLE}</style>" + H.grid(Grid(title, "", items)))

@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from curate.errors import UserError
+from curate.io.pool_cache import RemoteFile, cached_copy
 from curate.io.shards import IMAGE_EXTENSIONS, find_shards, split_member_name
+from curate.io.storage import is_url
 from curate.io.workspace import SUBSET_MANIFEST, RunPaths
 
 logger = logging.getLogger(__name__)
@@ -198,7 +200,7 @@ def index_subset(data: Path, subset: str | None = None, progress: bool = False) 
         table = pq.read_table(manifest, columns=["shard", "key"])
     except Exception as exc:  # pyarrow raises several kinds for bad files
         raise UserError(f"{manifest}: cannot read shard and key columns ({exc})") from exc
-    tars = {s["name"]: s.get("tar") for s in record.get("shards", [])}
+    shards = {s["name"]: s for s in record.get("shards", [])}
     wanted: dict[str, set[str]] = {}
     for shard, key in zip(
         table.column("shard").to_pylist(), table.column("key").to_pylist(), strict=True
@@ -206,12 +208,12 @@ def index_subset(data: Path, subset: str | None = None, progress: bool = False) 
         wanted.setdefault(str(shard), set()).add(str(key))
     builder = _Builder()
     for shard in tqdm(sorted(wanted), desc="index subset", unit="shard", disable=not progress):
-        tar = tars.get(shard)
-        if not tar or not Path(tar).is_file():
+        tar = _local_tar(shards.get(shard, {}), record)
+        if tar is None or not tar.is_file():
             logger.warning("subset shard %s: no tar on disk (%s)", shard, tar)
             builder.skipped[NOT_IN_TAR] += len(wanted[shard])
             continue
-        seen = _index_tar(builder, Path(tar), wanted[shard])
+        seen = _index_tar(builder, tar, wanted[shard])
         if missing := len(wanted[shard] - seen):
             builder.skipped[NOT_IN_TAR] += missing
     source = {
@@ -221,6 +223,19 @@ def index_subset(data: Path, subset: str | None = None, progress: bool = False) 
         "selected": table.num_rows,
     }
     return builder.build(source)
+
+
+def _local_tar(shard: dict[str, Any], record: dict[str, Any]) -> Path | None:
+    """The shard's tar on this machine: its path, or for a pool on a URL this machine's copy
+    (fetched once into the pool cache, checked against the size and ETag ingest recorded),
+    since training reads image members by byte offset."""
+    tar = shard.get("tar")
+    if not tar or not is_url(tar):
+        return Path(tar) if tar else None
+    seen = (shard.get("fingerprint") or {}).get("tar") or {}
+    remote = RemoteFile(str(record["source"]["path"]).rstrip("/"), str(tar), seen.get("size"),
+                        seen.get("etag"), "the subset's images")
+    return cached_copy(remote, record["source"].get("storage_options"))
 
 
 def index_data(data: Path, subset: str | None = None, progress: bool = False) -> PairIndex:
