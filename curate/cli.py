@@ -6,7 +6,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,9 +88,9 @@ def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run",
             if given is None or not looks_like_url(str(given)):
                 return command(*args, **kwargs)
             from curate.io.run_store import run_location
-            from curate.io.storage import parse_storage_options
+            from curate.io.storage import parse_storage_options, restored_url
 
-            url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(given))
+            url = restored_url(given)
             options = parse_storage_options(kwargs.get("storage_options"))
             with run_location(url, options, must_exist=must_exist, what=what, skip=skip,
                               writes=writes) as mirror:

@@ -18,10 +18,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from torch import nn
 
 from curate.executor import ExecutorConfig
 from curate.ingest.stage import IngestConfig, ingest_pool
@@ -101,24 +104,25 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield started
 
 
-def _config(run: Path, checkpoint: Path, scheduler: str | None) -> ScoreConfig:
+def _config(run: Path, checkpoint: Path, scheduler: str | None, **options: Any
+            ) -> ScoreConfig:
     return ScoreConfig(run=run, model=ModelSpec("fp-tiny-vit", pretrained=str(checkpoint)),
                        executor=ExecutorConfig(workers=0 if scheduler is None else None,
                                                scheduler=scheduler),
-                       batch_size=8, progress=False)
+                       batch_size=8, progress=False, **options)
 
 
-def _scores(run: Path) -> dict[str, tuple[list, np.ndarray]]:
+def _scores(run: Path, name: str = "dfn") -> dict[str, tuple[list, np.ndarray]]:
     out = {}
-    for part in sorted(RunPaths(run).scores_dir("dfn").glob("part-*.parquet")):
+    for part in sorted(RunPaths(run).scores_dir(name).glob("part-*.parquet")):
         table = pq.read_table(part)
         out[part.name] = (table.column("status").to_pylist(),
-                          table.column("dfn_score").to_numpy(zero_copy_only=False))
+                          table.column(f"{name}_score").to_numpy(zero_copy_only=False))
     return out
 
 
-def _assert_same_tables(run: Path, reference: Path) -> None:
-    ours, theirs = _scores(run), _scores(reference)
+def _assert_same_tables(run: Path, reference: Path, name: str = "dfn") -> None:
+    ours, theirs = _scores(run, name), _scores(reference, name)
     assert ours.keys() == theirs.keys() and ours
     for part, (status, score) in ours.items():
         assert status == theirs[part][0], part
@@ -231,16 +235,16 @@ def _client_env(tmp_path: Path) -> dict[str, str]:
 
 
 def _run_on_s3(tmp_path: Path, checkpoint: Path, name: str, shards: int,
-               samples_per_shard: int) -> tuple[str, Path]:
+               samples_per_shard: int, **options: Any) -> tuple[str, Path]:
     """A pool generated here, uploaded, and ingested by the client's CLI into a run that only
     the S3 server holds (the local pool is deleted); the run's URL, and an in-process score of
-    the same pool as the reference."""
+    the same pool (``options`` of its ScoreConfig) as the reference."""
     local = write_synthetic_pool(tmp_path / "pool", num_shards=shards,
                                  samples_per_shard=samples_per_shard, image_size=32).root
     pool_url = _upload(local, f"cluster-pool-{name}")
     reference = tmp_path / "reference"
     ingest_pool(IngestConfig(pool=local, run=reference))
-    score_run(_config(reference, checkpoint, None))
+    score_run(_config(reference, checkpoint, None, **options))
     run_url = pool_url.replace(f"cluster-pool-{name}", f"runs/{name}")
     ingested = subprocess.run([CLI, "ingest", pool_url, "--run", run_url],
                               env=_client_env(tmp_path), capture_output=True, text=True,
@@ -253,25 +257,43 @@ def _run_on_s3(tmp_path: Path, checkpoint: Path, name: str, shards: int,
 @pytest.mark.usefixtures("s3")
 def test_a_run_on_s3_is_scored_by_workers_that_share_no_disk_with_the_client(
         tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pool and run live only on the S3 server; the client (the CLI, its own cache) and the
-    workers (another cache) share no folder of the run: each worker fetches its shard's pool
-    part into its own mirror and uploads the score part, then the completion record; the
-    client pulls them. The tables on the store equal an in-process score of a local copy."""
+    """Pool, run, checkpoint and head live only on the S3 server; the client (the CLI, its own
+    cache) and the workers (another cache) share no folder: each worker copies the checkpoint
+    (then the head) into its cache, fetches its shard's pool part (then saved embeddings) into
+    its own mirror, and uploads the score part, then the completion record; the client pulls
+    them. The tables on the store equal an in-process score of a local copy."""
     run_url, reference = _run_on_s3(tmp_path, tiny_checkpoint, "cluster", shards=4,
-                                    samples_per_shard=8)
+                                    samples_per_shard=8, save_embeddings=True)
+    dim = np.load(RunPaths(reference).embeddings_dir("dfn") / "part-00000.image.npy").shape[1]
+    torch.manual_seed(0)
+    head = tmp_path / "head" / "linear.pth"
+    head.parent.mkdir()
+    torch.save(nn.Linear(dim, 1).state_dict(), head)
+    score_run(ScoreConfig(run=reference, kind="head", head=head, embeddings="dfn", name="lin",
+                          executor=ExecutorConfig(workers=0), progress=False))
+    models = _upload(tiny_checkpoint.parent, "models")
+    heads = _upload(head.parent, "heads")
     worker_cache = tmp_path / "worker-cache"
+    scores = [["--model", "fp-tiny-vit", "--pretrained", f"{models}/{tiny_checkpoint.name}",
+               "--batch-size", "8", "--save-embeddings"],
+              ["--kind", "head", "--head", f"{heads}/linear.pth", "--embeddings", "dfn",
+               "--name", "lin"]]
     with _started_cluster(tmp_path, FILTER_POOL_CACHE=str(worker_cache)) as started:
-        scored = subprocess.run(
-            [CLI, "score", run_url, "--model", "fp-tiny-vit", "--pretrained",
-             str(tiny_checkpoint), "--batch-size", "8", "--scheduler", started.address,
-             "--json"], env=_client_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert scored.returncode == 0, scored.stderr
-    assert json.loads(scored.stdout)["samples_scored"] == 4 * 8
-    on_workers = sorted(p.name for p in worker_cache.rglob("scores/dfn/part-*.parquet"))
-    assert on_workers == [f"part-{i:05d}.parquet" for i in range(4)]
+        for options in scores:
+            scored = subprocess.run(
+                [CLI, "score", run_url, *options, "--scheduler", started.address, "--json"],
+                env=_client_env(tmp_path), capture_output=True, text=True, timeout=300)
+            assert scored.returncode == 0, scored.stderr
+            assert json.loads(scored.stdout)["samples_scored"] == 4 * 8
+            written = sorted(p.name for p in worker_cache.rglob("scores/*/part-*.parquet"))
+            assert written == [f"part-{i:05d}.parquet" for i in range(4)]
+            shutil.rmtree(worker_cache / "runs")  # the head stage's workers hold no embeddings
+    copies = sorted(p.name for p in worker_cache.glob("copies/*/*/*"))
+    assert copies == sorted([tiny_checkpoint.name, "linear.pth"]), copies
     monkeypatch.setenv("FILTER_POOL_CACHE", str(tmp_path / "reader-cache"))
     with run_location(run_url) as mirror:
         _assert_same_tables(mirror, reference)
+        _assert_same_tables(mirror, reference, "lin")
         assert sorted(p.name for p in (mirror / "scores" / "dfn" / "_done").iterdir()) == \
             [f"part-{i:05d}.json" for i in range(4)]
 

@@ -195,9 +195,9 @@ def test_pool_on_s3_gives_the_tables_of_its_local_copy(
     assert exported and exported == _members(tmp_path / "local" / "export")
 
 
-def _trained_pairs(run: Path, out: Path) -> dict[str, Any]:
+def _trained_pairs(run: Path, out: Path, *options: str) -> dict[str, Any]:
     _ok(["train-dfn", str(run), "--subset", "top", "--out", str(out), "--model", "fp-tiny-vit",
-         "--steps", "1", "--batch-size", "4", "--holdout", "0", "--no-progress"])
+         "--steps", "1", "--batch-size", "4", "--holdout", "0", "--no-progress", *options])
     data = json.loads((out / "train.json").read_text())["data"]
     return {k: data[k] for k in ("pairs", "skipped")}
 
@@ -230,6 +230,45 @@ def test_dedup_report_and_training_read_a_pool_on_s3_like_its_local_copy(
     etags = {s["name"]: s["fingerprint"]["tar"]["etag"]
              for s in RunPaths(runs["remote"]).read_run()["shards"]}
     assert copies == sorted(f"{etags[n]}-{n}.tar" for n in pool.shards), copies
+
+
+def test_a_model_folder_on_s3_scores_like_its_local_copy(
+        s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`score --model s3://.../models/m` (a train-dfn output uploaded to the store) loads this
+    machine's copy of the folder and records the URL and ETag, not the copy: another machine
+    resumes the same scorer, and a model written again to that URL is another scorer."""
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=2, samples_per_shard=6,
+                                image_size=32, plant_bad=False)
+    run = _pipeline(str(pool.root), tmp_path)
+    model = tmp_path / "model"
+    _trained_pairs(run, model)
+    url = _upload(model, "models/m")
+    monkeypatch.setenv("FILTER_POOL_CACHE", str(tmp_path / "cache-a"))
+    score = ["score", str(run), "--batch-size", "8", "--workers", "0", "--no-progress"]
+    _ok([*score, "--model", str(model), "--name", "here"])
+    _ok([*score, "--model", url, "--name", "there"])
+    here, there = _table(run / "scores" / "here"), _table(run / "scores" / "there")
+    assert here.column("status").equals(there.column("status"))
+    np.testing.assert_allclose(here.column("here_score").to_numpy(zero_copy_only=False),
+                               there.column("there_score").to_numpy(zero_copy_only=False),
+                               rtol=1e-6, atol=1e-7)
+    recorded = json.loads((run / "scores" / "there" / "_scorer.json").read_text())
+    assert recorded["model"] == url
+    assert recorded["weights"].startswith(f"{url}/open_clip_model.safetensors (ETag ")
+    assert list((tmp_path / "cache-a").glob("copies/*/*/open_clip_model.safetensors"))
+
+    monkeypatch.setenv("FILTER_POOL_CACHE", str(tmp_path / "cache-b"))  # another machine
+    _ok([*score, "--model", url, "--name", "there"])  # the same scorer: finished, kept
+    other = tmp_path / "other-model"
+    _trained_pairs(run, other, "--seed", "1")
+    _filesystem().put_file(str(other / "open_clip_model.safetensors"),
+                           f"{BUCKET}/models/m/open_clip_model.safetensors")
+    _refused([*score, "--model", url, "--name", "there"], "--overwrite")
+    _refused([*score, "--model", f"s3://{BUCKET}/models/none", "--name", "none"],
+             f"s3://{BUCKET}/models/none")
+    tuned = tmp_path / "tuned"  # fine-tuning starts from the model on the store as well
+    _trained_pairs(run, tuned, "--init", url)
+    assert json.loads((tuned / "train.json").read_text())["model"]["init"] == url
 
 
 def test_export_fetches_each_remote_tar_once_and_names_a_store_that_is_down(

@@ -77,6 +77,11 @@ def looks_like_url(location: Location) -> bool:
     return _COLLAPSED_URL.match(str(location)) is not None
 
 
+def restored_url(location: Location) -> str:
+    """A URL whose '//' a Path collapsed (``s3:/bucket``) written back as ``s3://bucket``."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(location))
+
+
 def as_location(location: Location) -> Location:
     """A URL unchanged (without a trailing '/'), anything else as a Path."""
     return location.rstrip("/") if is_url(location) else Path(location)

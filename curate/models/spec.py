@@ -6,6 +6,9 @@ A spec names a model the way open_clip users do:
 - ``hf-hub:apple/DFN2B-CLIP-ViT-L-14`` (weights from the Hugging Face cache or hub);
 - a directory holding ``open_clip_config.json`` and weights (a ``train-dfn`` output,
   the same layout as an hf-hub repository);
+- such a directory, or a checkpoint given as pretrained, on object storage
+  (``s3://bucket/models/dfn1``): each machine that loads it uses its own copy
+  (:mod:`curate.io.remote_copy`), and records name the URL and ETag;
 - a packaged tiny config (``fp-tiny-vit``, ``fp-tiny-rn``, ``fp-tiny-cnn``, ``fp-small-vit``)
   for tests and demos.
 
@@ -17,6 +20,7 @@ and can be forced with ``quick_gelu=True/False``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
 import logging
@@ -33,6 +37,8 @@ import torch
 from open_clip.transformer import MultimodalTransformer
 
 from curate.errors import UserError
+from curate.io.remote_copy import remote_copy
+from curate.io.storage import is_url
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +122,10 @@ class ModelSpec:
 
 
 def parse_model_spec(text: str, *, random_init: bool = False) -> ModelSpec:
-    """Parse one SPEC string: ``ARCH``, ``ARCH:TAG``, ``ARCH:/path/ckpt.pt``, ``hf-hub:org/name``
-    or ``DIR``."""
+    """Parse one SPEC string: ``ARCH``, ``ARCH:TAG``, ``ARCH:/path/ckpt.pt``, ``hf-hub:org/name``,
+    ``DIR`` or a URL of a model directory."""
     text = text.strip()
-    if text.startswith(HF_HUB_PREFIX) or Path(text).is_dir() or ":" not in text:
+    if text.startswith(HF_HUB_PREFIX) or is_url(text) or Path(text).is_dir() or ":" not in text:
         return ModelSpec(model=text, random_init=random_init)
     arch, pretrained = text.split(":", 1)
     return ModelSpec(model=arch, pretrained=pretrained or None, random_init=random_init)
@@ -261,6 +267,10 @@ def _resolve_architecture(spec: ModelSpec) -> _Resolved:
         from_tag = bool(tag_record.get("quick_gelu", False))
         quick_gelu = _pick_quick_gelu(spec, from_tag, f"{arch}:{spec.pretrained}")
         return _Resolved(arch, spec.pretrained, None, quick_gelu, f"{arch}:{spec.pretrained}")
+    if is_url(spec.pretrained):
+        copy = remote_copy(spec.pretrained, "checkpoint")
+        quick_gelu = _pick_quick_gelu(spec, arch_quick_gelu, arch)
+        return _Resolved(arch, None, copy.path, quick_gelu, copy.describe(copy.path.name))
     checkpoint = Path(spec.pretrained)
     if not checkpoint.is_file():
         tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -279,6 +289,14 @@ def resolve_model_spec(spec: ModelSpec) -> _Resolved:
         if spec.pretrained:
             raise ModelError("--pretrained is not used with hf-hub: models (weights come from it)")
         return _resolve_hub(spec)
+    if is_url(spec.model):
+        if spec.pretrained:
+            raise ModelError("--pretrained is not used with a model directory (it holds weights)")
+        copy = remote_copy(spec.model, "model")
+        resolved = _resolve_directory(spec, copy.path)
+        if resolved.weights == "random":
+            return resolved
+        return dataclasses.replace(resolved, weights=copy.describe(Path(resolved.weights).name))
     directory = Path(spec.model)
     if directory.is_dir():
         if spec.pretrained:

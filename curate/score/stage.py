@@ -32,7 +32,7 @@ from curate.executor import (
 )
 from curate.io.image import DEFAULT_MAX_PIXELS
 from curate.io.lock import run_output, writes
-from curate.io.storage import changed_since_ingest
+from curate.io.storage import changed_since_ingest, looks_like_url, restored_url
 from curate.io.workspace import (
     SCORER_FILE,
     SCORER_NAME,
@@ -44,7 +44,7 @@ from curate.io.workspace import (
 from curate.models import ModelSpec, weight_bytes
 from curate.runner import Shard, ShardedStage, ShardStats, StageSummary, run_sharded
 from curate.score.image_loader import DECODERS
-from curate.score.registry import READS_TARS, ProgressFn, ScorerKind, get_scorer_kind
+from curate.score.registry import EMBEDDINGS, READS_TARS, ProgressFn, ScorerKind, get_scorer_kind
 from curate.score.scorer import PRECISIONS
 from curate.score.task import ShardTask, score_task
 
@@ -77,13 +77,14 @@ class ScoreConfig:
     plain_encoders: bool = False
     decoder: str = "auto"
     progress: bool = True
-    head: Path | None = None  # the head kind's head file (curate.heads)
+    head: Path | str | None = None  # the head kind's head file (curate.heads), or its URL
     embeddings: str | None = None  # saved embeddings a kind reads (RUN/embeddings/NAME)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
         if self.head is not None:
-            object.__setattr__(self, "head", Path(self.head))
+            object.__setattr__(self, "head", restored_url(self.head)
+                               if looks_like_url(self.head) else Path(self.head))
             if self.kind != "head":
                 raise ScoreError(f"--head is for --kind head, not --kind {self.kind}")
         if self.embeddings is not None and self.kind == "clip":
@@ -179,8 +180,13 @@ def _check_previous_scorer(paths: RunPaths, config: ScoreConfig, record: dict) -
     previous = json.loads(previous_file.read_text())
     made_with = (previous.get("model"), previous.get("precision", "auto"))
     asked = (record.get("model"), record.get("precision", "auto"))
-    if made_with == asked or config.overwrite:
+    weights = (previous.get("weights"), record.get("weights"))
+    if config.overwrite or (made_with == asked and (None in weights or len(set(weights)) == 1)):
         return
+    if made_with == asked:  # a model on a URL written again: its files' ETags changed
+        raise ScoreError(
+            f"score name '{config.name}' was made with the weights {weights[0]}, now "
+            f"{weights[1]}; pick another --name or pass --overwrite")
     raise ScoreError(
         f"score name '{config.name}' was made with {made_with[0]} at precision {made_with[1]}, "
         f"not {asked[0]} at {asked[1]}; pick another --name or pass --overwrite"
@@ -193,9 +199,12 @@ def _clear_scorer_outputs(paths: RunPaths, name: str) -> None:
             shutil.rmtree(directory)
 
 
-def score_stage(config: ScoreConfig, shards: list[dict]) -> ShardedStage:
+def score_stage(config: ScoreConfig, shards: list[dict], reads_embeddings: str | None = None
+                ) -> ShardedStage:
     """The score stage as the runner runs it: every shard of the run (the runner skips the
-    finished ones by their records), the kind's per-shard task, ShardStats."""
+    finished ones by their records), the kind's per-shard task, ShardStats.
+    ``reads_embeddings``: the saved embeddings a kind reads, inputs of each shard like its
+    pool part (a worker that shares no disk with the client fetches them)."""
     paths = RunPaths(config.run)
     storage_options = paths.pool_storage_options()
     scores_dir = paths.scores_dir(config.name)
@@ -216,8 +225,11 @@ def score_stage(config: ScoreConfig, shards: list[dict]) -> ShardedStage:
         )
         written = [task.scores_part] + ([f"{embeddings}.{kind}.npy" for kind in
                                           ("image", "text")] if embeddings else [])
+        saved = [] if reads_embeddings is None else [
+            str(path) for kind in ("image", "text") if (
+                path := paths.embeddings_dir(reads_embeddings) / f"{part}.{kind}.npy").is_file()]
         planned.append(Shard(name=shard["name"], part=part, task=task, outputs=tuple(written),
-                             inputs=(task.pool_part,)))
+                             inputs=(task.pool_part, *saved)))
     return ShardedStage(
         name=f"score {config.name}",
         shards=tuple(planned),
@@ -256,7 +268,8 @@ def score_run(config: ScoreConfig) -> ScoreSummary:
         _clear_scorer_outputs(paths, config.name)
     remove_stale_temporaries(paths.embeddings_dir(config.name))
     scores_dir = paths.scores_dir(config.name)
-    stage = score_stage(config, run["shards"])
+    stage = score_stage(config, run["shards"],
+                        record.get("embeddings") if kind.reads == EMBEDDINGS else None)
     done = run_sharded(stage, executor_config, progress=config.progress,
                        before_run=lambda: write_json_atomic(scores_dir / SCORER_FILE, record))
     return ScoreSummary(**{**vars(done), "wall_seconds": time.perf_counter() - started},

@@ -19,6 +19,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
+from curate.io.storage import is_url
 from curate.models import LoadedModel, ModelSpec, load_model, parse_model_spec
 from curate.models.spec import HF_HUB_PREFIX, ModelError, resolve_model_spec
 
@@ -65,7 +66,8 @@ def _architecture_config(name: str) -> dict[str, Any]:
 
 def _init_spec(text: str) -> ModelSpec:
     spec = parse_model_spec(text)
-    is_source = spec.model.startswith(HF_HUB_PREFIX) or Path(spec.model).is_dir()
+    is_source = spec.model.startswith(HF_HUB_PREFIX) or is_url(spec.model) or \
+        Path(spec.model).is_dir()
     if not is_source and not spec.pretrained:
         raise ModelError(
             f"--init {text!r} names no weights: use ARCH:TAG, ARCH:/path/ckpt.pt, hf-hub:org/name "

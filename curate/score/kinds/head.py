@@ -11,6 +11,7 @@ with the same head resumes and another head under the same name is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from curate.errors import UserError
 from curate.heads.model import LoadedHead, load_head
 from curate.io import statuses as st
 from curate.io.embeddings import open_embeddings
+from curate.io.remote_copy import remote_copy
+from curate.io.storage import is_url
 from curate.score.registry import EMBEDDINGS, ProgressFn, register_scorer
 from curate.score.task import ShardInput, ShardRows
 
@@ -26,6 +29,18 @@ if TYPE_CHECKING:
     from curate.score.stage import ScoreConfig
 
 CHUNK_ROWS = 65_536
+
+
+def _load(config: ScoreConfig) -> tuple[LoadedHead, str]:
+    """The head, and what records call its file: its path, or for a head on object storage
+    its URL and ETag (it is loaded from this machine's copy, curate/io/remote_copy.py)."""
+    if config.head is None:
+        raise UserError("the head scorer needs --head FILE (a filter-pool head, or a linear / "
+                        "LAION aesthetic state dict, on disk or at a URL)")
+    if is_url(config.head):
+        copy = remote_copy(str(config.head), "head")
+        return load_head(copy.path), copy.describe(copy.path.name)
+    return load_head(config.head), str(Path(config.head).resolve())
 
 
 def _embeddings_name(config: ScoreConfig, head: LoadedHead) -> str:
@@ -69,13 +84,10 @@ class HeadKind:
     reads = EMBEDDINGS
 
     def describe(self, config: ScoreConfig) -> dict[str, Any]:
-        if config.head is None:
-            raise UserError("the head scorer needs --head FILE (a filter-pool head, or a "
-                            "linear / LAION aesthetic state dict)")
         if config.save_embeddings:
             raise UserError("--save-embeddings is for scorers that compute embeddings; a head "
                             "reads saved ones")
-        head = load_head(config.head)
+        head, head_file = _load(config)
         name = _embeddings_name(config, head)
         kinds = ["image"] if head.info.input == "image" else ["image", "text"]
         dims = {open_embeddings(config.run, name, kind).dim for kind in kinds}
@@ -84,14 +96,12 @@ class HeadKind:
         return {
             "model": f"head sha256:{head.sha256} on {name}",
             "precision": "fp32",
-            "head_file": str(head.path.resolve()),
+            "head_file": head_file,
             "head_sha256": head.sha256,
             "embeddings": name,
             "head": head.info.to_dict(),
         }
 
     def load(self, config: ScoreConfig, slot: int) -> HeadShardScorer:
-        if config.head is None:
-            raise UserError("the head scorer needs --head FILE")
-        head = load_head(config.head)
+        head, _ = _load(config)
         return HeadShardScorer(head, _embeddings_name(config, head))
