@@ -1,7 +1,7 @@
 """A real Dask cluster: `dask scheduler` and two `dask worker` processes started through their
 own command line on 127.0.0.1, `score --scheduler` over it, one worker SIGKILLed mid-run, the
-client killed and rerun, a scheduler that is not there, and workers that read the pool from a
-real S3 server."""
+client killed and rerun, a scheduler that is not there, and workers that read the pool, the run,
+the checkpoint and a head from a real S3 server (a worker or the client killed there too)."""
 
 from __future__ import annotations
 
@@ -333,5 +333,50 @@ def test_a_worker_killed_mid_run_of_a_run_on_s3_loses_nothing(
     assert json.loads(out)["samples_scored"] == SHARDS * 24
     assert sorted(Path(r).name for r in records()) == [f"part-{i:05d}.json"
                                                        for i in range(SHARDS)]
+    with run_location(run_url) as mirror:
+        _assert_same_tables(mirror, reference)
+
+
+@pytest.mark.usefixtures("s3")
+def test_a_killed_client_of_a_run_on_s3_resumes(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The client of a run that only the S3 server holds is SIGKILLed mid-run (it pushed
+    nothing and left its lock on the store): the rerun takes the lock over (its holder is a
+    process of this host that is gone), trusts the shards whose records the workers had
+    uploaded, scores the rest, and leaves one record per shard, no lock, and the tables of an
+    in-process score of a local copy."""
+    from tests.test_object_storage import _filesystem
+
+    run_url, reference = _run_on_s3(tmp_path, tiny_checkpoint, "client", shards=SHARDS,
+                                    samples_per_shard=24)
+    store = _filesystem()
+    folder = run_url[len("s3://"):]
+
+    def records() -> list[str]:
+        store.invalidate_cache()
+        done = f"{folder}/scores/dfn/_done"
+        return store.find(done) if store.exists(done) else []
+
+    with _started_cluster(tmp_path, FILTER_POOL_CACHE=str(tmp_path / "worker-cache")) as started:
+        command = [CLI, "score", run_url, "--model", "fp-tiny-vit", "--pretrained",
+                   str(tiny_checkpoint), "--batch-size", "8", "--scheduler", started.address,
+                   "--json"]
+        client = subprocess.Popen(command, env=_client_env(tmp_path),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(lambda: bool(records()), START_SECONDS, "no shard finished")
+        finally:
+            client.kill()
+            client.wait(timeout=30)
+        before = len(records())
+        assert store.exists(f"{folder}/.lock"), "the killed client's lock stays on the store"
+        rerun = subprocess.run(command, env=_client_env(tmp_path), capture_output=True,
+                               text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert before < SHARDS, "the run ended before the kill: nothing was tested"
+    assert json.loads(rerun.stdout)["shards_skipped"] >= before >= 1
+    assert sorted(Path(r).name for r in records()) == [f"part-{i:05d}.json"
+                                                       for i in range(SHARDS)]
+    store.invalidate_cache()
+    assert not store.exists(f"{folder}/.lock")
     with run_location(run_url) as mirror:
         _assert_same_tables(mirror, reference)
