@@ -227,7 +227,7 @@ def ingest(
                                       "path, or a URL such as s3://bucket/runs/r1.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a run made from another pool.")] = False,
     storage_options: Annotated[str | None, typer.Option(
-        "--storage-options", help="JSON fsspec options for a pool on a URL (endpoint_url, "
+        "--storage-options", help="JSON fsspec options for a pool or run on a URL (endpoint_url, "
         "client_kwargs, profile...), kept in the run record: no credentials here, they come "
         "from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE).")
     ] = None,
@@ -241,10 +241,14 @@ def ingest(
     """Read a pool into the run's tables (one row per sample); DataComp metadata also brings
     its precomputed scores (clip_b32, clip_l14) and embeddings."""
     from curate.ingest.stage import IngestConfig, ingest_pool
-    from curate.io.storage import parse_storage_options
+    from curate.io.storage import looks_like_url, parse_storage_options
 
+    options = parse_storage_options(storage_options)
+    if options and not looks_like_url(pool) and _shown_as.get(str(run)) is None:
+        raise UserError(f"--storage-options applies to a pool or a run on a URL, not to {pool} "
+                        f"and {run}")
     config = IngestConfig(pool=pool, run=run, overwrite=overwrite,
-                          storage_options=parse_storage_options(storage_options),
+                          storage_options=options if looks_like_url(pool) else None,
                           copy_pool=copy_pool)
     show(ingest_pool(config), as_json)
 

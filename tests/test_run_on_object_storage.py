@@ -9,6 +9,7 @@ that is down is one line and exit 2."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,31 @@ def test_a_url_without_a_run_or_a_store_that_is_down_is_one_line(
     line = _refused(["query", f"s3://{BUCKET}/runs/none", "SELECT 1"], "cannot reach")
     assert "s3://" in line
     assert not any((tmp_path / "cache").rglob("run.json"))
+
+
+@pytest.mark.usefixtures("s3")
+def test_ingest_storage_options_reach_a_run_on_a_url_over_a_local_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ingest LOCAL --run s3://... --storage-options '{"endpoint_url": ...}'`: the options
+    serve the run (the pool is local: run.json keeps none); later commands take them from
+    FILTER_POOL_STORAGE_OPTIONS. A local pool and a local run refuse them in one line."""
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=1, samples_per_shard=6,
+                                image_size=32, plant_bad=False)
+    _machine(monkeypatch, tmp_path / "cache")
+    _bucket()
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    options = json.dumps({"endpoint_url": endpoint})
+    run_url = f"s3://{BUCKET}/runs/options"
+    _ok(["ingest", str(pool.root), "--run", run_url, "--storage-options", options])
+    monkeypatch.setenv("FILTER_POOL_STORAGE_OPTIONS", options)
+    listed = _ok(["query", run_url, "SELECT count(*) AS n FROM pool", "--format", "json"])
+    assert json.loads(listed.stdout)[0]["n"] == 6
+    assert "storage_options" not in json.loads(
+        (RemoteRun.of(run_url).mirror / "run.json").read_text())["source"]
+    _refused(["ingest", str(pool.root), "--run", str(tmp_path / "local"), "--storage-options",
+              options], "--storage-options", str(pool.root))
+    assert not (tmp_path / "local").exists()
 
 
 @pytest.mark.usefixtures("s3")
