@@ -71,13 +71,16 @@ def os_error_line(exc: OSError, options: dict[str, Any]) -> str:
 
 
 def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run",
-           skip: tuple[str, ...] = (), writes: bool = True) -> Callable[[F], F]:
+           skip: tuple[str, ...] = (), writes: bool = True,
+           per_output: bool = False) -> Callable[[F], F]:
     """A run (or another folder: ``what``) given as a URL (``s3://bucket/runs/r1``): the
     command works on its local mirror, pulled before and pushed after (curate/io/run_store.py);
     messages name the URL, not the mirror. Options for the store come from the environment
     (``FILTER_POOL_STORAGE_OPTIONS``) and the command's ``--storage-options``. ``skip``:
     prefixes the command never reads (a table command and ``embeddings/``). ``writes``: the
-    command holds the folder's lock on the store and pushes (False: it only reads)."""
+    command holds the folder's lock on the store and pushes (False: it only reads);
+    ``per_output``: it locks each output of the run it writes instead (every write of the
+    command goes through ``curate.io.lock.run_output``)."""
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
@@ -93,7 +96,7 @@ def on_run(parameter: str = "run", must_exist: bool = True, what: str = "run",
             url = restored_url(given)
             options = parse_storage_options(kwargs.get("storage_options"))
             with run_location(url, options, must_exist=must_exist, what=what, skip=skip,
-                              writes=writes) as mirror:
+                              writes=writes, per_output=per_output) as mirror:
                 _shown_as[str(mirror)] = url
                 try:
                     return command(*args, **{**kwargs, parameter: mirror})
@@ -255,7 +258,7 @@ def ingest(
 
 @app.command()
 @user_errors
-@on_run()
+@on_run(per_output=True)
 def score(
     run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest` (a "
                                         "path, or a URL such as s3://bucket/runs/r1).")],
@@ -339,7 +342,7 @@ def score(
 
 @app.command("train-head")
 @user_errors
-@on_run()
+@on_run(per_output=True)
 def train_head_command(
     run: Annotated[Path, typer.Argument(help="Run directory with saved embeddings.")],
     labels: Annotated[Path, typer.Option(
@@ -432,7 +435,7 @@ def list_filters_command(as_json: JsonOption = False) -> None:
 
 @app.command("sweep")
 @user_errors
-@on_run(skip=TABLES_ONLY)
+@on_run(skip=TABLES_ONLY, per_output=True)
 def sweep_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     by: Annotated[str, typer.Option(help="Score column (dfn or dfn_score).")],
@@ -466,7 +469,7 @@ def sweep_command(
 
 @app.command("select")
 @user_errors
-@on_run(skip=TABLES_ONLY)
+@on_run(skip=TABLES_ONLY, per_output=True)
 def select_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     out: Annotated[str, typer.Option(help="Subset name: writes RUN/subsets/NAME/.")],
@@ -495,7 +498,7 @@ def select_command(
 
 @app.command("export")
 @user_errors
-@on_run(skip=TABLES_ONLY)
+@on_run(skip=TABLES_ONLY, per_output=True)
 @on_run("out", must_exist=False, what="output")
 def export_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
@@ -517,7 +520,7 @@ def export_command(
 
 @app.command("report")
 @user_errors
-@on_run(skip=TABLES_ONLY)
+@on_run(skip=TABLES_ONLY, per_output=True)
 def report_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     out: Annotated[Path, typer.Option(help="The HTML file to write.")],
@@ -604,7 +607,7 @@ def train_dfn(
 
 @app.command("evaluate")
 @user_errors
-@on_run(skip=TABLES_ONLY)
+@on_run(skip=TABLES_ONLY, per_output=True)
 def evaluate_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[str, typer.Option(help="Subset name (RUN/subsets/NAME).")],
@@ -667,7 +670,7 @@ def _csv_ints(text: str, option: str) -> tuple[int, ...]:
 
 @app.command("compare")
 @user_errors
-@on_run(skip=TABLES_ONLY)
+@on_run(skip=TABLES_ONLY, per_output=True)
 def compare_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     subset: Annotated[list[str], typer.Option(
@@ -812,7 +815,7 @@ def validate_reinforced_command(
 
 @app.command("cluster")
 @user_errors
-@on_run()
+@on_run(per_output=True)
 def cluster_command(
     run: Annotated[Path, typer.Argument(help="Run directory (a path or a URL).")],
     name: Annotated[str, typer.Option(help="Table name: RUN/scores/NAME, columns NAME_keep, "
@@ -852,7 +855,7 @@ def cluster_command(
 
 @app.command("dedup")
 @user_errors
-@on_run()
+@on_run(per_output=True)
 def dedup_command(
     run: Annotated[Path, typer.Argument(help="Run directory made by `filter-pool ingest`.")],
     level: Annotated[str, typer.Option(help="exact (bytes or pixels), phash (perceptual "

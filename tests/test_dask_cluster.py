@@ -340,7 +340,7 @@ def test_a_worker_killed_mid_run_of_a_run_on_s3_loses_nothing(
 @pytest.mark.usefixtures("s3")
 def test_a_killed_client_of_a_run_on_s3_resumes(tmp_path: Path, tiny_checkpoint: Path) -> None:
     """The client of a run that only the S3 server holds is SIGKILLed mid-run (it pushed
-    nothing and left its lock on the store): the rerun takes the lock over (its holder is a
+    nothing and left its scorer's lock on the store): the rerun takes the lock over (its holder is a
     process of this host that is gone), trusts the shards whose records the workers had
     uploaded, scores the rest, and leaves one record per shard, no lock, and the tables of an
     in-process score of a local copy."""
@@ -368,7 +368,8 @@ def test_a_killed_client_of_a_run_on_s3_resumes(tmp_path: Path, tiny_checkpoint:
             client.kill()
             client.wait(timeout=30)
         before = len(records())
-        assert store.exists(f"{folder}/.lock"), "the killed client's lock stays on the store"
+        assert store.find(f"{folder}/.locks") == [f"{folder}/.locks/score-dfn.lock"], \
+            "the killed client's lock of its output stays on the store"
         rerun = subprocess.run(command, env=_client_env(tmp_path), capture_output=True,
                                text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -377,6 +378,6 @@ def test_a_killed_client_of_a_run_on_s3_resumes(tmp_path: Path, tiny_checkpoint:
     assert sorted(Path(r).name for r in records()) == [f"part-{i:05d}.json"
                                                        for i in range(SHARDS)]
     store.invalidate_cache()
-    assert not store.exists(f"{folder}/.lock")
+    assert not store.find(f"{folder}/.locks") and not store.exists(f"{folder}/.lock")
     with run_location(run_url) as mirror:
         _assert_same_tables(mirror, reference)

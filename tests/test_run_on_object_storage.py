@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -329,7 +330,68 @@ def test_one_writer_at_a_time_across_machines(
              run_url, "`filter-pool score`", "pid 4242 on machine-b")
     assert json.loads(_ok(["query", run_url, "SELECT count(*) AS n FROM dfn", "--format",
                            "json"]).stdout)[0]["n"] == 6  # readers take no lock
-    monkeypatch.setattr(run_lock, "LEASE_SECONDS", 0.0)  # machine-b stopped renewing it
-    _ok(["select", run_url, "--out", "t2", "--by", "dfn_score", "--fraction", "0.5"])
+    with monkeypatch.context() as later:
+        later.setattr(run_lock, "LEASE_SECONDS", 0.0)  # machine-b stopped renewing it
+        _ok(["select", run_url, "--out", "t2", "--by", "dfn_score", "--fraction", "0.5"])
+        _ok(["ingest", str(pool.root), "--run", run_url])  # the whole run: taken over
     assert not fs.exists(lock)
     assert "subsets/t2/uids.npy" in RemoteRun.of(run_url).listing()
+
+    # machine-b writes one output: the same output is refused, another is not, and so is
+    # ingest, which may replace the whole run
+    output_lock = f"{BUCKET}/runs/locked/.locks/score-dfn.lock"
+    fs.pipe_file(output_lock, json.dumps(other).encode())
+    _refused(["score", run_url, "--model", "fp-tiny-vit", "--random-init", "--workers", "0",
+              "--no-progress"], f"scorer 'dfn' of {run_url}", "pid 4242 on machine-b")
+    _ok(["select", run_url, "--out", "t3", "--by", "dfn_score", "--fraction", "0.5"])
+    _refused(["ingest", str(pool.root), "--run", run_url, "--overwrite"],
+             f"score-dfn of {run_url}", "pid 4242 on machine-b")
+    fs.invalidate_cache()
+    assert fs.find(f"{BUCKET}/runs/locked/.locks") == [output_lock]  # ours all released
+    assert {"subsets/t2/uids.npy", "subsets/t3/uids.npy"} <= set(
+        RemoteRun.of(run_url).listing())
+
+
+@pytest.mark.usefixtures("s3")
+def test_two_machines_write_two_outputs_of_one_run_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A score runs on machine A (a separate process) while machine B selects from a scorer
+    already on the store: each locks only its output, both push, and a third machine sees
+    both outputs, the score table equal to one scored alone."""
+    import subprocess
+    import sys
+
+    pool = write_synthetic_pool(tmp_path / "pool", num_shards=4, samples_per_shard=8,
+                                image_size=32, plant_bad=False)
+    fs = _bucket()
+    run_url = f"s3://{BUCKET}/runs/together"
+    _machine(monkeypatch, tmp_path / "machine-b")
+    for command in _commands(str(pool.root), run_url, tmp_path / "out")[:2]:
+        _ok(command)
+    scoring = subprocess.Popen(
+        [str(Path(sys.executable).parent / "filter-pool"), "score", run_url, "--model",
+         "fp-tiny-vit", "--random-init", "--workers", "0", "--batch-size", "2", "--name",
+         "second", "--no-progress"],
+        env={**os.environ, "FILTER_POOL_CACHE": str(tmp_path / "machine-a")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        held = f"{BUCKET}/runs/together/.locks/score-second.lock"
+        for _ in range(600):  # at most 60 s for the scorer to start and lock its output
+            fs.invalidate_cache()
+            if fs.exists(held) or scoring.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert fs.exists(held), scoring.communicate()
+        _ok(["select", run_url, "--out", "top", "--by", "dfn_score", "--fraction", "0.5"])
+        assert scoring.poll() is None, "the score ended before the select: nothing was tested"
+    finally:
+        out, err = scoring.communicate(timeout=300)
+    assert scoring.returncode == 0, err
+    _machine(monkeypatch, tmp_path / "machine-c")
+    listed = _ok(["query", run_url, "SELECT count(*) AS n FROM second WHERE status = 'ok'",
+                  "--format", "json"])
+    assert json.loads(listed.stdout)[0]["n"] == 32
+    assert "subsets/top/uids.npy" in RemoteRun.of(run_url).listing()
+    fs.invalidate_cache()
+    assert not fs.exists(f"{BUCKET}/runs/together/.locks")
+    assert not fs.exists(f"{BUCKET}/runs/together/.lock")

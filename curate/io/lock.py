@@ -6,6 +6,8 @@ export reading it) and exclusively by ``ingest``, which may replace it; inside i
 go together and two writers of the same scorer do not. The operating system drops a lock when
 its process ends, so a killed command never leaves a stale one. Lock files are small hidden
 files: ``.RUN.lock`` beside a run or output folder, ``RUN/.locks/<scope>.lock`` inside a run.
+The mirror of a run on S3 takes the same output's lock on the store as well
+(:func:`curate.io.run_store.lock_output`), so writers on other machines are kept apart too.
 """
 
 from __future__ import annotations
@@ -111,17 +113,21 @@ def hold(lock_file: Path, what: str, *, shared: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def run_output(run: Path, scope: str, what: str) -> Iterator[None]:
+def run_output(run: Path, scope: str, what: str) -> Iterator[bool]:
     """Write one output of a run (``what``: "scorer 'dfn'"): the run shared (no ingest may
     replace it meanwhile), the output ``scope`` exclusively. A folder that is not a run is
-    not locked (the stage refuses it with its own message, and nothing is created there)."""
+    not locked (the stage refuses it with its own message, and nothing is created there).
+    Yields True when the run (a mirror of a run on S3) was pulled again under the lock, so
+    that what the caller read before may be stale."""
     run = Path(run)
     if not (run / "run.json").is_file():
-        yield
+        yield False
         return
+    from curate.io.run_store import lock_output
+
     with hold(beside(run), f"run {run}", shared=True), \
             hold(inside(run, scope), f"{what} of run {run}"):
-        yield
+        yield lock_output(run, scope, what)  # a run on S3: that output's lock on the store
 
 
 def writes(locks: Callable[[Any], AbstractContextManager[Any]]) -> Callable[[F], F]:

@@ -9,6 +9,11 @@ holder stopped renewing it for ``LEASE_SECONDS`` (a killed client, a lost machin
 holder was a process of this host that is gone, is taken over with a conditional DELETE of
 that very object. A second writer meanwhile gets one line naming the holder. Stores that are
 not S3 (no conditional writes through fsspec) are not locked; the README says so.
+
+Inside a run, writers of one output (a scorer, a subset, a sweep...) lock only that output:
+``RUN/.locks/<scope>.lock``, the same kind of lease, so that machines write different outputs
+of one run at once. ``ingest`` locks the whole run (``RUN/.lock``); each side checks for the
+other's live lock after taking its own, so the two never run together.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from curate.errors import UserError
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 120.0
 LOCK_NAME = ".lock"  # hidden: never pulled, pushed or listed as a run file
+OUTPUT_LOCKS = ".locks"  # inside a run on S3: one lease per output being written
 
 
 class RemoteLockedError(UserError):
@@ -51,11 +57,14 @@ def _alive_here(record: dict[str, Any]) -> bool:
 class RemoteLock:
     """The lease on ``bucket/key`` (an s3fs filesystem); ``acquire`` then ``release``."""
 
-    def __init__(self, filesystem: Any, path: str, url: str) -> None:
+    def __init__(self, filesystem: Any, path: str, url: str, name: str = LOCK_NAME,
+                 label: str | None = None) -> None:
         self._fs = filesystem
         self._bucket, _, prefix = path.partition("/")
-        self._key = f"{prefix}/{LOCK_NAME}" if prefix else LOCK_NAME
+        self._key = f"{prefix}/{name}" if prefix else name
         self._url = url
+        self.name = name
+        self.label = label or url  # what messages say is being written
         self._etag: str | None = None
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -89,6 +98,25 @@ class RemoteLock:
         age = time.time() - modified.timestamp() if modified is not None else 0.0
         return record, str(info.get("ETag", "")).strip('"'), age
 
+    def _busy(self, record: dict[str, Any], age: float) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("since", 0)))
+        return (f"{self.label} is being written by `{record.get('command', '?')}` (pid "
+                f"{record.get('pid')} on {record.get('host')}, since {since}); wait for it, "
+                f"or, if it is gone, for its lease to run out (at most "
+                f"{LEASE_SECONDS - age:.0f} s)")
+
+    def held_by_another(self) -> str | None:
+        """A line naming the live holder of this lock when another command holds it (a lease
+        that ran out, or a holder of this host that is gone, counts as none)."""
+        held = self._held()
+        if held is None:
+            return None
+        record, _, age = held
+        mine = record.get("host") == socket.gethostname() and record.get("pid") == os.getpid()
+        if mine or age >= LEASE_SECONDS or not _alive_here(record):
+            return None
+        return self._busy(record, age)
+
     def acquire(self) -> None:
         """Take the lease, or raise RemoteLockedError naming its holder."""
         for _ in range(3):
@@ -105,13 +133,7 @@ class RemoteLock:
                     self._etag = etag  # our own PUT, retried after its answer was lost
                     break
                 if age < LEASE_SECONDS and _alive_here(record):
-                    since = time.strftime("%Y-%m-%d %H:%M:%S",
-                                          time.localtime(record.get("since", 0)))
-                    raise RemoteLockedError(
-                        f"{self._url} is being written by `{record.get('command', '?')}` "
-                        f"(pid {record.get('pid')} on {record.get('host')}, since {since}); "
-                        f"wait for it, or, if it is gone, for its lease to run out (at most "
-                        f"{LEASE_SECONDS - age:.0f} s)") from None
+                    raise RemoteLockedError(self._busy(record, age)) from None
                 logger.info("%s: taking over the lock of pid %s on %s (lease ran out)",
                             self._url, record.get("pid"), record.get("host"))
                 with contextlib.suppress(OSError):  # another taker was first: the PUT decides
@@ -147,3 +169,20 @@ class RemoteLock:
                                  IfMatch=self._etag)
             except OSError as exc:
                 logger.warning("%s: the lock was not released (%s)", self._url, exc)
+
+
+def live_output_lock(filesystem: Any, path: str, url: str) -> str | None:
+    """A line naming a live holder of any output lock of the run at ``path``, else None."""
+    folder = f"{path}/{OUTPUT_LOCKS}"
+    filesystem.invalidate_cache(folder)
+    try:
+        names = [n.rsplit("/", 1)[-1] for n in filesystem.ls(folder, detail=False)]
+    except FileNotFoundError:
+        return None
+    for name in sorted(names):
+        scope = name.removesuffix(".lock")
+        line = RemoteLock(filesystem, path, url, f"{OUTPUT_LOCKS}/{name}",
+                          f"{scope} of {url}").held_by_another()
+        if line is not None:
+            return line
+    return None

@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import UserError
-from curate.io.run_lock import RemoteLock, RemoteLockedError
+from curate.io.run_lock import (
+    LOCK_NAME,
+    OUTPUT_LOCKS,
+    RemoteLock,
+    RemoteLockedError,
+    live_output_lock,
+)
 from curate.io.storage import _filesystem, check_storage_options, is_url, storage_error
 from curate.io.workspace import file_md5
 
@@ -210,12 +216,18 @@ class RemoteRun:
             with contextlib.suppress(FileNotFoundError):
                 self._call(self.url, filesystem.rm, [self._remote(r) for r in relatives])
 
-    def lock(self) -> RemoteLock | None:
-        """This folder's writer lock, acquired (S3 only: other stores are not locked)."""
-        if not self.url.startswith(("s3://", "s3a://")):
+    @property
+    def lockable(self) -> bool:
+        """S3 takes conditional writes; other stores are mirrored but not locked."""
+        return self.url.startswith(("s3://", "s3a://"))
+
+    def lock(self, name: str = LOCK_NAME, label: str | None = None) -> RemoteLock | None:
+        """A writer lock of this folder (``name``: the whole folder, or ``.locks/<scope>.lock``
+        for one output of a run), acquired; None on a store that is not S3."""
+        if not self.lockable:
             return None
         filesystem, root = self._fs()
-        lock = RemoteLock(filesystem, root, self.url)
+        lock = RemoteLock(filesystem, root, self.url, name, label)
         try:
             lock.acquire()
         except RemoteLockedError:
@@ -223,6 +235,19 @@ class RemoteRun:
         except Exception as exc:  # the store refused or cannot be reached: one line
             raise RunStoreError(str(storage_error(exc, self.url, "run"))) from exc
         return lock
+
+    def busy(self, outputs: bool) -> str | None:
+        """A line naming another command's live lock: of the whole folder (``ingest``), or
+        with ``outputs`` of any one output of the run; None when there is none."""
+        if not self.lockable:
+            return None
+        filesystem, root = self._fs()
+        try:
+            if outputs:
+                return live_output_lock(filesystem, root, self.url)
+            return RemoteLock(filesystem, root, self.url).held_by_another()
+        except Exception as exc:  # the store refused or cannot be reached: one line
+            raise RunStoreError(str(storage_error(exc, self.url, "run"))) from exc
 
     # -- the mirror's sync record ---------------------------------------------------------
 
@@ -382,46 +407,94 @@ def holding(path: Path) -> RemoteRun | None:
     return None
 
 
+@dataclass
+class _Session:
+    """One command's work on a folder on a URL: what it pulled and the locks it holds."""
+
+    store: RemoteRun
+    skip: tuple[str, ...]
+    present: set[str]  # the mirror's files after the (last) pull
+    per_output: bool  # writers lock the outputs they write, not the folder
+    locks: list[RemoteLock] = field(default_factory=list)
+
+
+_sessions: dict[str, _Session] = {}  # a mirror -> the session of the command working on it
+
+
 @contextlib.contextmanager
 def run_location(run: str | Path, options: Mapping[str, Any] | None = None,
                  must_exist: bool = True, what: str = "run", skip: tuple[str, ...] = (),
-                 writes: bool = True) -> Iterator[Path]:
+                 writes: bool = True, per_output: bool = False) -> Iterator[Path]:
     """The local folder a command works on: ``run`` itself for a path; for a URL its mirror,
     pulled first and pushed after (also when the command fails, so finished shards count).
     ``must_exist``: a URL that holds no run is an error (every command but ingest). Any
     other folder on a URL (``what``: shards, an output) is mirrored the same way. ``skip``:
     prefixes the command never reads, not pulled (and never deleted on the store by it).
-    ``writes``: the command holds the folder's lock on S3 (curate/io/run_lock.py) from before
-    the pull to after the push; a read-only command takes none and pushes nothing."""
+    ``writes``: the command holds a lock on S3 (curate/io/run_lock.py) from before the pull
+    to after the push: the folder's, or with ``per_output`` one per output it writes (taken
+    by :func:`lock_output` when the command starts writing it, and followed by a second pull);
+    a read-only command takes none and pushes nothing."""
     if not is_url(str(run)):
         yield Path(run)
         return
     store = RemoteRun.of(str(run), {**env_storage_options(), **(options or {})})
     store.mirror.parent.mkdir(parents=True, exist_ok=True)
-    lock = store.lock() if writes else None
+    per_output = per_output and writes
+    session = _Session(store, skip, set(), per_output)
+    if writes and not per_output and (lock := store.lock()) is not None:
+        session.locks.append(lock)
     try:
+        if writes and (per_output or what == "run") and (
+                busy := store.busy(outputs=not per_output)):
+            raise RemoteLockedError(busy)  # the whole run against a writer of an output, or back
         store.pull(skip=skip)
-        present = set(store.local_files())
+        session.present = set(store.local_files())
         if must_exist and what == "run" and not (store.mirror / RECORD_FILE).is_file():
             raise RunStoreError(f"{store.url} is not a run (no {RECORD_FILE} there); create "
                                 f"it with `filter-pool ingest POOL --run {store.url}`")
         if must_exist and not (store.mirror.is_dir() and any(store.mirror.iterdir())):
             raise RunStoreError(f"{what} {store.url} holds nothing")
         token = _active.set((*_active.get(), store))
+        _sessions[str(store.mirror)] = session
         try:
             yield store.mirror
         finally:
             _active.reset(token)
+            del _sessions[str(store.mirror)]
             if writes:
-                if lock is not None and lock.lost:
+                if any(lock.lost for lock in session.locks):
                     raise RunStoreError(
                         f"{store.url}: another command took this one's lock while it ran, so "
                         "nothing was pushed; its work stays in the local mirror and the same "
                         "command run again pushes it")
-                store.push(present)
+                store.push(session.present)
     finally:
-        if lock is not None:
+        for lock in session.locks:
             lock.release()
+
+
+def lock_output(run: Path, scope: str, what: str) -> bool:
+    """Called when a command starts writing output ``scope`` of ``run``: for the mirror of a
+    run on S3 worked on per output, take ``RUN/.locks/<scope>.lock`` on the store (held until
+    the command's push), make sure no ``ingest`` holds the run, and pull again, so that the
+    command sees what other machines pushed since its first pull (True then: what it read
+    before may be stale). Elsewhere nothing (False)."""
+    session = _sessions.get(str(Path(run)))
+    if session is None or not session.per_output or not session.store.lockable:
+        return False
+    name = f"{OUTPUT_LOCKS}/{scope.replace('/', '-')}.lock"
+    if any(lock.name == name for lock in session.locks):
+        return False
+    store = session.store
+    lock = store.lock(name, f"{what} of {store.url}")
+    if lock is None:
+        return False
+    session.locks.append(lock)  # released after the push, or after a refusal below
+    if busy := store.busy(outputs=False):
+        raise RemoteLockedError(busy)
+    store.pull(skip=session.skip)
+    session.present = set(store.local_files())
+    return True
 
 
 def relocate(task: Any, old: Path, new: Path) -> Any:

@@ -394,7 +394,9 @@ def sweep(config: SweepConfig) -> SweepResult:
     con = connect(config.run)
     column = resolve_score_column(con, config.by)
     name = config.name or column
-    with run_output(config.run, f"sweep-{name}", f"sweep '{name}'"):
+    with run_output(config.run, f"sweep-{name}", f"sweep '{name}'") as pulled_again:
+        if pulled_again:  # a run on S3: the tables may have changed under the views
+            con = connect(config.run)
         return _sweep_into(config, con, column, name)
 
 
