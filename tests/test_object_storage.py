@@ -355,6 +355,15 @@ def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
     by_reference = tmp_path / "remote"  # ... and for a pool on a URL
     _ok(["ingest", url, "--run", str(by_reference)])
     assert RunPaths(by_reference).read_run()["pool_table"]["layout"] == "reference"
+    # select --uids-only on score columns reads no metadata column: nothing is fetched
+    from curate.io import pool_cache
+
+    uids_only = ["--by", "clip_l14_score", "--fraction", "0.5", "--uids-only"]
+    _ok(["select", str(by_reference), "--out", "lean", *uids_only])
+    assert not list(pool_cache.pools_root().rglob("*.parquet"))
+    _ok(["select", str(by_reference), "--out", "lean-text", *uids_only, "--where",
+         "length(text) > 0"])  # a condition on the captions: the metadata is fetched
+    assert len(list(pool_cache.pools_root().rglob("*.parquet"))) == 2
     for query in ("SELECT * FROM samples", "SELECT * FROM clip_l14", "SELECT * FROM pool"):
         assert run_query(referenced, query).equals(run_query(remote, query))
         assert run_query(by_reference, query).equals(run_query(remote, query))
@@ -364,10 +373,14 @@ def test_datacomp_metadata_on_s3_ingests_like_its_local_copy(s3: dict[str, str],
     for name in ("manifest.parquet", "dropped.parquet"):
         assert pq.read_table(by_reference / "subsets" / "top" / name).equals(
             pq.read_table(remote / "subsets" / "top" / name))
+    _ok(["select", str(remote), "--out", "lean-text", *uids_only, "--where", "length(text) > 0"])
+    for name, same_as in (("lean", "top"), ("lean-text", "lean-text")):
+        assert np.array_equal(
+            np.load(by_reference / "subsets" / name / "uids.npy", allow_pickle=False),
+            np.load(remote / "subsets" / same_as / "uids.npy", allow_pickle=False))
     fs = _filesystem()  # the metadata changes on the store: one line, as for a pool on disk
     first = f"{BUCKET}/datacomp/medium/" + sorted(p.name for p in folder.glob("*.parquet"))[0]
     fs.pipe_file(first, fs.cat_file(first) + b"\0")
-    from curate.io import pool_cache
     pool_cache._listings.clear()  # the listing is reused for a minute within one process
     _refused(["query", str(by_reference), "SELECT url FROM pool"], "changed since ingest",
              "s3://")

@@ -257,6 +257,21 @@ class FilterSpec:
         """A JSON-able record: name, label and every parameter's value."""
         return {"name": self.name, "label": self.label, "params": self.values}
 
+    def columns(self) -> tuple[str, ...] | None:
+        """The columns of ``samples`` it reads, known before it is resolved; None when that
+        cannot be told without resolving it."""
+        entry = self.filter
+        try:
+            if entry.parts is not None:
+                parts = [spec.columns() for spec in entry.parts(self.values)]
+                if any(p is None for p in parts):
+                    return None
+                return tuple(dict.fromkeys(c for p in parts for c in p or ()))
+            columns = entry.columns
+            return tuple(columns(self.values) if callable(columns) else columns)
+        except Exception:  # a rule whose columns need resolved values: tell it by resolving
+            return None
+
     def resolve(self, con: Any = None) -> ResolvedFilter:
         """Run the filter's resolve step (and its parts') against ``con`` (a DuckDB
         connection with a ``samples`` view; None when the filter needs no table)."""

@@ -241,6 +241,23 @@ def pool_relation_sql(reference: PoolReference, parts: Sequence[Path],
             "union_by_name = true)) AS s")
 
 
+def derived_relation_sql(reference: PoolReference, parts: Sequence[Path],
+                         file_list_sql: Any) -> str:
+    """:func:`pool_relation_sql` without the metadata: the columns the parts hold, ``uid``
+    rebuilt from its halves (the same string: ingest lower-cased it and checked it is 32 hex
+    characters), ``filename`` and ``file_row_number``. No metadata file is opened, so a command
+    that needs none of its columns never fetches or reads them."""
+    items = []
+    for column in reference.columns:
+        if column.source is None:
+            items.append(ident(column.name))
+        elif column.name == "uid":
+            items.append("format('{:016x}{:016x}', uid_high, uid_low) AS uid")
+    return (f"SELECT {', '.join(items)}, filename, file_row_number "
+            f"FROM read_parquet({file_list_sql(list(parts))}, filename = true, "
+            "file_row_number = true, union_by_name = true)")
+
+
 def metadata_rows_sql(reference: PoolReference, parts: Sequence[Path], columns: Sequence[str],
                       row_condition: str, file_list_sql: Any) -> str:
     """A SELECT of ``sample_id`` and the referenced ``columns`` (cast as in the pool table) of

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -299,13 +299,17 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     clock = _PhaseClock()
     paths = RunPaths(config.run)
     target = paths.subset_dir(config.name)
-    con, layout = connect_with_layout(config.run)
+    # --uids-only reads no pool column of a referenced metadata file unless a filter does
+    lean = config.uids_only and config.where is None
+    con, layout = connect_with_layout(config.run, pool_columns=not lean)
     score_column = resolve_score_column(con, config.by) if config.by else None
     request = _request(config, score_column)
     finished = _finished(paths, target, config, request, table_names(config.run))
     if finished is not None:
         return finished
     specs = config.all_filters(score_column)
+    if layout.lean and not _lean_enough(con, specs):
+        con, layout = connect_with_layout(config.run)
     clock.mark("connect")
     decisions = evaluate_filters(con, specs, where=config.where, with_uid=False)
     clock.mark("filters")
@@ -342,6 +346,13 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     logger.info("select %s: %s", config.name,
                 ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in clock.seconds.items()))
     return summary
+
+
+def _lean_enough(con: Any, specs: Sequence[FilterSpec]) -> bool:
+    """True when every filter reads only columns the lean ``samples`` view has."""
+    have = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
+    needed = [spec.columns() for spec in specs]
+    return all(columns is not None and set(columns) <= have for columns in needed)
 
 
 class _PhaseClock:

@@ -26,6 +26,7 @@ its own files and nothing else. Scorer folder names reach SQL only after validat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,12 @@ import duckdb
 import pyarrow as pa
 
 from curate.errors import UserError
-from curate.io.pool_table import metadata_rows_sql, pool_reference, pool_relation_sql
+from curate.io.pool_table import (
+    derived_relation_sql,
+    metadata_rows_sql,
+    pool_reference,
+    pool_relation_sql,
+)
 from curate.io.schema import score_column, table_field_columns
 from curate.io.workspace import SCORER_NAME, TABLE_FILE, RunPaths, check_name
 
@@ -114,14 +120,17 @@ def _aligned(directory: Path, files: list[Path] | None = None, relation: str | N
     )
 
 
-def _pool_aligned(paths: RunPaths, files: list[Path] | None = None) -> str:
+def _pool_aligned(paths: RunPaths, files: list[Path] | None = None, lean: bool = False) -> str:
     """``_aligned`` over the pool parts (``files``, else all): a referencing run's parts side
-    by side with their metadata files, so the rows carry every pool column."""
+    by side with their metadata files, so the rows carry every pool column (``lean``: the
+    parts alone, see :func:`derived_relation_sql`)."""
     reference = pool_reference(paths.root)
     if reference is None:
         return _aligned(paths.pool_dir, files)
     parts = files if files is not None else paths.pool_parts()
-    return _aligned(paths.pool_dir, relation=pool_relation_sql(reference, parts, file_list_sql))
+    relation = (derived_relation_sql if lean else pool_relation_sql)(reference, parts,
+                                                                     file_list_sql)
+    return _aligned(paths.pool_dir, relation=relation)
 
 
 def _row_counts(con: duckdb.DuckDBPyConnection, files: list[Path]) -> dict[str, int]:
@@ -149,6 +158,7 @@ class SamplesLayout:
     pool_rows: tuple[int, ...] = ()  # per pool file, its row count (Parquet footer)
     fields: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scorer -> its columns
     without_uid: frozenset[str] = frozenset()  # tables whose parts hold no uid (row-aligned)
+    lean: bool = False  # a referencing run's pool without its metadata columns
 
     def columns(self, name: str) -> tuple[str, ...]:
         """Table ``name``'s ``<name>_<field>`` columns (``<name>_score`` for a scorer)."""
@@ -221,7 +231,8 @@ def samples_sql(paths: RunPaths, layout: SamplesLayout, parts: slice | None = No
             hashed.append(f'LEFT JOIN ({_aligned(paths.scores_dir(name))}) AS "{name}" '
                           f'ON "{name}"._part = p._part AND "{name}"._row = p._row')
     pool_files = list(layout.pool_files[chosen])
-    pool = _pool_aligned(paths, pool_files if positional or parts is not None else None)
+    pool = _pool_aligned(paths, pool_files if positional or parts is not None else None,
+                         layout.lean)
     return (f"SELECT {', '.join(columns)} "
             f"FROM ({pool}) AS p {' '.join(positional + hashed)}")
 
@@ -291,24 +302,30 @@ def connect(run: Path | str) -> duckdb.DuckDBPyConnection:
     return connect_with_layout(run)[0]
 
 
-def connect_with_layout(run: Path | str) -> tuple[duckdb.DuckDBPyConnection, SamplesLayout]:
+def connect_with_layout(run: Path | str, pool_columns: bool = True
+                        ) -> tuple[duckdb.DuckDBPyConnection, SamplesLayout]:
     """``connect``, and the layout its ``samples`` view was built from (read once: each
-    ``samples_layout`` reads every part's footer)."""
+    ``samples_layout`` reads every part's footer). Without ``pool_columns``, a run that
+    references its pool's metadata leaves the metadata's columns (url, text, ...) out of
+    ``pool`` and ``samples`` (``layout.lean``): no metadata file is fetched or read."""
     paths = RunPaths(Path(run))
     record = paths.read_run()
     pool_files = paths.pool_parts()
     if not pool_files:
         raise UserError(f"run {paths.root} has no pool table (pool/part-*.parquet)")
     reference = pool_reference(paths.root)
+    lean = reference is not None and not pool_columns
     con = sandboxed_connection(_readable_roots(paths, record))
     if reference is None:
         con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet("
                     f"{file_list_sql(pool_files)}, union_by_name = true)")
     else:
         # building the relation checks every metadata file: one line before any query runs
+        relation = (derived_relation_sql if lean else pool_relation_sql)(
+            reference, pool_files, file_list_sql)
         con.execute("CREATE VIEW pool AS SELECT * EXCLUDE (filename, file_row_number) FROM "
-                    f"({pool_relation_sql(reference, pool_files, file_list_sql)})")
-    layout = samples_layout(con, paths)
+                    f"({relation})")
+    layout = dataclasses.replace(samples_layout(con, paths), lean=lean)
     for name in layout.scorers:
         parts = f"read_parquet({file_list_sql(_part_files(paths.scores_dir(name)))})"
         if name in layout.without_uid and name in layout.score_files:
@@ -316,9 +333,10 @@ def connect_with_layout(run: Path | str) -> tuple[duckdb.DuckDBPyConnection, Sam
             con.execute(f'CREATE VIEW "{name}" AS SELECT p.uid, s.* FROM (SELECT uid FROM pool)'
                         f" AS p POSITIONAL JOIN {parts} AS s")
         elif name in layout.without_uid:  # some parts missing: by (part, row)
+            pool = _pool_aligned(paths, lean=lean)
             con.execute(f'CREATE VIEW "{name}" AS SELECT p.uid, s.* EXCLUDE (filename, '
                         f"file_row_number, _part, _row) FROM ({_aligned(paths.scores_dir(name))})"
-                        f" AS s JOIN ({_pool_aligned(paths)}) AS p ON p._part = s._part AND "
+                        f" AS s JOIN ({pool}) AS p ON p._part = s._part AND "
                         "p._row = s._row ORDER BY s._part, s._row")
         else:
             con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {parts}')
