@@ -59,6 +59,7 @@ FINGERPRINT_TAIL = 64 * 1024
 MAX_FILTERS = 63  # a row's failing filters are one bit each of a uint64
 LOOKUP_FILTERS = 16  # up to this many filters, rows map to failure groups by a lookup table
 BLOCK_ROWS = 1 << 22  # per-row temporaries (bincount's int64 copy) are made a block at a time
+CACHE_BLOCK_ROWS = 1 << 20  # blocks whose temporaries (a few MB) are reused, not fresh memory
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _failure_groups(passed: list[np.ndarray], labels: list[str],
             part = slice(start, start + BLOCK_ROWS)
             code[part] |= (~kept[part]).view(np.uint8).astype(width) << width(j)
     if len(labels) <= LOOKUP_FILTERS:  # a lookup table over every code: no sort of the rows
-        present = np.flatnonzero(bincount_blocks(code, 2 ** len(labels), BLOCK_ROWS))
+        present = np.flatnonzero(bincount_blocks(code, 2 ** len(labels), CACHE_BLOCK_ROWS))
         if len(present) and present[-1] == len(present) - 1:  # codes 0..k all there: as they are
             values, group = present.astype(np.uint64), code
         else:
@@ -269,24 +270,38 @@ def _drop_counts(ids: np.ndarray, passed: list[np.ndarray], labels: list[str],
                  in_order: bool) -> tuple[Counter[str], Counter[str]]:
     """Dropped samples by first failing filter, and failures per filter.
 
-    Counted with NumPy; keys go in in the order a row-by-row pass in ``sample_id`` order meets
-    them, so ``most_common`` breaks ties as a Counter over the dropped rows would."""
+    Counted with NumPy a block of rows at a time (no row-sized temporaries: at 128M rows each
+    would be fresh memory); keys go in in the order a row-by-row pass in ``sample_id`` order
+    meets them, so ``most_common`` breaks ties as a Counter over the dropped rows would."""
+    failing: dict[int, list[int]] = {}  # filter -> [earliest sample_id, rows]
+    first: dict[int, list[int]] = {}
+    for start in range(0, len(ids), CACHE_BLOCK_ROWS):
+        block_ids = ids[start:start + CACHE_BLOCK_ROWS]
+        alive = np.ones(len(block_ids), dtype=bool)  # no earlier filter failed
+        for j, kept in enumerate(passed):
+            part = kept[start:start + CACHE_BLOCK_ROWS]
+            failed = ~part
+            _count_into(failing, j, block_ids, failed, in_order)
+            np.logical_and(failed, alive, out=failed)
+            _count_into(first, j, block_ids, failed, in_order)
+            alive &= part
+    return (Counter({labels[j]: n for j, (_, n) in sorted(first.items(), key=_by_earliest)}),
+            Counter({labels[j]: n for j, (_, n) in sorted(failing.items(), key=_by_earliest)}))
 
-    def earliest(mask: np.ndarray) -> int:
-        return int(ids[np.argmax(mask)]) if in_order else int(ids[mask].min())
 
-    first_rows, failing_rows = [], []
-    alive = np.ones(len(ids), dtype=bool)  # no earlier filter failed
-    for j, kept in enumerate(passed):
-        failed = ~kept
-        if n := int(failed.sum()):
-            failing_rows.append((earliest(failed), j, n))
-        first = failed & alive
-        if n := int(first.sum()):
-            first_rows.append((earliest(first), j, n))
-        alive &= kept
-    return (Counter({labels[j]: n for _, j, n in sorted(first_rows)}),
-            Counter({labels[j]: n for _, j, n in sorted(failing_rows)}))
+def _count_into(counts: dict[int, list[int]], j: int, ids: np.ndarray, mask: np.ndarray,
+                in_order: bool) -> None:
+    """Add a block's rows of ``mask`` to filter ``j``'s count and earliest sample_id."""
+    n = int(np.count_nonzero(mask))
+    if not n:
+        return
+    earliest = int(ids[np.argmax(mask)]) if in_order else int(ids[mask].min())
+    seen = counts.setdefault(j, [earliest, 0])
+    seen[0], seen[1] = min(seen[0], earliest), seen[1] + n
+
+
+def _by_earliest(item: tuple[int, list[int]]) -> tuple[int, int]:
+    return item[1][0], item[0]
 
 
 @writes(lambda c: run_output(c.run, f"subset-{c.name}", f"subset '{c.name}'"))
@@ -319,7 +334,7 @@ def select_subset(config: SelectConfig) -> SelectSummary:
     ids = decisions.column("sample_id").to_numpy()  # one contiguous copy; the table goes
     del decisions
     group, failing = _failure_groups(passed, labels, total)
-    kept = int(np.count_nonzero(group == 0))
+    kept = len(group) - int(np.count_nonzero(group))  # group 0: kept (no row-sized temporary)
     if not kept:
         raise UserError("the selection keeps no sample; nothing written")
     in_order = _increasing(ids)
