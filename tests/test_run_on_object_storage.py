@@ -2,9 +2,10 @@
 mode, credentials enforced): every command works on a local mirror, pulled before and pushed
 after; the tables on the store equal a local run of the same pool; a second machine (another
 cache) sees what the first wrote; the push order keeps every write atomic for readers; other
-folders (hand-off and reinforced shards) and recipes work there too; one writer at a time (a
-lock object on the store); a URL that holds no run, a missing bucket, a refused key or a store
-that is down is one line and exit 2."""
+folders (hand-off and reinforced shards) and recipes work there too; one writer per output
+(lock objects on the store: two machines write two outputs at once, ingest waits for both);
+ingest's --storage-options reach a run on a URL; a URL that holds no run, a missing bucket, a
+refused key or a store that is down is one line and exit 2."""
 
 from __future__ import annotations
 
