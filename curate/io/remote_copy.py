@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import UserError
-from curate.io.storage import UnreadableFile, _filesystem, fetch_file, storage_error
+from curate.io.storage import (
+    UnreadableFile,
+    _entry,
+    _filesystem,
+    fetch_file,
+    storage_error,
+)
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,11 @@ def _listing(url: str, options: dict[str, Any] | None, what: str
         raise storage_error(exc, url, what) from exc
     single = len(listed) == 1 and listed[0].get("type") == "file" and \
         listed[0]["name"].rstrip("/") == path.rstrip("/")
-    files = [(info["name"].rstrip("/").rsplit("/", 1)[-1], int(info.get("size") or 0),
-              str(info.get("ETag") or info.get("etag") or "").strip('"') or None)
-             for info in listed if info.get("type") == "file"]
+    names = {info["name"].rstrip("/").rsplit("/", 1)[-1]: info for info in listed
+             if info.get("type") == "file"}
+    entries = [_entry(name, url if single else f"{url}/{name}", info)
+               for name, info in names.items()]
+    files = [(entry.name, int(entry.size or 0), entry.etag) for entry in entries]
     if not files:
         raise UserError(f"{what} {url} holds no files")
     return single, sorted(files)

@@ -54,6 +54,16 @@ def _alive_here(record: dict[str, Any]) -> bool:
     return True
 
 
+def _mine(record: dict[str, Any]) -> bool:
+    """True when the lock record names this very process."""
+    return record.get("host") == socket.gethostname() and record.get("pid") == os.getpid()
+
+
+def _live(record: dict[str, Any], age: float) -> bool:
+    """True while the holder renews its lease and is not a process of this host that is gone."""
+    return age < LEASE_SECONDS and _alive_here(record)
+
+
 class RemoteLock:
     """The lease on ``bucket/key`` (an s3fs filesystem); ``acquire`` then ``release``."""
 
@@ -112,10 +122,7 @@ class RemoteLock:
         if held is None:
             return None
         record, _, age = held
-        mine = record.get("host") == socket.gethostname() and record.get("pid") == os.getpid()
-        if mine or age >= LEASE_SECONDS or not _alive_here(record):
-            return None
-        return self._busy(record, age)
+        return self._busy(record, age) if _live(record, age) and not _mine(record) else None
 
     def acquire(self) -> None:
         """Take the lease, or raise RemoteLockedError naming its holder."""
@@ -128,11 +135,10 @@ class RemoteLock:
                 if held is None:
                     continue  # released in between: try again
                 record, etag, age = held
-                if record.get("host") == socket.gethostname() and \
-                        record.get("pid") == os.getpid():
+                if _mine(record):
                     self._etag = etag  # our own PUT, retried after its answer was lost
                     break
-                if age < LEASE_SECONDS and _alive_here(record):
+                if _live(record, age):
                     raise RemoteLockedError(self._busy(record, age)) from None
                 logger.info("%s: taking over the lock of pid %s on %s (lease ran out)",
                             self._url, record.get("pid"), record.get("host"))

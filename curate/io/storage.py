@@ -35,7 +35,7 @@ from curate.errors import UserError
 
 Location = str | Path  # a local path, or a URL (str) as fsspec takes it
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_COLLAPSED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # a URL that went through Path()
+_COLLAPSED_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/+")  # a URL that went through Path()
 _SECRET_WORDS = ("secret", "token", "password", "credential", "passwd")
 _SECRET_NAMES = re.compile(r"(^|_)key($|_id$)|access_key", re.IGNORECASE)
 S3_DEFAULTS: dict[str, Any] = {  # bounded: an endpoint that is not there fails in seconds
@@ -79,7 +79,7 @@ def looks_like_url(location: Location) -> bool:
 
 def restored_url(location: Location) -> str:
     """A URL whose '//' a Path collapsed (``s3:/bucket``) written back as ``s3://bucket``."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1://", str(location))
+    return _COLLAPSED_URL.sub(r"\1://", str(location))
 
 
 def as_location(location: Location) -> Location:

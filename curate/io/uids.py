@@ -123,9 +123,14 @@ def sort_uid_array(pairs: np.ndarray, runs: bool = False) -> np.ndarray:
     on their own), merged bucket by bucket (:func:`_merge_runs`); any input comes out sorted
     either way."""
     pairs = np.asarray(pairs, dtype=UID_DTYPE)
-    if runs and len(pairs) >= BUCKETED_MIN_ROWS:
+    if _by_buckets(pairs, runs):
         return _merge_runs(pairs)
     return _sort_pairs(pairs, stable=runs)
+
+
+def _by_buckets(pairs: np.ndarray, runs: bool) -> bool:
+    """True when sorted runs are many enough rows to be merged bucket by bucket."""
+    return runs and len(pairs) >= BUCKETED_MIN_ROWS
 
 
 def _merge_runs(pairs: np.ndarray) -> np.ndarray:
@@ -210,7 +215,7 @@ def save_uid_file(path: Path, pairs: np.ndarray, runs: bool = False) -> str:
     pairs = np.asarray(pairs, dtype=UID_DTYPE)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    if not (runs and len(pairs) >= BUCKETED_MIN_ROWS):
+    if not _by_buckets(pairs, runs):
         with open(tmp, "wb") as handle:
             np.save(handle, sort_uid_array(pairs, runs))
         os.replace(tmp, path)

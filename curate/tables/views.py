@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from curate.errors import UserError
 from curate.io.pool_table import (
+    PoolReference,
     derived_relation_sql,
     metadata_rows_sql,
     pool_reference,
@@ -128,9 +129,14 @@ def _pool_aligned(paths: RunPaths, files: list[Path] | None = None, lean: bool =
     if reference is None:
         return _aligned(paths.pool_dir, files)
     parts = files if files is not None else paths.pool_parts()
-    relation = (derived_relation_sql if lean else pool_relation_sql)(reference, parts,
-                                                                     file_list_sql)
-    return _aligned(paths.pool_dir, relation=relation)
+    return _aligned(paths.pool_dir, relation=_pool_relation(reference, parts, lean))
+
+
+def _pool_relation(reference: PoolReference, parts: Sequence[Path], lean: bool) -> str:
+    """A referencing run's pool relation: its parts beside their metadata files, or with
+    ``lean`` its parts alone."""
+    relation_sql = derived_relation_sql if lean else pool_relation_sql
+    return relation_sql(reference, parts, file_list_sql)
 
 
 def _row_counts(con: duckdb.DuckDBPyConnection, files: list[Path]) -> dict[str, int]:
@@ -321,10 +327,8 @@ def connect_with_layout(run: Path | str, pool_columns: bool = True
                     f"{file_list_sql(pool_files)}, union_by_name = true)")
     else:
         # building the relation checks every metadata file: one line before any query runs
-        relation = (derived_relation_sql if lean else pool_relation_sql)(
-            reference, pool_files, file_list_sql)
         con.execute("CREATE VIEW pool AS SELECT * EXCLUDE (filename, file_row_number) FROM "
-                    f"({relation})")
+                    f"({_pool_relation(reference, pool_files, lean)})")
     layout = dataclasses.replace(samples_layout(con, paths), lean=lean)
     for name in layout.scorers:
         parts = f"read_parquet({file_list_sql(_part_files(paths.scores_dir(name)))})"
